@@ -1,0 +1,232 @@
+// Gram matrix on the CPU.
+//
+// Forward:  G[b] = s * F[b] F[b]^T              F[b] = x[b] as (C, L), s = 1 / divisor
+// Backward: dF[b] = s * (dG[b] + dG[b]^T) F[b]  (one GEMM; dG need not be symmetric)
+// (Gatys et al. 2016, "Image Style Transfer Using Convolutional Neural Networks".)
+//
+// AVX-512 path (float32, float16, bfloat16 inputs; fp32 accumulation):
+//  * forward is a SYRK: the reduction dimension L is cut into chunks of kc columns; each chunk
+//    of F is transposed and widened into a packed fp32 panel P (kc x Cp), and only the
+//    upper-triangle tiles of G (12 rows x 32 columns) are computed from it, then mirrored.
+//    Threads split L (each owns a partial G), or the batch when it is large enough.
+//  * backward forms S = s (dG + dG^T) once (C x C) and runs one GEMM, dF = S F, with a
+//    6 x 64 register tile; for channels-innermost x it computes dF^T = F^T S instead, so the
+//    gradient keeps x's layout and no transpose is needed.
+// Other CPUs and float64 (gradcheck) take a plain ATen path in the accumulation dtype.
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "cpu_features.h"
+#include "gemm_avx512.h"
+
+namespace fastnst {
+namespace cpu {
+namespace {
+
+void check_input(const at::Tensor& x, const char* name) {
+  TORCH_CHECK(x.device().is_cpu(), "fastnst::gram (cpu): ", name, " must be a CPU tensor, got ",
+              x.device());
+  TORCH_CHECK(x.dim() == 3, "fastnst::gram: ", name, " must be [B, C, L], got ", x.sizes());
+  const auto dt = x.scalar_type();
+  TORCH_CHECK(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16 || dt == at::kDouble,
+              "fastnst::gram: ", name,
+              " must be float32, float16, bfloat16 or float64 (cpu), got ", dt);
+}
+
+// The gradient keeps x's layout when x is dense with channels innermost (a channels_last
+// image viewed as [B, C, H*W]); otherwise it is contiguous. fastnst/ops/gram.py's fake
+// kernel applies the same rule.
+bool channels_innermost(const at::Tensor& x) {
+  const int64_t C = x.size(1);
+  return C > 1 && x.stride(1) == 1 && x.stride(2) == C;
+}
+
+at::Tensor empty_grad_like(const at::Tensor& x, at::ScalarType dtype) {
+  const int64_t B = x.size(0), C = x.size(1), L = x.size(2);
+  auto opts = x.options().dtype(dtype);
+  if (channels_innermost(x)) return at::empty_strided({B, C, L}, {C * L, 1, C}, opts);
+  return at::empty({B, C, L}, opts);
+}
+
+at::ScalarType acc_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
+
+#if defined(FASTNST_X86)
+constexpr int64_t kFwdMR = 12;   // rows of G per register tile
+constexpr int64_t kFwdNB = 32;   // columns of G per register tile (2 zmm)
+constexpr int64_t kBwdMR = 6;
+constexpr int64_t kBwdCols = 256;  // columns of dF per parallel task
+
+template <typename T>
+void gram_forward_avx512(const at::Tensor& x, double scale, at::Tensor& out) {
+  const int64_t B = x.size(0), C = x.size(1), L = x.size(2);
+  const int64_t sb = x.stride(0), sc = x.stride(1), sl = x.stride(2);
+  const T* X = x.data_ptr<T>();
+  const int64_t Cp = (C + kFwdNB - 1) / kFwdNB * kFwdNB;
+  // Chunk of L so that the packed panel (kc x Cp fp32) stays in L2 (~384 KiB).
+  const int64_t kc = std::max<int64_t>(16, (98304 / Cp) / 16 * 16);
+
+  const int64_t nthreads = at::get_num_threads();
+  int64_t nsplit = 1;
+  if (B < nthreads) {
+    // Split L between threads; each part should still hold a few chunks of work.
+    nsplit = std::min<int64_t>((nthreads + B - 1) / B, std::max<int64_t>(1, L / 512));
+  }
+  const int64_t items = B * nsplit;
+  at::Tensor partial = at::empty({items, C, Cp}, x.options().dtype(at::kFloat));
+  float* Gp = partial.data_ptr<float>();
+
+  at::parallel_for(0, items, 1, [&](int64_t i0, int64_t i1) {
+    std::vector<float> panel(static_cast<size_t>(kc * Cp));
+    float* P = panel.data();
+    for (int64_t item = i0; item < i1; ++item) {
+      const int64_t b = item / nsplit, s = item % nsplit;
+      const int64_t k_begin = L * s / nsplit, k_end = L * (s + 1) / nsplit;
+      float* G = Gp + item * C * Cp;
+      if (k_begin == k_end) {
+        std::fill(G, G + C * Cp, 0.f);
+        continue;
+      }
+      for (int64_t k0 = k_begin; k0 < k_end; k0 += kc) {
+        const int64_t kw = std::min(kc, k_end - k0);
+        avx512::pack_transposed<T>(X + b * sb + k0 * sl, sc, sl, C, kw, P, Cp);
+        const bool accumulate = k0 != k_begin;
+        for (int64_t j0 = 0; j0 < C; j0 += kFwdMR) {
+          const int64_t mr = std::min(kFwdMR, C - j0);
+          // Upper triangle only: columns from the 32-block that holds row j0 onwards.
+          const int64_t ib = j0 / kFwdNB * kFwdNB;
+          avx512::gemm_block<kFwdMR, 2>(mr, Cp - ib, kw, P + j0, /*a_rs=*/1, /*a_ks=*/Cp, P + ib,
+                                        /*ldb=*/Cp, G + j0 * Cp + ib, /*ldo=*/Cp, accumulate);
+        }
+      }
+    }
+  });
+
+  // Sum the partial Grams, scale, mirror the upper triangle and narrow to the output dtype.
+  T* O = out.data_ptr<T>();
+  const float fscale = static_cast<float>(scale);
+  at::parallel_for(0, B * C, 16, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t b = r / C, i = r % C;
+      T* Ob = O + b * C * C;
+      for (int64_t j = i; j < C; ++j) {
+        float v = 0.f;
+        for (int64_t s = 0; s < nsplit; ++s) v += Gp[(b * nsplit + s) * C * Cp + i * Cp + j];
+        const T t = static_cast<T>(v * fscale);
+        Ob[i * C + j] = t;
+        Ob[j * C + i] = t;
+      }
+    }
+  });
+}
+
+// dF = S F (row mode) or dF^T = F^T S (channels mode), S = s (dG + dG^T), all fp32.
+void gram_backward_avx512(const at::Tensor& S, const at::Tensor& xf, at::Tensor& outf) {
+  const int64_t B = xf.size(0), C = xf.size(1), L = xf.size(2);
+  const float* Sp = S.data_ptr<float>();
+  const float* X = xf.data_ptr<float>();
+  float* O = outf.data_ptr<float>();
+  const int64_t sb = xf.stride(0);
+  if (channels_innermost(xf)) {
+    // Rows of F^T (length C) are contiguous: out^T (L x C) = F^T (L x C) * S (C x C).
+    const int64_t rows = 192;
+    const int64_t nblk = (L + rows - 1) / rows;
+    at::parallel_for(0, B * nblk, 1, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t b = t / nblk, m0 = (t % nblk) * rows;
+        const int64_t m = std::min(rows, L - m0);
+        avx512::gemm_block<kBwdMR, 4>(m, C, C, X + b * sb + m0 * C, /*a_rs=*/C, /*a_ks=*/1,
+                                      Sp + b * C * C, /*ldb=*/C, O + b * C * L + m0 * C,
+                                      /*ldo=*/C, false);
+      }
+    });
+  } else {
+    // Rows of F (length L) are contiguous: out (C x L) = S (C x C) * F (C x L).
+    // S is symmetric, so S[r, k] is read as S[k, r]: the MR broadcasts share a cache line.
+    const int64_t sc = xf.stride(1);
+    const int64_t nblk = (L + kBwdCols - 1) / kBwdCols;
+    at::parallel_for(0, B * nblk, 1, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t b = t / nblk, n0 = (t % nblk) * kBwdCols;
+        const int64_t n = std::min(kBwdCols, L - n0);
+        avx512::gemm_block<kBwdMR, 4>(C, n, C, Sp + b * C * C, /*a_rs=*/1, /*a_ks=*/C,
+                                      X + b * sb + n0, /*ldb=*/sc, O + b * C * L + n0,
+                                      /*ldo=*/L, false);
+      }
+    });
+  }
+}
+#endif  // FASTNST_X86
+
+bool use_avx512(const at::Tensor& x) {
+#if defined(FASTNST_X86)
+  return has_avx512() && x.scalar_type() != at::kDouble;
+#else
+  (void)x;
+  return false;
+#endif
+}
+
+}  // namespace
+
+at::Tensor gram_cpu(const at::Tensor& x, double scale) {
+  check_input(x, "x");
+  const int64_t B = x.size(0), C = x.size(1), L = x.size(2);
+  at::Tensor out = at::empty({B, C, C}, x.options().memory_format(at::MemoryFormat::Contiguous));
+  if (out.numel() == 0) return out;
+  if (L == 0) return out.zero_();
+#if defined(FASTNST_X86)
+  if (use_avx512(x)) {
+    switch (x.scalar_type()) {
+      case at::kFloat: gram_forward_avx512<float>(x, scale, out); break;
+      case at::kHalf: gram_forward_avx512<c10::Half>(x, scale, out); break;
+      default: gram_forward_avx512<c10::BFloat16>(x, scale, out); break;
+    }
+    return out;
+  }
+#endif
+  // Portable path: one batched GEMM in the accumulation dtype.
+  const at::Tensor xa = x.to(acc_type(x.scalar_type()));
+  out.copy_(at::bmm(xa, xa.transpose(1, 2)).mul_(scale));
+  return out;
+}
+
+at::Tensor gram_backward_cpu(const at::Tensor& grad, const at::Tensor& x, double scale) {
+  check_input(x, "x");
+  TORCH_CHECK(grad.device().is_cpu(), "fastnst::gram_backward (cpu): grad must be a CPU tensor");
+  const int64_t B = x.size(0), C = x.size(1), L = x.size(2);
+  TORCH_CHECK(grad.dim() == 3 && grad.size(0) == B && grad.size(1) == C && grad.size(2) == C,
+              "fastnst::gram_backward: grad must be [B, C, C] = [", B, ", ", C, ", ", C,
+              "], got ", grad.sizes());
+  const auto acc = acc_type(x.scalar_type());
+  at::Tensor out = empty_grad_like(x, x.scalar_type());
+  if (out.numel() == 0) return out;
+  // S = s (dG + dG^T): C x C per sample, tiny next to F.
+  at::Tensor g = grad.to(acc);
+  at::Tensor S = (g + g.transpose(1, 2)).mul_(scale).contiguous();
+#if defined(FASTNST_X86)
+  if (use_avx512(x)) {
+    at::Tensor xf = x;
+    if (!channels_innermost(xf) && !(xf.stride(2) == 1 || L == 1)) xf = xf.contiguous();
+    if (xf.scalar_type() != at::kFloat) xf = xf.to(at::kFloat);  // keeps the layout
+    at::Tensor outf = out.scalar_type() == at::kFloat ? out : empty_grad_like(x, at::kFloat);
+    gram_backward_avx512(S, xf, outf);
+    if (!outf.is_same(out)) out.copy_(outf);
+    return out;
+  }
+#endif
+  out.copy_(at::bmm(S, x.to(acc)));
+  return out;
+}
+
+TORCH_LIBRARY_IMPL(fastnst, CPU, m) {
+  m.impl("gram", &gram_cpu);
+  m.impl("gram_backward", &gram_backward_cpu);
+}
+
+}  // namespace cpu
+}  // namespace fastnst

@@ -1,0 +1,32 @@
+"""Input validation shared by the ops: every error states the contract."""
+
+from __future__ import annotations
+
+import torch
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def shape_str(t: torch.Tensor) -> str:
+    return "[" + ", ".join(str(s) for s in t.shape) + "]"
+
+
+def check_tensor(op: str, name: str, x, ranks: tuple[int, ...], layout: str) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{op}: {name} must be a torch.Tensor {layout}, got {type(x).__name__}")
+    if x.dim() not in ranks:
+        raise ValueError(f"{op}: {name} must be {layout}, got {shape_str(x)}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(
+            f"{op}: {name} must be float32, float16 or bfloat16 (float64 on the CPU), got {x.dtype}")
+    if x.dtype == torch.float64 and x.device.type not in ("cpu", "meta"):
+        raise TypeError(f"{op}: float64 is supported on the CPU only (for gradcheck), "
+                        f"got {name} on {x.device}")
+    if x.numel() == 0:
+        raise ValueError(f"{op}: {name} must be non-empty, got {shape_str(x)}")
+
+
+def check_same_device(op: str, a_name: str, a: torch.Tensor, b_name: str, b: torch.Tensor) -> None:
+    if a.device != b.device:
+        raise ValueError(f"{op}: {a_name} and {b_name} must be on the same device, "
+                         f"got {a.device} and {b.device}")

@@ -1,0 +1,107 @@
+"""Build fastnst and its one extension module, ``fastnst._C``.
+
+    pip install --no-build-isolation -e .
+
+torch must already be installed: with build isolation pip would download a second,
+multi-GB CUDA build of torch just to compile against it.
+
+Environment:
+  FASTNST_FORCE_CUDA=1    build csrc/cuda/*.cu even when the installed torch has no CUDA
+  FASTNST_NO_EXTENSION=1  build no extension (pure Python: reference and Triton paths only)
+  TORCH_CUDA_ARCH_LIST    CUDA architectures, as for every torch extension (default "8.0;9.0")
+  MAX_JOBS                parallel compile jobs (ninja), as for every torch extension
+"""
+
+import glob
+import os
+import platform
+import sys
+
+from setuptools import find_packages, setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+VERSION = "0.1.0"
+
+
+def _log(msg):
+    print(f"[fastnst setup] {msg}", file=sys.stderr, flush=True)
+
+
+def _extensions():
+    if os.environ.get("FASTNST_NO_EXTENSION", "0") == "1":
+        _log("FASTNST_NO_EXTENSION=1: building no extension (reference and Triton paths only)")
+        return [], {}
+    try:
+        import torch
+        from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
+    except ImportError:
+        _log("torch is not installed: install torch first, then "
+             "`pip install --no-build-isolation -e .` (no extension built)")
+        return [], {}
+
+    force_cuda = os.environ.get("FASTNST_FORCE_CUDA", "0") == "1"
+    with_cuda = torch.version.cuda is not None or force_cuda
+    cpu_sources = sorted(glob.glob("csrc/cpu/*.cpp"))
+    cuda_sources = sorted(glob.glob("csrc/cuda/*.cu"))
+    sources = ["csrc/registration.cpp"] + cpu_sources
+
+    cxx = ["-O3", "-std=c++17", "-fopenmp", "-DPy_LIMITED_API=0x030B0000"]
+    defines = []
+    if platform.machine() in ("x86_64", "AMD64"):
+        # The AVX-512 kernels are compiled with function-level target attributes and picked
+        # at run time, so the binary still runs on CPUs without AVX-512.
+        defines.append("-DFASTNST_X86=1")
+    link = ["-fopenmp"]
+    kwargs = dict(
+        name="fastnst._C",
+        sources=sources,
+        include_dirs=[os.path.join(ROOT, "csrc")],
+        extra_link_args=link,
+        py_limited_api=True,
+    )
+    if with_cuda and cuda_sources:
+        archs = os.environ.get("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+        os.environ["TORCH_CUDA_ARCH_LIST"] = archs
+        kwargs["sources"] = sources + cuda_sources
+        defines += ["-DFASTNST_WITH_CUDA=1", f'-DFASTNST_CUDA_ARCHS="{archs}"']
+        kwargs["extra_compile_args"] = {
+            "cxx": cxx + defines,
+            "nvcc": ["-O3", "-std=c++17", "-DTORCH_TARGET_VERSION=0x020a000000000000"] + defines,
+        }
+        ext = CUDAExtension(**kwargs)
+        _log(f"building fastnst._C: {len(cpu_sources)} CPU + {len(cuda_sources)} CUDA sources "
+             f"for archs {archs} (torch CUDA {torch.version.cuda}, forced={force_cuda})")
+    else:
+        kwargs["extra_compile_args"] = {"cxx": cxx + defines}
+        ext = CppExtension(**kwargs)
+        _log(f"building fastnst._C: {len(cpu_sources)} CPU sources; CUDA sources skipped "
+             "(torch has no CUDA; set FASTNST_FORCE_CUDA=1 to build them anyway)")
+    jobs = os.environ.get("MAX_JOBS")
+    _log(f"MAX_JOBS={jobs or 'default'}, torch {torch.__version__}")
+    return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
+
+
+ext_modules, cmdclass = _extensions()
+
+setup(
+    name="fastnst",
+    version=VERSION,
+    description="Fast, exact neural style transfer kernels for PyTorch (CPU, CUDA, Triton)",
+    long_description=open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    if os.path.exists(os.path.join(ROOT, "README.md")) else "",
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.10",
+    packages=find_packages(include=["fastnst", "fastnst.*"]) + ["fastnst.kernels"],
+    package_dir={"fastnst.kernels": "kernels"},
+    # torch is a requirement, but only as a range the installed torch already satisfies:
+    # pip must never resolve (and download) another torch build for us.
+    install_requires=["torch>=2.10", "numpy"],
+    extras_require={
+        "triton": ["triton>=3.2"],
+        "test": ["pytest", "pytest-benchmark", "expecttest", "triton>=3.2"],
+    },
+    entry_points={"console_scripts": ["fastnst=fastnst.cli:main"]},
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
+)
