@@ -121,16 +121,21 @@ def serves(name: str, op: str, device: torch.device, dtype: torch.dtype) -> str 
 
 def resolve(op: str, x: torch.Tensor, backend: str = "auto") -> str:
     """The backend that will run ``op`` on ``x``; raises BackendError for an explicit
-    backend that cannot serve it."""
+    backend that cannot serve it. Under torch.compile the choice is made once, at trace time."""
+    return _resolve(op, x.device, x.dtype, backend)
+
+
+@torch.compiler.assume_constant_result
+def _resolve(op: str, device: torch.device, dtype: torch.dtype, backend: str) -> str:
     name = requested(backend)
     if name != "auto":
-        why = serves(name, op, x.device, x.dtype)
+        why = serves(name, op, device, dtype)
         if why is not None:
             raise BackendError(f"fastnst.{op}: backend {name!r} cannot serve this input: {why}")
         return name
-    order = ("cuda", "triton") if x.device.type == "cuda" else ("cpu",)
+    order = ("cuda", "triton") if device.type == "cuda" else ("cpu",)
     for cand in order:
-        if serves(cand, op, x.device, x.dtype) is None:
+        if serves(cand, op, device, dtype) is None:
             return cand
     return "reference"
 

@@ -64,16 +64,17 @@ FASTNST_AVX512 void transpose16(__m512 r[16]) {
   for (int i = 0; i < 16; ++i) r[i] = t[i];
 }
 
-// ---- packing ------------------------------------------------------------------------------
-// P[k * ldp + c] = float(X[c * sc + k * sk]) for c < rows, k < cols; P[k * ldp + c] = 0 for
-// rows <= c < ldp. X is viewed as a (rows x cols) matrix; P receives its transpose in fp32.
+// Strip packing: P[(c / 16) * ss + k * 16 + c % 16] = float(X[c * sc + k * sk]) for c < rows,
+// k < cols, zero for rows <= c < round_up(rows, 16). Each strip of 16 rows of X becomes a
+// contiguous (cols x 16) panel, so a GEMM microkernel reads it with unit stride.
 template <typename T>
-FASTNST_AVX512_FN void pack_transposed(const T* X, int64_t sc, int64_t sk, int64_t rows,
-                                       int64_t cols, float* P, int64_t ldp) {
+FASTNST_AVX512_FN void pack_strips(const T* X, int64_t sc, int64_t sk, int64_t rows, int64_t cols,
+                                   float* P, int64_t ss) {
+  const int64_t full = rows / 16 * 16;
   if (sk == 1) {
     // Rows of X are contiguous: 16 x 16 register transposes.
-    int64_t c = 0;
-    for (; c + 16 <= rows; c += 16) {
+    for (int64_t c = 0; c < full; c += 16) {
+      float* strip = P + (c / 16) * ss;
       int64_t k = 0;
       for (; k + 16 <= cols; k += 16) {
         __m512 r[16];
@@ -81,42 +82,42 @@ FASTNST_AVX512_FN void pack_transposed(const T* X, int64_t sc, int64_t sk, int64
         for (int i = 0; i < 16; ++i) r[i] = load16(X + (c + i) * sc + k);
         transpose16(r);
 #pragma GCC unroll 16
-        for (int i = 0; i < 16; ++i) _mm512_storeu_ps(P + (k + i) * ldp + c, r[i]);
+        for (int i = 0; i < 16; ++i) _mm512_storeu_ps(strip + (k + i) * 16, r[i]);
       }
       for (; k < cols; ++k)
-        for (int i = 0; i < 16; ++i) P[k * ldp + c + i] = static_cast<float>(X[(c + i) * sc + k]);
-    }
-    for (int64_t k = 0; k < cols; ++k) {
-      for (int64_t cc = c; cc < rows; ++cc) P[k * ldp + cc] = static_cast<float>(X[cc * sc + k]);
+        for (int i = 0; i < 16; ++i) strip[k * 16 + i] = static_cast<float>(X[(c + i) * sc + k]);
     }
   } else if (sc == 1) {
-    // Columns of X are contiguous (channels-last): a widening copy.
+    // Columns of X are contiguous (channels-last): widening copies of 16 elements.
     for (int64_t k = 0; k < cols; ++k) {
       const T* src = X + k * sk;
-      float* dst = P + k * ldp;
-      int64_t c = 0;
-      for (; c + 16 <= rows; c += 16) _mm512_storeu_ps(dst + c, load16(src + c));
-      for (; c < rows; ++c) dst[c] = static_cast<float>(src[c]);
+      for (int64_t c = 0; c < full; c += 16)
+        _mm512_storeu_ps(P + (c / 16) * ss + k * 16, load16(src + c));
     }
   } else {
-    for (int64_t k = 0; k < cols; ++k)
-      for (int64_t c = 0; c < rows; ++c) P[k * ldp + c] = static_cast<float>(X[c * sc + k * sk]);
+    for (int64_t c = 0; c < full; ++c)
+      for (int64_t k = 0; k < cols; ++k)
+        P[(c / 16) * ss + k * 16 + c % 16] = static_cast<float>(X[c * sc + k * sk]);
   }
-  if (ldp > rows) {
+  if (full < rows) {
+    float* strip = P + (full / 16) * ss;
     for (int64_t k = 0; k < cols; ++k)
-      for (int64_t c = rows; c < ldp; ++c) P[k * ldp + c] = 0.f;
+      for (int64_t i = 0; i < 16; ++i)
+        strip[k * 16 + i] = full + i < rows ? static_cast<float>(X[(full + i) * sc + k * sk]) : 0.f;
   }
 }
 
 // ---- GEMM microkernel ---------------------------------------------------------------------
-// O[r, 16v + j] (+)= sum_k A[r * a_rs + k * a_ks] * B[k * ldb + 16v + j]
+// O[r, 16v + j] (+)= sum_k A[r * a_rs + k * a_ks] * B[k * ldb + v * b_vs + j]
 // for r < MR, v < NV, j < 16 (the last vector is masked by `mask`, when MASKED).
+// b_vs = 16 reads B as a plain row-major matrix; a larger b_vs reads strip-packed panels.
 // MR * NV fp32 accumulators live in zmm registers; each k costs NV vector loads of B and MR
 // broadcasts of A for MR * NV FMAs.
 template <int MR, int NV, bool MASKED>
 FASTNST_AVX512_FN void microkernel(int64_t K, const float* __restrict A, int64_t a_rs, int64_t a_ks,
-                                   const float* __restrict B, int64_t ldb, float* __restrict O,
-                                   int64_t ldo, __mmask16 mask, bool accumulate) {
+                                   const float* __restrict B, int64_t ldb, int64_t b_vs,
+                                   float* __restrict O, int64_t ldo, __mmask16 mask,
+                                   bool accumulate) {
   __m512 acc[MR][NV];
 #pragma GCC unroll 16
   for (int r = 0; r < MR; ++r)
@@ -129,9 +130,9 @@ FASTNST_AVX512_FN void microkernel(int64_t K, const float* __restrict A, int64_t
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) {
       if (MASKED && v == NV - 1)
-        b[v] = _mm512_maskz_loadu_ps(mask, bk + 16 * v);
+        b[v] = _mm512_maskz_loadu_ps(mask, bk + v * b_vs);
       else
-        b[v] = _mm512_loadu_ps(bk + 16 * v);
+        b[v] = _mm512_loadu_ps(bk + v * b_vs);
     }
     const float* ak = A + k * a_ks;
 #pragma GCC unroll 16
@@ -163,15 +164,16 @@ FASTNST_AVX512_FN void microkernel(int64_t K, const float* __restrict A, int64_t
 // Dispatch on the number of rows left (1..MR) so every call runs a fully unrolled kernel.
 template <int MR, int NV, bool MASKED>
 FASTNST_AVX512_FN void microkernel_rows(int64_t rows, int64_t K, const float* A, int64_t a_rs,
-                                        int64_t a_ks, const float* B, int64_t ldb, float* O,
-                                        int64_t ldo, __mmask16 mask, bool accumulate) {
+                                        int64_t a_ks, const float* B, int64_t ldb, int64_t b_vs,
+                                        float* O, int64_t ldo, __mmask16 mask, bool accumulate) {
   if constexpr (MR == 0) {
     return;
   } else {
     if (rows >= MR) {
-      microkernel<MR, NV, MASKED>(K, A, a_rs, a_ks, B, ldb, O, ldo, mask, accumulate);
+      microkernel<MR, NV, MASKED>(K, A, a_rs, a_ks, B, ldb, b_vs, O, ldo, mask, accumulate);
     } else {
-      microkernel_rows<MR - 1, NV, MASKED>(rows, K, A, a_rs, a_ks, B, ldb, O, ldo, mask, accumulate);
+      microkernel_rows<MR - 1, NV, MASKED>(rows, K, A, a_rs, a_ks, B, ldb, b_vs, O, ldo, mask,
+                                           accumulate);
     }
   }
 }
@@ -190,17 +192,16 @@ FASTNST_AVX512_FN void gemm_block(int64_t M, int64_t N, int64_t K, const float* 
       const float* a = A + m0 * a_rs;
       float* o = O + m0 * ldo + n0;
       if (nw == NB) {
-        microkernel_rows<MR, NV, false>(mr, K, a, a_rs, a_ks, B + n0, ldb, o, ldo, 0xFFFF, accumulate);
+        microkernel_rows<MR, NV, false>(mr, K, a, a_rs, a_ks, B + n0, ldb, 16, o, ldo, 0xFFFF, accumulate);
       } else {
         // Remainder columns: fewer, masked vectors.
         const int64_t nv = (nw + 15) / 16;
-        const __mmask16 mask = static_cast<__mmask16>((1u << (nw - 16 * (nv - 1))) - 1u) |
-                               ((nw - 16 * (nv - 1)) == 16 ? 0xFFFF : 0);
+        const __mmask16 mask = static_cast<__mmask16>((1u << (nw - 16 * (nv - 1))) - 1u);
         switch (nv) {
-          case 1: microkernel_rows<MR, 1, true>(mr, K, a, a_rs, a_ks, B + n0, ldb, o, ldo, mask, accumulate); break;
-          case 2: if constexpr (NV >= 2) microkernel_rows<MR, 2, true>(mr, K, a, a_rs, a_ks, B + n0, ldb, o, ldo, mask, accumulate); break;
-          case 3: if constexpr (NV >= 3) microkernel_rows<MR, 3, true>(mr, K, a, a_rs, a_ks, B + n0, ldb, o, ldo, mask, accumulate); break;
-          default: if constexpr (NV >= 4) microkernel_rows<MR, 4, true>(mr, K, a, a_rs, a_ks, B + n0, ldb, o, ldo, mask, accumulate); break;
+          case 1: microkernel_rows<MR, 1, true>(mr, K, a, a_rs, a_ks, B + n0, ldb, 16, o, ldo, mask, accumulate); break;
+          case 2: if constexpr (NV >= 2) microkernel_rows<MR, 2, true>(mr, K, a, a_rs, a_ks, B + n0, ldb, 16, o, ldo, mask, accumulate); break;
+          case 3: if constexpr (NV >= 3) microkernel_rows<MR, 3, true>(mr, K, a, a_rs, a_ks, B + n0, ldb, 16, o, ldo, mask, accumulate); break;
+          default: if constexpr (NV >= 4) microkernel_rows<MR, 4, true>(mr, K, a, a_rs, a_ks, B + n0, ldb, 16, o, ldo, mask, accumulate); break;
         }
       }
     }

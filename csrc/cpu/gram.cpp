@@ -19,6 +19,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstring>
 #include <vector>
 
 #include "cpu_features.h"
@@ -56,19 +57,37 @@ at::Tensor empty_grad_like(const at::Tensor& x, at::ScalarType dtype) {
 at::ScalarType acc_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
 #if defined(FASTNST_X86)
-constexpr int64_t kFwdMR = 12;   // rows of G per register tile
-constexpr int64_t kFwdNB = 32;   // columns of G per register tile (2 zmm)
+constexpr int64_t kFwdMR = 8;    // rows of G per register tile
+constexpr int64_t kFwdNV = 3;    // 16-wide column vectors of G per register tile
 constexpr int64_t kBwdMR = 6;
-constexpr int64_t kBwdCols = 256;  // columns of dF per parallel task
+constexpr int64_t kBwdCols = 64;  // columns of dF per packed panel / parallel task
+
+// One register tile row block of the upper triangle: rows [j0, j0 + mr) of G, columns from the
+// 16-strip holding row j0 to the end, from a strip-packed panel P (strip stride ss).
+inline void syrk_rows(int64_t j0, int64_t mr, int64_t Cp, int64_t kw, const float* P, int64_t ss,
+                      float* G, bool accumulate) {
+  const int64_t sa = j0 / 16;
+  const float* A = P + sa * ss + j0 % 16;  // A(r, k) = P[sa][k][j0 % 16 + r]
+  for (int64_t i0 = sa * 16; i0 < Cp; i0 += 16 * kFwdNV) {
+    const int64_t nv = std::min<int64_t>(kFwdNV, (Cp - i0) / 16);
+    const float* Bm = P + (i0 / 16) * ss;
+    float* O = G + j0 * Cp + i0;
+    switch (nv) {
+      case 3: avx512::microkernel_rows<kFwdMR, 3, false>(mr, kw, A, 1, 16, Bm, 16, ss, O, Cp, 0xFFFF, accumulate); break;
+      case 2: avx512::microkernel_rows<kFwdMR, 2, false>(mr, kw, A, 1, 16, Bm, 16, ss, O, Cp, 0xFFFF, accumulate); break;
+      default: avx512::microkernel_rows<kFwdMR, 1, false>(mr, kw, A, 1, 16, Bm, 16, ss, O, Cp, 0xFFFF, accumulate); break;
+    }
+  }
+}
 
 template <typename T>
 void gram_forward_avx512(const at::Tensor& x, double scale, at::Tensor& out) {
   const int64_t B = x.size(0), C = x.size(1), L = x.size(2);
   const int64_t sb = x.stride(0), sc = x.stride(1), sl = x.stride(2);
   const T* X = x.data_ptr<T>();
-  const int64_t Cp = (C + kFwdNB - 1) / kFwdNB * kFwdNB;
-  // Chunk of L so that the packed panel (kc x Cp fp32) stays in L2 (~384 KiB).
-  const int64_t kc = std::max<int64_t>(16, (98304 / Cp) / 16 * 16);
+  const int64_t Cp = (C + 15) / 16 * 16;
+  // Chunk of L: the packed panel (kc x Cp fp32) stays in L2 and one strip of it in L1.
+  const int64_t kc = std::clamp<int64_t>((131072 / Cp) / 16 * 16, 16, 512);
 
   const int64_t nthreads = at::get_num_threads();
   int64_t nsplit = 1;
@@ -93,15 +112,10 @@ void gram_forward_avx512(const at::Tensor& x, double scale, at::Tensor& out) {
       }
       for (int64_t k0 = k_begin; k0 < k_end; k0 += kc) {
         const int64_t kw = std::min(kc, k_end - k0);
-        avx512::pack_transposed<T>(X + b * sb + k0 * sl, sc, sl, C, kw, P, Cp);
+        avx512::pack_strips<T>(X + b * sb + k0 * sl, sc, sl, C, kw, P, /*ss=*/kc * 16);
         const bool accumulate = k0 != k_begin;
-        for (int64_t j0 = 0; j0 < C; j0 += kFwdMR) {
-          const int64_t mr = std::min(kFwdMR, C - j0);
-          // Upper triangle only: columns from the 32-block that holds row j0 onwards.
-          const int64_t ib = j0 / kFwdNB * kFwdNB;
-          avx512::gemm_block<kFwdMR, 2>(mr, Cp - ib, kw, P + j0, /*a_rs=*/1, /*a_ks=*/Cp, P + ib,
-                                        /*ldb=*/Cp, G + j0 * Cp + ib, /*ldo=*/Cp, accumulate);
-        }
+        for (int64_t j0 = 0; j0 < C; j0 += kFwdMR)
+          syrk_rows(j0, std::min(kFwdMR, C - j0), Cp, kw, P, kc * 16, G, accumulate);
       }
     }
   });
@@ -145,17 +159,22 @@ void gram_backward_avx512(const at::Tensor& S, const at::Tensor& xf, at::Tensor&
       }
     });
   } else {
-    // Rows of F (length L) are contiguous: out (C x L) = S (C x C) * F (C x L).
+    // Rows of F (length L) are contiguous: out (C x L) = S (C x C) * F (C x L), one panel of
+    // kBwdCols columns of F at a time, copied to a contiguous buffer first (rows of F are L
+    // apart: read in place, a panel of a large layer would thrash the cache sets).
     // S is symmetric, so S[r, k] is read as S[k, r]: the MR broadcasts share a cache line.
     const int64_t sc = xf.stride(1);
     const int64_t nblk = (L + kBwdCols - 1) / kBwdCols;
     at::parallel_for(0, B * nblk, 1, [&](int64_t t0, int64_t t1) {
+      std::vector<float> panel(static_cast<size_t>(C * kBwdCols));
+      float* P = panel.data();
       for (int64_t t = t0; t < t1; ++t) {
         const int64_t b = t / nblk, n0 = (t % nblk) * kBwdCols;
         const int64_t n = std::min(kBwdCols, L - n0);
-        avx512::gemm_block<kBwdMR, 4>(C, n, C, Sp + b * C * C, /*a_rs=*/1, /*a_ks=*/C,
-                                      X + b * sb + n0, /*ldb=*/sc, O + b * C * L + n0,
-                                      /*ldo=*/L, false);
+        const float* F = X + b * sb + n0;
+        for (int64_t k = 0; k < C; ++k) std::memcpy(P + k * kBwdCols, F + k * sc, n * sizeof(float));
+        avx512::gemm_block<kBwdMR, 4>(C, n, C, Sp + b * C * C, /*a_rs=*/1, /*a_ks=*/C, P,
+                                      /*ldb=*/kBwdCols, O + b * C * L + n0, /*ldo=*/L, false);
       }
     });
   }

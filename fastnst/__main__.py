@@ -1,0 +1,3 @@
+from fastnst.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,298 @@
+"""Benchmark harness shared by ``fastnst bench`` and ``benchmarks/bench_<op>.py``.
+
+Providers run side by side in one process: each fastnst backend present, the reference
+(plain PyTorch, eager) and ``torch.compile`` of the reference. For every case we report the
+median time with the 20th and 80th percentiles, a derived GFLOP/s, the peak memory of one
+call, and the speed-up over the eager reference. Results are written as JSON and as a
+markdown table that records the device and versions. GPU timings synchronise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Callable
+
+import torch
+
+import fastnst
+from fastnst import _ext, reference
+from fastnst.backend import serves
+
+# VGG-19 relu1_1 ... relu5_1 features of a 512 x 512 image, batch 1.
+GRAM_SHAPES = [
+    ("relu1_1", (1, 64, 512, 512)),
+    ("relu2_1", (1, 128, 256, 256)),
+    ("relu3_1", (1, 256, 128, 128)),
+    ("relu4_1", (1, 512, 64, 64)),
+    ("relu5_1", (1, 512, 32, 32)),
+]
+QUICK_GRAM_SHAPES = [
+    ("relu3_1@128", (1, 256, 32, 32)),
+    ("relu4_1@128", (1, 512, 16, 16)),
+]
+
+
+@dataclasses.dataclass
+class Case:
+    op: str
+    name: str
+    shape: tuple
+    mode: str            # "fwd" or "fwd+bwd"
+    provider: str
+    flops: float
+    median_ms: float = float("nan")
+    p20_ms: float = float("nan")
+    p80_ms: float = float("nan")
+    gflops: float = float("nan")
+    peak_mem_mb: float = float("nan")
+    speedup: float = float("nan")   # vs the eager reference, same shape and mode
+    note: str = ""
+
+
+# ---- measurement ------------------------------------------------------------------------
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_fn(fn: Callable[[], object], device: torch.device, warmup: int, repeat: int,
+            min_time: float = 0.0) -> list[float]:
+    """Per-call wall times in seconds (perf_counter around a synchronised call)."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < repeat or (time.perf_counter() - start < min_time and len(times) < 10 * repeat):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def _rss_kb(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> float:
+    """Peak memory one call adds: CUDA allocator peak on GPU; on the CPU the growth of the
+    resident-set high-water mark (reset through /proc/self/clear_refs) over the RSS before."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:
+        return float("nan")
+    base = _rss_kb("VmRSS")
+    fn()
+    peak = _rss_kb("VmHWM")
+    if base is None or peak is None:
+        return float("nan")
+    return max(0, peak - base) / 1024
+
+
+def percentile(sorted_vals: list[float], q: float) -> float:
+    idx = q * (len(sorted_vals) - 1)
+    lo, hi = math.floor(idx), math.ceil(idx)
+    return sorted_vals[lo] + (sorted_vals[hi] - sorted_vals[lo]) * (idx - lo)
+
+
+# ---- providers ------------------------------------------------------------------------------
+def gram_providers(device: torch.device, dtype: torch.dtype) -> dict[str, Callable | str]:
+    """name -> gram(x) callable, or a string saying why the provider is absent."""
+    out: dict[str, Callable | str] = {}
+    for backend in ("cpu", "cuda", "triton"):
+        why = serves(backend, "gram", device, dtype)
+        if backend == "triton" and device.type == "cpu" and why is None:
+            why = "the Triton interpreter is a correctness tool, not timed"
+        out[f"fastnst-{backend}"] = (lambda x, b=backend: fastnst.gram_matrix(x, backend=b)) if why is None else why
+
+    def ref(x):
+        return reference.gram_matrix(x, float(x[0].numel()))
+
+    out["reference"] = ref
+    compiled = torch.compile(ref, dynamic=False)
+    out["reference-compile"] = compiled
+    return out
+
+
+def _gram_case_fn(fn: Callable, x: torch.Tensor, mode: str) -> Callable[[], object]:
+    if mode == "fwd":
+        return lambda: fn(x)
+    xg = x.detach().requires_grad_()
+    gG = torch.randn(x.shape[0], x.shape[1], x.shape[1], device=x.device, dtype=x.dtype)
+
+    def step():
+        xg.grad = None
+        fn(xg).backward(gG)
+
+    return step
+
+
+def bench_gram(shapes=GRAM_SHAPES, modes=("fwd", "fwd+bwd"), device: str = "cpu",
+               dtype: torch.dtype = torch.float32, providers: list[str] | None = None,
+               warmup: int = 3, repeat: int = 15, log: Callable[[str], None] | None = None) -> list[Case]:
+    dev = torch.device(device)
+    provs = gram_providers(dev, dtype)
+    cases: list[Case] = []
+    for name, shape in shapes:
+        b, c = shape[0], shape[1]
+        l = math.prod(shape[2:])
+        x = torch.randn(shape, device=dev, dtype=dtype)
+        for mode in modes:
+            flops = 2.0 * b * c * c * l * (2 if mode == "fwd+bwd" else 1)
+            ref_ms = float("nan")
+            for pname, fn in provs.items():
+                if providers and pname not in providers:
+                    continue
+                case = Case("gram", name, tuple(shape), mode, pname, flops)
+                if isinstance(fn, str):
+                    case.note = fn
+                    cases.append(case)
+                    continue
+                call = _gram_case_fn(fn, x, mode)
+                ts = sorted(time_fn(call, dev, warmup, repeat))
+                case.median_ms = statistics.median(ts) * 1e3
+                case.p20_ms = percentile(ts, 0.2) * 1e3
+                case.p80_ms = percentile(ts, 0.8) * 1e3
+                case.gflops = flops / (case.median_ms * 1e-3) / 1e9
+                case.peak_mem_mb = peak_memory_mb(call, dev)
+                if pname == "reference":
+                    ref_ms = case.median_ms
+                cases.append(case)
+                if log:
+                    log(f"  {name:12s} {mode:8s} {pname:18s} {case.median_ms:9.3f} ms")
+            for case in cases:
+                if case.name == name and case.mode == mode and not math.isnan(case.median_ms):
+                    case.speedup = ref_ms / case.median_ms
+    return cases
+
+
+# ---- reporting ------------------------------------------------------------------------------
+def environment(device: str = "cpu") -> dict:
+    env = {
+        "fastnst": fastnst.__version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "threads": torch.get_num_threads(),
+        "cpu": _cpu_name(),
+        "cpu_kernels": _ext.build_info().get("cpu_isa", "n/a"),
+    }
+    try:
+        import triton
+
+        env["triton"] = triton.__version__
+    except Exception:
+        env["triton"] = "not installed"
+    if device.startswith("cuda") and torch.cuda.is_available():
+        env["gpu"] = torch.cuda.get_device_name(torch.device(device))
+        env["cuda"] = torch.version.cuda
+    return env
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    return f"{name}, {os.cpu_count()} cores"
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def geomean(vals: list[float]) -> float:
+    vals = [v for v in vals if v > 0 and not math.isnan(v)]
+    return math.exp(sum(map(math.log, vals)) / len(vals)) if vals else float("nan")
+
+
+def summary(cases: list[Case]) -> list[str]:
+    """Geometric-mean speed-up over the eager reference, per provider and mode."""
+    lines = []
+    for mode in sorted({c.mode for c in cases}):
+        for prov in dict.fromkeys(c.provider for c in cases):
+            sp = [c.speedup for c in cases if c.mode == mode and c.provider == prov]
+            g = geomean(sp)
+            if not math.isnan(g) and prov != "reference":
+                lines.append(f"{mode}: {prov} {g:.2f}x the eager reference (geometric mean)")
+        comp = {c.name: c.median_ms for c in cases if c.mode == mode and c.provider == "reference-compile"}
+        for prov in dict.fromkeys(c.provider for c in cases):
+            if not prov.startswith("fastnst"):
+                continue
+            ratios = [comp[c.name] / c.median_ms for c in cases
+                      if c.mode == mode and c.provider == prov and c.name in comp and not math.isnan(c.median_ms)]
+            if ratios:
+                lines.append(f"{mode}: {prov} {geomean(ratios):.2f}x torch.compile(reference) "
+                             f"(geometric mean; slowest case {min(ratios):.2f}x)")
+    return lines
+
+
+def markdown(cases: list[Case], env: dict, title: str) -> str:
+    head = (f"### {title}\n\n"
+            f"Setup: {env.get('gpu', env['cpu'])}; torch {env['torch']}, fastnst {env['fastnst']}, "
+            f"triton {env['triton']}, Python {env['python']}, {env['threads']} threads, "
+            f"CPU kernels: {env['cpu_kernels']}. Median of timed calls (p20-p80), float32.\n\n")
+    rows = ["| case | shape | mode | provider | median ms (p20-p80) | GFLOP/s | peak MB | vs reference |",
+            "|---|---|---|---|---|---|---|---|"]
+    for c in cases:
+        if math.isnan(c.median_ms):
+            continue
+        shape = "x".join(map(str, c.shape))
+        rows.append(f"| {c.name} | {shape} | {c.mode} | {c.provider} | {c.median_ms:.2f} "
+                    f"({c.p20_ms:.2f}-{c.p80_ms:.2f}) | {c.gflops:.0f} | {c.peak_mem_mb:.1f} | "
+                    f"{c.speedup:.2f}x |")
+    absent = sorted({f"{c.provider}: {c.note}" for c in cases if c.note})
+    tail = "\n\nNot run: " + "; ".join(absent) if absent else ""
+    summ = "\n".join(f"- {s}" for s in summary(cases))
+    return head + "\n".join(rows) + "\n\n" + summ + tail + "\n"
+
+
+def write_results(cases: list[Case], env: dict, out_dir: str, stem: str, title: str) -> tuple[str, str]:
+    """Write <stem>.json and <stem>.md atomically (temp file + rename); return their paths."""
+    os.makedirs(out_dir, exist_ok=True)
+    payload = {"environment": env, "results": [dataclasses.asdict(c) for c in cases],
+               "summary": summary(cases)}
+    paths = []
+    for ext, text in (("json", json.dumps(payload, indent=2)), ("md", markdown(cases, env, title))):
+        path = os.path.join(out_dir, f"{stem}.{ext}")
+        tmp = path + ".tmp"
+        with open(tmp, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+        paths.append(path)
+    return paths[0], paths[1]
+
+
+def main_gram(argv_quick: bool, device: str, out_dir: str, providers: list[str] | None,
+              repeat: int, log=lambda s: print(s, file=sys.stderr, flush=True)) -> str:
+    shapes = QUICK_GRAM_SHAPES if argv_quick else GRAM_SHAPES
+    cases = bench_gram(shapes, device=device, providers=providers, repeat=repeat, log=log)
+    env = environment(device)
+    _, md = write_results(cases, env, out_dir, f"gram_{device.split(':')[0]}",
+                          "Gram matrix (VGG-19 features of a 512x512 image)"
+                          if not argv_quick else "Gram matrix (quick shapes)")
+    with open(md) as fh:
+        return fh.read()
