@@ -150,6 +150,12 @@ def _gram_case_fn(fn: Callable, x: torch.Tensor, mode: str) -> Callable[[], obje
     return step
 
 
+def gram_flops(shape, mode: str) -> float:
+    """GEMM-equivalent flops: 2·B·C²·L forward, as much again for the one-GEMM backward."""
+    b, c, l = shape[0], shape[1], math.prod(shape[2:])
+    return 2.0 * b * c * c * l * (2 if mode == "fwd+bwd" else 1)
+
+
 def bench_gram(shapes=GRAM_SHAPES, modes=("fwd", "fwd+bwd"), device: str = "cpu",
                dtype: torch.dtype = torch.float32, providers: list[str] | None = None,
                warmup: int = 3, repeat: int = 15, log: Callable[[str], None] | None = None) -> list[Case]:
@@ -157,11 +163,9 @@ def bench_gram(shapes=GRAM_SHAPES, modes=("fwd", "fwd+bwd"), device: str = "cpu"
     provs = gram_providers(dev, dtype)
     cases: list[Case] = []
     for name, shape in shapes:
-        b, c = shape[0], shape[1]
-        l = math.prod(shape[2:])
         x = torch.randn(shape, device=dev, dtype=dtype)
         for mode in modes:
-            flops = 2.0 * b * c * c * l * (2 if mode == "fwd+bwd" else 1)
+            flops = gram_flops(shape, mode)
             ref_ms = float("nan")
             for pname, fn in provs.items():
                 if providers and pname not in providers:
