@@ -15,9 +15,11 @@ contiguous [B, C, C] in x's dtype. The backward writes into a preallocated ``out
 x, through out's own strides.
 
 Precision: tl.dot accumulates in float32 (float64 for float64 input, which only the
-interpreter runs). float32 operands use input_precision="ieee": TF32 would keep only 10
-mantissa bits of every product. float16/bfloat16 operands go to the tensor cores unchanged; in
-the backward, dG + dGᵀ is summed in float32 and rounded once to x's dtype before the dot.
+interpreter runs); the scale is applied to the accumulator and the result rounded once to the
+output dtype. float32 operands use input_precision="ieee": TF32 would keep only 10 mantissa
+bits of every product (the price: float32 runs on the FMA units, not the tensor cores).
+float16/bfloat16 operands go to the tensor cores unchanged; in the backward, dG + dGᵀ is summed
+in float32 and rounded once to x's dtype before the dot, as torch's own (dG + dGᵀ) @ F does.
 
 Forward: only the upper triangle of C-tiles is computed (tile_m <= tile_n). A 1-D program id
 enumerates those tiles column by column and every tile is stored twice, as itself and as its
@@ -29,8 +31,10 @@ partials are summed by torch in a fixed order (deterministic, no atomics).
 Backward: one tiled GEMM over (C-tile, L-tile) programs; the reduction runs over C, loading a
 tile of dG and the matching tile of dGᵀ (the same memory, transposed strides) and adding them.
 
-Limitations: C and L are masked to any size; no autotuning (block sizes are a small heuristic
-by C and dtype) so it also runs under TRITON_INTERPRET=1.
+Limitations: C and L may be any size (masked tiles); no autotuning (block sizes are a small
+heuristic by C, L and dtype), which keeps it usable under TRITON_INTERPRET=1; float64 is meant
+for the interpreter (gradcheck), the GPU backend rejects it upstream in fastnst/backend.py.
+Under the interpreter bfloat16 takes a float32 detour, see _precision.
 """
 
 from __future__ import annotations
@@ -47,19 +51,22 @@ _TARGET_PROGRAMS = 264
 _MIN_SPLIT_L = 1024
 
 
-
 def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def _precision(dtype: torch.dtype) -> tuple[tl.dtype, bool, bool]:
-    """(accumulator dtype, cast dot operands to float32, scale applied in the kernel).
+    """(accumulator dtype, interpreter bfloat16 workaround, scale applied in the kernel).
 
     float64 (interpreter only) accumulates in float64 and is scaled afterwards by torch:
     Triton hands a Python float to the kernel as float32, which would round the scale.
-    The interpreter's tl.dot multiplies bfloat16 bit patterns as integers
-    (triton-lang/triton#11584, unsupported upstream), so there bfloat16 operands are cast
-    to float32 first: exact, as a bfloat16 product fits a float32.
+
+    bfloat16 under TRITON_INTERPRET=1: the interpreter's tl.dot multiplies bfloat16 bit
+    patterns as integers (triton-lang/triton#11584, unsupported upstream) and its
+    float32 -> bfloat16 cast truncates. So there the dot operands are cast to float32 (exact:
+    a bfloat16 product fits a float32), the kernels store float32 and torch rounds to
+    bfloat16 (round-to-nearest-even, as the GPU's cast does). Compiled kernels never take
+    this path.
     """
     if dtype == torch.float64:
         return tl.float64, False, False
@@ -72,15 +79,18 @@ def _block_c(c: int) -> int:
 
 
 def _block_l(l: int, dtype: torch.dtype) -> int:
-    big = 64 if dtype in (torch.float16, torch.bfloat16) else 32
-    return 16 if l <= 16 else min(big, 32 if l <= 32 else 64)
+    # 64 halves of 16 bits make a 128-byte row; float32 tiles stay at 32 to spare registers.
+    if l <= 16:
+        return 16
+    return 64 if l > 32 and dtype in (torch.float16, torch.bfloat16) else 32
 
 
 def _check(x: torch.Tensor, name: str) -> None:
     if x.dim() != 3:
         raise ValueError(f"gram (triton): {name} must be [B, C, L], got {list(x.shape)}")
     if x.dtype not in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
-        raise TypeError(f"gram (triton): {name} must be float32, float16 or bfloat16, got {x.dtype}")
+        raise TypeError(f"gram (triton): {name} must be float32, float16 or bfloat16 "
+                        f"(float64 under TRITON_INTERPRET=1), got {x.dtype}")
 
 
 @triton.jit
@@ -122,7 +132,7 @@ def _gram_fwd_kernel(
         mask_l = offs_l < l_end
         a = tl.load(a_rows + offs_l[None, :] * stride_xl, mask=mask_m[:, None] & mask_l[None, :], other=0.0)
         b = tl.load(b_cols + offs_l[:, None] * stride_xl, mask=mask_l[:, None] & mask_n[None, :], other=0.0)
-        if DOT_FP32:
+        if DOT_FP32:  # interpreter bfloat16 only, see _precision
             a = a.to(tl.float32)
             b = b.to(tl.float32)
         acc = tl.dot(a, b, acc, input_precision="ieee")
@@ -174,14 +184,17 @@ def _gram_bwd_kernel(
         offs_k = k0 + ar_k
         mask_k = offs_k < C
         mask_mk = mask_m[:, None] & mask_k[None, :]
-        g = tl.load(dg_base + offs_m[:, None] * stride_gr + offs_k[None, :] * stride_gc, mask=mask_mk, other=0.0)
-        gt = tl.load(dg_base + offs_k[None, :] * stride_gr + offs_m[:, None] * stride_gc, mask=mask_mk, other=0.0)
+        g = tl.load(dg_base + offs_m[:, None] * stride_gr + offs_k[None, :] * stride_gc,
+                    mask=mask_mk, other=0.0)  # dG[m, k]
+        gt = tl.load(dg_base + offs_k[None, :] * stride_gr + offs_m[:, None] * stride_gc,
+                     mask=mask_mk, other=0.0)  # dGᵀ[m, k] = dG[k, m]
         f = tl.load(x_base + offs_k[:, None] * stride_xc + offs_n[None, :] * stride_xl,
                     mask=mask_k[:, None] & mask_n[None, :], other=0.0)
-        sym = (g.to(ACC_DTYPE) + gt.to(ACC_DTYPE)).to(f.dtype)
-        if DOT_FP32:
-            sym = sym.to(tl.float32)
+        sym = g.to(ACC_DTYPE) + gt.to(ACC_DTYPE)
+        if DOT_FP32:  # interpreter bfloat16 (see _precision): sym stays float32
             f = f.to(tl.float32)
+        else:
+            sym = sym.to(f.dtype)
         acc = tl.dot(sym, f, acc, input_precision="ieee")
 
     acc = acc * scale
@@ -205,13 +218,15 @@ def gram_forward(x: torch.Tensor, scale: float) -> torch.Tensor:
     g = torch.empty((b, c, c), dtype=x.dtype, device=x.device)
     if g.numel() == 0:
         return g
+    if l == 0:
+        return g.zero_()
     acc, dot_fp32, scale_in_kernel = _precision(x.dtype)
     block_c, block_l = _block_c(c), _block_l(l, x.dtype)
     n_t = triton.cdiv(c, block_c)
     n_tri = n_t * (n_t + 1) // 2
     splits, per_split = _n_splits(n_tri * b, l, block_l)
     # One split writes G directly; several write accumulator-precision partials, summed below.
-    if splits == 1:
+    if splits == 1 and not dot_fp32:
         dst, dst_strides = g, (0,) + g.stride()
     else:
         dst = torch.empty((splits, b, c, c), device=x.device,
@@ -222,7 +237,7 @@ def gram_forward(x: torch.Tensor, scale: float) -> torch.Tensor:
         *x.stride(), *dst_strides, float(scale) if scale_in_kernel else 1.0,
         BLOCK_C=block_c, BLOCK_L=block_l, ACC_DTYPE=acc, DOT_FP32=dot_fp32,
     )
-    if splits > 1:
+    if dst is not g:
         g.copy_(dst.sum(dim=0))  # a fixed order over the splits: deterministic
     if not scale_in_kernel:
         g.mul_(scale)
@@ -230,7 +245,7 @@ def gram_forward(x: torch.Tensor, scale: float) -> torch.Tensor:
 
 
 def gram_backward(grad: torch.Tensor, x: torch.Tensor, scale: float, out: torch.Tensor) -> None:
-    """out = scale · (grad + gradᵀ) F, written through out's strides; grad [B, C, C], x and out [B, C, L]."""
+    """out = scale · (grad + gradᵀ) F through out's strides; grad [B, C, C], x and out [B, C, L]."""
     _check(x, "x")
     _check(grad, "grad")
     b, c, l = x.shape
@@ -247,11 +262,14 @@ def gram_backward(grad: torch.Tensor, x: torch.Tensor, scale: float, out: torch.
     block_m = _block_c(c)
     block_k = min(block_m, 32)
     block_n = _block_l(l, torch.float16)  # L is the GEMM's N: 64 wide unless L is tiny
+    dst = out if not dot_fp32 else torch.empty_like(out, dtype=torch.float32)
     grid = (triton.cdiv(c, block_m) * triton.cdiv(l, block_n), b)
     _gram_bwd_kernel[grid](
-        grad, x, out, c, l,
-        *grad.stride(), *x.stride(), *out.stride(), float(scale) if scale_in_kernel else 1.0,
+        grad, x, dst, c, l,
+        *grad.stride(), *x.stride(), *dst.stride(), float(scale) if scale_in_kernel else 1.0,
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, ACC_DTYPE=acc, DOT_FP32=dot_fp32,
     )
+    if dst is not out:
+        out.copy_(dst)
     if not scale_in_kernel:
         out.mul_(scale)
