@@ -99,7 +99,25 @@ void gram_forward_avx512(const at::Tensor& x, double scale, at::Tensor& out) {
   at::Tensor partial = at::empty({items, C, Cp}, x.options().dtype(at::kFloat));
   float* Gp = partial.data_ptr<float>();
 
-  at::parallel_for(0, items, 1, [&](int64_t i0, int64_t i1) {
+  if (items < nthreads && L <= 4 * kc) {
+    // Short rows: too little L to split. Pack each sample once and share the row blocks of
+    // the triangle between threads, interleaved so that each gets a fair part of it.
+    const int64_t ss = L * 16;
+    std::vector<float> panel(static_cast<size_t>(L * Cp));
+    float* P = panel.data();
+    const int64_t nblocks = (C + kFwdMR - 1) / kFwdMR;
+    for (int64_t b = 0; b < B; ++b) {
+      avx512::pack_strips<T>(X + b * sb, sc, sl, C, L, P, ss);
+      float* G = Gp + b * C * Cp;
+      at::parallel_for(0, nthreads, 1, [&](int64_t t0, int64_t t1) {
+        for (int64_t t = t0; t < t1; ++t)
+          for (int64_t blk = t; blk < nblocks; blk += nthreads) {
+            const int64_t j0 = blk * kFwdMR;
+            syrk_rows(j0, std::min(kFwdMR, C - j0), Cp, L, P, ss, G, false);
+          }
+      });
+    }
+  } else at::parallel_for(0, items, 1, [&](int64_t i0, int64_t i1) {
     std::vector<float> panel(static_cast<size_t>(kc * Cp));
     float* P = panel.data();
     for (int64_t item = i0; item < i1; ++item) {
