@@ -110,10 +110,13 @@ def _fix_mmap_threshold() -> None:
         pass
 
 
-def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> float:
+def peak_memory_mb(fn: Callable[[], object], device: torch.device,
+                   reset: Callable[[], None] = lambda: None) -> float:
     """Peak memory one call adds: CUDA allocator peak on GPU; on the CPU the growth of the
     resident-set high-water mark (reset through /proc/self/clear_refs) over the RSS before,
-    with glibc's mmap threshold fixed (see _fix_mmap_threshold)."""
+    with glibc's mmap threshold fixed (see _fix_mmap_threshold). `reset` drops what the
+    previous call left alive (gradients) before the baseline is read."""
+    reset()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -161,8 +164,13 @@ def gram_providers(device: torch.device, dtype: torch.dtype) -> dict[str, Callab
 
 
 def _gram_case_fn(fn: Callable, x: torch.Tensor, mode: str) -> Callable[[], object]:
+    """The timed call; its `.reset()` frees what a call leaves behind (x.grad)."""
     if mode == "fwd":
-        return lambda: fn(x)
+        def fwd():
+            fn(x)
+
+        fwd.reset = lambda: None
+        return fwd
     xg = x.detach().requires_grad_()
     gG = torch.randn(x.shape[0], x.shape[1], x.shape[1], device=x.device, dtype=x.dtype)
 
@@ -170,6 +178,10 @@ def _gram_case_fn(fn: Callable, x: torch.Tensor, mode: str) -> Callable[[], obje
         xg.grad = None
         fn(xg).backward(gG)
 
+    def reset():
+        xg.grad = None
+
+    step.reset = reset
     return step
 
 
@@ -215,7 +227,7 @@ def bench_gram(shapes=GRAM_SHAPES, modes=("fwd", "fwd+bwd"), device: str = "cpu"
                     case.speedup = ref_ms / case.median_ms
     # Peak memory after every timing (it changes how glibc allocates, see _fix_mmap_threshold).
     for case, call in calls:
-        case.peak_mem_mb = peak_memory_mb(call, dev)
+        case.peak_mem_mb = peak_memory_mb(call, dev, call.reset)
     return cases
 
 
