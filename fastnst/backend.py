@@ -147,7 +147,14 @@ def availability(op: str) -> dict[str, str]:
     out["cpu"] = "yes" if serves("cpu", op, cpu, torch.float32) is None else "no: " + serves("cpu", op, cpu, torch.float32)
     out["cuda"] = "yes (kernels built)" if cuda_op_registered(op) else "no: not built"
     ok, note = triton_status()
-    out["triton"] = ("yes" + (" (interpreter: CPU tensors too)" if triton_interpret() else " (CUDA tensors)")) if ok else "no: " + note
+    if not ok:
+        out["triton"] = "no: " + note
+    elif triton_interpret():
+        out["triton"] = "yes (interpreter: CPU tensors)"
+    elif torch.version.cuda is None:
+        out["triton"] = "installed; needs CUDA (CPU torch)"
+    else:
+        out["triton"] = "yes (CUDA tensors)"
     out["reference"] = "yes"
     return out
 

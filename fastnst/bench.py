@@ -111,31 +111,37 @@ def _fix_mmap_threshold() -> None:
 
 
 def peak_memory_mb(fn: Callable[[], object], device: torch.device,
-                   reset: Callable[[], None] = lambda: None) -> float:
-    """Peak memory one call adds: CUDA allocator peak on GPU; on the CPU the growth of the
-    resident-set high-water mark (reset through /proc/self/clear_refs) over the RSS before,
-    with glibc's mmap threshold fixed (see _fix_mmap_threshold). `reset` drops what the
-    previous call left alive (gradients) before the baseline is read."""
-    reset()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-        fn()
-        torch.cuda.synchronize(device)
-        return (torch.cuda.max_memory_allocated(device) - base) / 2**20
-    _fix_mmap_threshold()
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-    except OSError:
-        return float("nan")
-    base = _rss_kb("VmRSS")
+                   reset: Callable[[], None] = lambda: None, samples: int = 3) -> float:
+    """Peak memory one call adds, the median of ``samples`` calls after an untimed warm-up
+    (which absorbs any recompilation): the CUDA allocator's peak on GPU; on the CPU the growth
+    of the resident-set high-water mark (reset through /proc/self/clear_refs) over the RSS
+    before the call, with glibc's mmap threshold fixed (see _fix_mmap_threshold). ``reset``
+    drops what the previous call left alive (gradients) before the baseline is read."""
     fn()
-    peak = _rss_kb("VmHWM")
-    if base is None or peak is None:
-        return float("nan")
-    return max(0, peak - base) / 1024
+    vals = []
+    for _ in range(samples):
+        reset()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            base = torch.cuda.memory_allocated(device)
+            fn()
+            torch.cuda.synchronize(device)
+            vals.append((torch.cuda.max_memory_allocated(device) - base) / 2**20)
+            continue
+        _fix_mmap_threshold()
+        try:
+            with open("/proc/self/clear_refs", "w") as fh:
+                fh.write("5")
+        except OSError:
+            return float("nan")
+        base = _rss_kb("VmRSS")
+        fn()
+        peak = _rss_kb("VmHWM")
+        if base is None or peak is None:
+            return float("nan")
+        vals.append(max(0, peak - base) / 1024)
+    return statistics.median(vals)
 
 
 def percentile(sorted_vals: list[float], q: float) -> float:

@@ -134,6 +134,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("fastnst: interrupted; no output written", file=sys.stderr)
         return 130
+    except FileExistsError as exc:
+        print(f"fastnst {args.command}: error: {exc.args[0].replace('overwrite=True', '--overwrite')}",
+              file=sys.stderr)
+        return 2
     except (ValueError, TypeError, OSError, RuntimeError) as exc:
         print(f"fastnst {args.command}: error: {exc}", file=sys.stderr)
         return 2

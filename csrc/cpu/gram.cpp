@@ -7,8 +7,9 @@
 // AVX-512 path (float32, float16, bfloat16 inputs; fp32 accumulation):
 //  * forward is a SYRK: the reduction dimension L is cut into chunks of kc columns; each chunk
 //    of F is transposed and widened into a packed fp32 panel P (kc x Cp), and only the
-//    upper-triangle tiles of G (12 rows x 32 columns) are computed from it, then mirrored.
-//    Threads split L (each owns a partial G), or the batch when it is large enough.
+//    upper-triangle register tiles of G (8 rows x 48 columns) are computed from it, then
+//    mirrored. Threads split the batch when it is large enough, else L (each owns a partial
+//    G), or, for short rows, the triangle's row blocks.
 //  * backward forms S = s (dG + dG^T) once (C x C) and runs one GEMM, dF = S F, with a
 //    6 x 64 register tile; for channels-innermost x it computes dF^T = F^T S instead, so the
 //    gradient keeps x's layout and no transpose is needed.
@@ -90,8 +91,11 @@ void gram_forward_avx512(const at::Tensor& x, double scale, at::Tensor& out) {
   const int64_t kc = std::clamp<int64_t>((131072 / Cp) / 16 * 16, 16, 512);
 
   const int64_t nthreads = at::get_num_threads();
+  // Short rows with fewer samples than threads: too little L to split, so the threads share
+  // the triangle's row blocks instead (one partial G per sample).
+  const bool share_rows = B < nthreads && L <= 4 * kc;
   int64_t nsplit = 1;
-  if (B < nthreads) {
+  if (B < nthreads && !share_rows) {
     // Split L between threads; each part should still hold a few chunks of work.
     nsplit = std::min<int64_t>((nthreads + B - 1) / B, std::max<int64_t>(1, L / 512));
   }
@@ -99,9 +103,9 @@ void gram_forward_avx512(const at::Tensor& x, double scale, at::Tensor& out) {
   at::Tensor partial = at::empty({items, C, Cp}, x.options().dtype(at::kFloat));
   float* Gp = partial.data_ptr<float>();
 
-  if (items < nthreads && L <= 4 * kc) {
-    // Short rows: too little L to split. Pack each sample once and share the row blocks of
-    // the triangle between threads, interleaved so that each gets a fair part of it.
+  if (share_rows) {
+    // Pack each sample once; threads take the triangle's row blocks interleaved, so that each
+    // gets a fair part of it (the top rows are the longest).
     const int64_t ss = L * 16;
     std::vector<float> panel(static_cast<size_t>(L * Cp));
     float* P = panel.data();
@@ -235,6 +239,8 @@ at::Tensor gram_cpu(const at::Tensor& x, double scale) {
 at::Tensor gram_backward_cpu(const at::Tensor& grad, const at::Tensor& x, double scale) {
   check_input(x, "x");
   TORCH_CHECK(grad.device().is_cpu(), "fastnst::gram_backward (cpu): grad must be a CPU tensor");
+  TORCH_CHECK(at::isFloatingType(grad.scalar_type()),
+              "fastnst::gram_backward: grad must be a floating-point tensor, got ", grad.scalar_type());
   const int64_t B = x.size(0), C = x.size(1), L = x.size(2);
   TORCH_CHECK(grad.dim() == 3 && grad.size(0) == B && grad.size(1) == C && grad.size(2) == C,
               "fastnst::gram_backward: grad must be [B, C, C] = [", B, ", ", C, ", ", C,

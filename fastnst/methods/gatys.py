@@ -68,19 +68,23 @@ def tv_loss(x: torch.Tensor) -> torch.Tensor:
 class _Progress:
     def __init__(self, total: int, enabled: bool):
         self.total, self.enabled, self.t0 = total, enabled, time.perf_counter()
+        self.tty = sys.stderr.isatty()
 
     def update(self, step: int, loss: float, scale_size: tuple[int, int]) -> None:
         if not self.enabled:
             return
+        if not self.tty and step % max(1, self.total // 10) and step != self.total:
+            return  # a log, not a terminal: about ten lines in all
         done = step / self.total
         bar = "#" * int(30 * done) + "-" * (30 - int(30 * done))
         el = time.perf_counter() - self.t0
         eta = el / max(step, 1) * (self.total - step)
-        sys.stderr.write(f"\r[{bar}] {step}/{self.total} loss {loss:.4g} "
+        lead = "\r" if self.tty else ""
+        sys.stderr.write(f"{lead}[{bar}] {step}/{self.total} loss {loss:.4g} "
                          f"{scale_size[1]}x{scale_size[0]} {el:.0f}s (eta {eta:.0f}s) ")
-        sys.stderr.flush()
-        if step == self.total:
+        if step == self.total or not self.tty:
             sys.stderr.write("\n")
+        sys.stderr.flush()
 
 
 def stylize(content, styles, *, style_blend: Sequence[float] | None = None,

@@ -83,21 +83,47 @@ def _make_backward(backward_op):
         (x,) = ctx.saved_tensors
         if not ctx.needs_input_grad[0]:
             return None, None
-        return backward_op(grad.contiguous(), x, ctx.scale), None
+        return backward_op(grad, x, ctx.scale), None
 
     return _backward
 
 
-torch.library.register_autograd(
-    "fastnst::gram_triton", _make_backward(torch.ops.fastnst.gram_backward_triton),
-    setup_context=_setup_context)
+# Double backward. out = s (G + Gᵀ) F with G = grad; for an upstream v shaped like F:
+#   d/dF = s (G + Gᵀ) v        (the same op, applied to v)
+#   d/dG = s (v Fᵀ + F vᵀ)     (small C x C: plain, differentiable torch)
+def _setup_context_bwd(ctx, inputs, output):
+    grad, x, scale = inputs
+    ctx.save_for_backward(grad, x)
+    ctx.scale = scale
+
+
+def _make_double_backward(backward_op):
+    def _double_backward(ctx, v):
+        grad, x = ctx.saved_tensors
+        d_grad = d_x = None
+        if ctx.needs_input_grad[0]:
+            vf = torch.bmm(v, x.transpose(1, 2))
+            d_grad = (vf + vf.transpose(1, 2)) * ctx.scale
+        if ctx.needs_input_grad[1]:
+            d_x = backward_op(grad, v, ctx.scale)
+        return d_grad, d_x, None
+
+    return _double_backward
+
+
+def _register_autograd(op: str, backward_op, backward_name: str) -> None:
+    torch.library.register_autograd(op, _make_backward(backward_op), setup_context=_setup_context)
+    torch.library.register_autograd(backward_name, _make_double_backward(backward_op),
+                                    setup_context=_setup_context_bwd)
+
+
+_register_autograd("fastnst::gram_triton", torch.ops.fastnst.gram_backward_triton,
+                   "fastnst::gram_backward_triton")
 
 if _ext.available():
     torch.library.register_fake("fastnst::gram")(_gram_fake)
     torch.library.register_fake("fastnst::gram_backward")(_gram_backward_fake)
-    torch.library.register_autograd(
-        "fastnst::gram", _make_backward(torch.ops.fastnst.gram_backward),
-        setup_context=_setup_context)
+    _register_autograd("fastnst::gram", torch.ops.fastnst.gram_backward, "fastnst::gram_backward")
 
 
 # ---- public API -----------------------------------------------------------------------------
