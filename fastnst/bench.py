@@ -117,6 +117,8 @@ def peak_memory_mb(fn: Callable[[], object], device: torch.device,
     of the resident-set high-water mark (reset through /proc/self/clear_refs) over the RSS
     before the call, with glibc's mmap threshold fixed (see _fix_mmap_threshold). ``reset``
     drops what the previous call left alive (gradients) before the baseline is read."""
+    if device.type != "cuda":
+        _fix_mmap_threshold()  # before the warm-up, which then absorbs its one-time effects
     fn()
     vals = []
     for _ in range(samples):
@@ -129,7 +131,6 @@ def peak_memory_mb(fn: Callable[[], object], device: torch.device,
             torch.cuda.synchronize(device)
             vals.append((torch.cuda.max_memory_allocated(device) - base) / 2**20)
             continue
-        _fix_mmap_threshold()
         try:
             with open("/proc/self/clear_refs", "w") as fh:
                 fh.write("5")
@@ -235,6 +236,95 @@ def bench_gram(shapes=GRAM_SHAPES, modes=("fwd", "fwd+bwd"), device: str = "cpu"
     for case, call in calls:
         case.peak_mem_mb = peak_memory_mb(call, dev, call.reset)
     return cases
+
+
+# ---- Gatys step ----------------------------------------------------------------------------
+GATYS_SIZES = (256, 512)
+QUICK_GATYS_SIZES = (64,)
+
+
+def conv_flops(encoder, size: int, deepest: str) -> float:
+    """Forward flops of the encoder's convolutions up to ``deepest`` for a size x size input."""
+    flops, h, w = 0.0, size, size
+    for name, m in encoder.features.named_children():
+        if isinstance(m, torch.nn.Conv2d):
+            flops += 2.0 * m.in_channels * m.out_channels * m.kernel_size[0] * m.kernel_size[1] * h * w
+        elif isinstance(m, (torch.nn.MaxPool2d, torch.nn.AvgPool2d)):
+            h, w = h // 2, w // 2
+        if name == deepest:
+            break
+    return flops
+
+
+def gatys_step_fn(encoder, size: int, backend: str, channels_last: bool) -> Callable[[], object]:
+    """One Gatys loss evaluation and backward (what an L-BFGS step costs), default layers."""
+    from fastnst.methods import gatys
+
+    layers = list(dict.fromkeys(gatys.CONTENT_LAYERS + gatys.STYLE_LAYERS))
+    g = torch.Generator().manual_seed(0)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = (torch.randn(1, 3, size, size, generator=g) * 50).contiguous(memory_format=fmt).requires_grad_()
+    with torch.no_grad():
+        feats = encoder.features_of(torch.randn(1, 3, size, size, generator=g) * 50, layers)
+        tg = [fastnst.gram_matrix(feats[n], backend=backend) for n in gatys.STYLE_LAYERS]
+        tc = [feats[n] for n in gatys.CONTENT_LAYERS]
+
+    def step():
+        x.grad = None
+        f = encoder.features_of(x, layers)
+        loss = sum(5.0 * torch.nn.functional.mse_loss(f[n], t) for n, t in zip(gatys.CONTENT_LAYERS, tc))
+        for n, t in zip(gatys.STYLE_LAYERS, tg):
+            loss = loss + 100.0 * torch.nn.functional.mse_loss(fastnst.gram_matrix(f[n], backend=backend), t)
+        loss = loss + 1e-3 * gatys.tv_loss(x)
+        loss.backward()
+
+    step.reset = lambda: setattr(x, "grad", None)
+    return step
+
+
+def bench_gatys(sizes=GATYS_SIZES, repeat: int = 5, log=None) -> list[Case]:
+    """Gatys step time: fastnst ops vs the same loop on reference ops (channels_last, as
+    stylize() runs it), and the reference loop in NCHW (as public code runs it)."""
+    from fastnst.methods import gatys
+    from fastnst.models import load_vgg
+
+    encoder = load_vgg()
+    dev = torch.device("cpu")
+    deepest = max(gatys.CONTENT_LAYERS + gatys.STYLE_LAYERS, key=encoder.names.index)
+    providers = {"fastnst": ("auto", True), "reference": ("reference", True),
+                 "reference-nchw": ("reference", False)}
+    cases, calls = [], []
+    for size in sizes:
+        flops = 2 * conv_flops(encoder, size, deepest)  # forward + input-gradient backward
+        ref_ms = float("nan")
+        for pname, (backend, cl) in providers.items():
+            call = gatys_step_fn(encoder, size, backend, cl)
+            case = Case("gatys_step", f"{size}x{size}", (1, 3, size, size), "step", pname, flops)
+            ts = sorted(time_fn(call, dev, 1, repeat))
+            case.median_ms = statistics.median(ts) * 1e3
+            case.p20_ms, case.p80_ms = percentile(ts, 0.2) * 1e3, percentile(ts, 0.8) * 1e3
+            case.gflops = flops / (case.median_ms * 1e-3) / 1e9
+            if pname == "reference":
+                ref_ms = case.median_ms
+            cases.append(case)
+            calls.append((case, call))
+            if log:
+                log(f"  gatys {size:5d} {pname:15s} {case.median_ms:9.1f} ms")
+        for c in cases:
+            if c.shape[-1] == size:
+                c.speedup = ref_ms / c.median_ms
+    for case, call in calls:
+        case.peak_mem_mb = peak_memory_mb(call, dev, call.reset)
+    return cases
+
+
+def main_gatys(quick: bool, out_dir: str, repeat: int, log=lambda s: print(s, file=sys.stderr, flush=True)) -> str:
+    cases = bench_gatys(QUICK_GATYS_SIZES if quick else GATYS_SIZES, repeat=repeat, log=log)
+    env = environment("cpu")
+    _, md = write_results(cases, env, out_dir, "gatys_cpu",
+                          "Gatys step (VGG-19 to relu5_1, content relu4_2, five style Grams)")
+    with open(md) as fh:
+        return fh.read()
 
 
 # ---- reporting ------------------------------------------------------------------------------

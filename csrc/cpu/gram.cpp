@@ -142,19 +142,31 @@ void gram_forward_avx512(const at::Tensor& x, double scale, at::Tensor& out) {
     }
   });
 
-  // Sum the partial Grams, scale, mirror the upper triangle and narrow to the output dtype.
+  // Sum the partial Grams, scale, mirror the upper triangle and narrow to the output dtype,
+  // in 16 x 16 blocks so that both the block and its mirror are written a row at a time.
+  // Values come from the upper triangle only: G is exactly symmetric.
   T* O = out.data_ptr<T>();
   const float fscale = static_cast<float>(scale);
-  at::parallel_for(0, B * C, 16, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      const int64_t b = r / C, i = r % C;
+  const int64_t nb = (C + 15) / 16;
+  at::parallel_for(0, B * nb, 1, [&](int64_t t0, int64_t t1) {
+    float tile[16][16];
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t b = t / nb, i0 = (t % nb) * 16, ih = std::min<int64_t>(16, C - i0);
       T* Ob = O + b * C * C;
-      for (int64_t j = i; j < C; ++j) {
-        float v = 0.f;
-        for (int64_t s = 0; s < nsplit; ++s) v += Gp[(b * nsplit + s) * C * Cp + i * Cp + j];
-        const T t = static_cast<T>(v * fscale);
-        Ob[i * C + j] = t;
-        Ob[j * C + i] = t;
+      const float* Gb = Gp + b * nsplit * C * Cp;
+      for (int64_t j0 = i0; j0 < C; j0 += 16) {
+        const int64_t jw = std::min<int64_t>(16, C - j0);
+        for (int64_t r = 0; r < ih; ++r)
+          for (int64_t c = 0; c < jw; ++c) {
+            float v = 0.f;
+            for (int64_t s = 0; s < nsplit; ++s) v += Gb[s * C * Cp + (i0 + r) * Cp + j0 + c];
+            tile[r][c] = v * fscale;
+          }
+        const bool diag = j0 == i0;
+        for (int64_t r = 0; r < ih; ++r)
+          for (int64_t c = diag ? r : 0; c < jw; ++c) Ob[(i0 + r) * C + j0 + c] = static_cast<T>(tile[r][c]);
+        for (int64_t c = 0; c < jw; ++c)
+          for (int64_t r = 0; r < (diag ? c : ih); ++r) Ob[(j0 + c) * C + i0 + r] = static_cast<T>(tile[r][c]);
       }
     }
   });
@@ -169,14 +181,15 @@ void gram_backward_avx512(const at::Tensor& S, const at::Tensor& xf, at::Tensor&
   const int64_t sb = xf.stride(0);
   if (channels_innermost(xf)) {
     // Rows of F^T (length C) are contiguous: out^T (L x C) = F^T (L x C) * S (C x C).
-    const int64_t rows = 192;
-    const int64_t nblk = (L + rows - 1) / rows;
-    at::parallel_for(0, B * nblk, 1, [&](int64_t t0, int64_t t1) {
+    // Tasks: 192 rows of F^T x 128 columns of S (column slices keep short images parallel).
+    const int64_t rows = 192, cols = 128;
+    const int64_t nblk = (L + rows - 1) / rows, ncb = (C + cols - 1) / cols;
+    at::parallel_for(0, B * nblk * ncb, 1, [&](int64_t t0, int64_t t1) {
       for (int64_t t = t0; t < t1; ++t) {
-        const int64_t b = t / nblk, m0 = (t % nblk) * rows;
-        const int64_t m = std::min(rows, L - m0);
-        avx512::gemm_block<kBwdMR, 4>(m, C, C, X + b * sb + m0 * C, /*a_rs=*/C, /*a_ks=*/1,
-                                      Sp + b * C * C, /*ldb=*/C, O + b * C * L + m0 * C,
+        const int64_t b = t / (nblk * ncb), m0 = (t / ncb % nblk) * rows, n0 = (t % ncb) * cols;
+        const int64_t m = std::min(rows, L - m0), n = std::min(cols, C - n0);
+        avx512::gemm_block<kBwdMR, 4>(m, n, C, X + b * sb + m0 * C, /*a_rs=*/C, /*a_ks=*/1,
+                                      Sp + b * C * C + n0, /*ldb=*/C, O + b * C * L + m0 * C + n0,
                                       /*ldo=*/C, false);
       }
     });
