@@ -78,71 +78,38 @@ def time_fn(fn: Callable[[], object], device: torch.device, warmup: int, repeat:
     return times
 
 
-def _rss_kb(field: str) -> int | None:
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
+def _cpu_peak_bytes(fn: Callable[[], object]) -> float:
+    """Peak of live tensor memory allocated during one call, from the profiler's allocator
+    events (allocations positive, frees negative, in time order). Buffers a kernel allocates
+    outside the torch allocator (small packing panels) are not counted."""
+    from torch.profiler import ProfilerActivity, profile
 
-
-_MMAP_FIXED = False
-
-
-def _fix_mmap_threshold() -> None:
-    """Make glibc serve every allocation >= 128 KiB with a fresh mmap (and unmap it on free),
-    as it does before its dynamic threshold adapts, so a call's large buffers show up in the
-    resident set. Called after all timings: timings use the default allocator."""
-    global _MMAP_FIXED
-    if _MMAP_FIXED:
-        return
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
-        libc.malloc_trim(0)
-        _MMAP_FIXED = True
-    except OSError:
-        pass
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                    if e.name() == "[memory]")
+    live = peak = 0
+    for _, nbytes in events:
+        live += nbytes
+        peak = max(peak, live)
+    return float(peak)
 
 
 def peak_memory_mb(fn: Callable[[], object], device: torch.device,
-                   reset: Callable[[], None] = lambda: None, samples: int = 3) -> float:
-    """Peak memory one call adds, the median of ``samples`` calls after an untimed warm-up
-    (which absorbs any recompilation): the CUDA allocator's peak on GPU; on the CPU the growth
-    of the resident-set high-water mark (reset through /proc/self/clear_refs) over the RSS
-    before the call, with glibc's mmap threshold fixed (see _fix_mmap_threshold). ``reset``
-    drops what the previous call left alive (gradients) before the baseline is read."""
-    if device.type != "cuda":
-        _fix_mmap_threshold()  # before the warm-up, which then absorbs its one-time effects
+                   reset: Callable[[], None] = lambda: None) -> float:
+    """Peak memory one call adds, after an untimed warm-up (which absorbs any recompilation):
+    the CUDA allocator's peak on GPU, the profiler's allocator events on the CPU. ``reset``
+    drops what the previous call left alive (gradients) before measuring."""
     fn()
-    vals = []
-    for _ in range(samples):
-        reset()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-            torch.cuda.reset_peak_memory_stats(device)
-            base = torch.cuda.memory_allocated(device)
-            fn()
-            torch.cuda.synchronize(device)
-            vals.append((torch.cuda.max_memory_allocated(device) - base) / 2**20)
-            continue
-        try:
-            with open("/proc/self/clear_refs", "w") as fh:
-                fh.write("5")
-        except OSError:
-            return float("nan")
-        base = _rss_kb("VmRSS")
+    reset()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
         fn()
-        peak = _rss_kb("VmHWM")
-        if base is None or peak is None:
-            return float("nan")
-        vals.append(max(0, peak - base) / 1024)
-    return statistics.median(vals)
+        torch.cuda.synchronize(device)
+        return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    return _cpu_peak_bytes(fn) / 2**20
 
 
 def percentile(sorted_vals: list[float], q: float) -> float:
@@ -232,7 +199,6 @@ def bench_gram(shapes=GRAM_SHAPES, modes=("fwd", "fwd+bwd"), device: str = "cpu"
             for case in cases:
                 if case.name == name and case.mode == mode and not math.isnan(case.median_ms):
                     case.speedup = ref_ms / case.median_ms
-    # Peak memory after every timing (it changes how glibc allocates, see _fix_mmap_threshold).
     for case, call in calls:
         case.peak_mem_mb = peak_memory_mb(call, dev, call.reset)
     return cases
@@ -263,7 +229,7 @@ def gatys_step_fn(encoder, size: int, backend: str, channels_last: bool) -> Call
     layers = list(dict.fromkeys(gatys.CONTENT_LAYERS + gatys.STYLE_LAYERS))
     g = torch.Generator().manual_seed(0)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    x = (torch.randn(1, 3, size, size, generator=g) * 50).contiguous(memory_format=fmt).requires_grad_()
+    x = (torch.randn(1, 3, size, size, generator=g) * 50).requires_grad_()
     with torch.no_grad():
         feats = encoder.features_of(torch.randn(1, 3, size, size, generator=g) * 50, layers)
         tg = [fastnst.gram_matrix(feats[n], backend=backend) for n in gatys.STYLE_LAYERS]
@@ -271,7 +237,7 @@ def gatys_step_fn(encoder, size: int, backend: str, channels_last: bool) -> Call
 
     def step():
         x.grad = None
-        f = encoder.features_of(x, layers)
+        f = encoder.features_of(x.contiguous(memory_format=fmt), layers)  # as stylize() does
         loss = sum(5.0 * torch.nn.functional.mse_loss(f[n], t) for n, t in zip(gatys.CONTENT_LAYERS, tc))
         for n, t in zip(gatys.STYLE_LAYERS, tg):
             loss = loss + 100.0 * torch.nn.functional.mse_loss(fastnst.gram_matrix(f[n], backend=backend), t)

@@ -61,6 +61,11 @@ def test_options(encoder):
     assert m.image.shape == i.image.shape == (1, 3, 32, 32)
 
 
+def test_lbfgs_at_a_channels_last_size(encoder):
+    r = small(encoder, size=128, steps=2)  # 128²: the encoder runs channels_last
+    assert r.image.shape == (1, 3, 128, 128) and r.losses[-1] < r.losses[0]
+
+
 def test_tensor_inputs(encoder):
     c = image.resize(image.load_image(CONTENT), size=24)
     s = image.resize(image.load_image(STYLE), size=24)

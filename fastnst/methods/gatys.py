@@ -204,12 +204,13 @@ def stylize(content, styles, *, style_blend: Sequence[float] | None = None,
             init_img = F.interpolate(_as_image(init, "init", device), size=(h, w), mode="bilinear",
                                      align_corners=False, antialias=True)
             x0 = encoder.preprocess(init_img.clamp(0, 1))
-        # channels_last: oneDNN's convolutions run faster on it, and fastnst's Gram reads it in
-        # place (the reference's bmm must copy it).
-        x = x0.detach().contiguous(memory_format=torch.channels_last).requires_grad_(True)
+        x = x0.detach().contiguous().requires_grad_(True)  # L-BFGS flattens it: contiguous
+        # The encoder sees x as channels_last from 128² up: oneDNN's convolutions run faster on
+        # it there, and fastnst's Gram reads it in place (the reference's bmm must copy it).
+        fmt = torch.channels_last if h * w >= 128 * 128 else torch.contiguous_format
 
         def loss_fn() -> torch.Tensor:
-            feats = encoder.features_of(x, all_layers)
+            feats = encoder.features_of(x.contiguous(memory_format=fmt), all_layers)
             loss = x.new_zeros(())
             if content_weight:
                 for wgt, n, t in zip(cw, content_layers, targets_c):
