@@ -84,8 +84,16 @@ def _cpu_peak_bytes(fn: Callable[[], object]) -> float:
     outside the torch allocator (small packing panels) are not counted."""
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
+    sys.stderr.flush()
+    saved = os.dup(2)  # the profiler's native start/stop chatter goes to fd 2: silence it
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+                fn()
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
     events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
                     if e.name() == "[memory]")
     live = peak = 0

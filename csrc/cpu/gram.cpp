@@ -91,14 +91,15 @@ void gram_forward_avx512(const at::Tensor& x, double scale, at::Tensor& out) {
   const int64_t kc = std::clamp<int64_t>((131072 / Cp) / 16 * 16, 16, 512);
 
   const int64_t nthreads = at::get_num_threads();
-  // Short rows with fewer samples than threads: too little L to split, so the threads share
-  // the triangle's row blocks instead (one partial G per sample).
-  const bool share_rows = B < nthreads && L <= 4 * kc;
   int64_t nsplit = 1;
-  if (B < nthreads && !share_rows) {
+  if (B < nthreads) {
     // Split L between threads; each part should still hold a few chunks of work.
     nsplit = std::min<int64_t>((nthreads + B - 1) / B, std::max<int64_t>(1, L / 512));
   }
+  // Rows too short to give every thread a part of L: the threads share the triangle's row
+  // blocks instead (one partial G per sample).
+  const bool share_rows = B * nsplit < nthreads && L <= 4 * kc;
+  if (share_rows) nsplit = 1;
   const int64_t items = B * nsplit;
   at::Tensor partial = at::empty({items, C, Cp}, x.options().dtype(at::kFloat));
   float* Gp = partial.data_ptr<float>();
