@@ -1,0 +1,484 @@
+// Instance statistics and fused normalisation on the CPU: mean_std, instance_norm (which also
+// carries conditional instance norm and AdaIN) and their backwards.
+//
+// Statistics per (b, c) over L (Ulyanov et al. 2016; Huang & Belongie 2017):
+//   mean = sum x / L,  var = sum (x - mean)^2 / N',  N' = L - 1 (unbiased) or L.
+// They are computed in one pass as sums shifted by the row's first element K,
+//   s1 = sum (x - K),  s2 = sum (x - K)^2,  mean = K + s1 / L,  M2 = s2 - s1^2 / L,
+// which stays accurate for activations with a large mean (K is close to it), with fp32 lanes
+// over blocks of 512 elements flushed into fp64 totals (float64 input: fp64 throughout).
+//
+// Forward:  y = act(w (x - mean) rstd + b + x_scale x) = act(a x + c),
+//           a = w rstd + x_scale,  c = b - w mean rstd,  rstd = 1 / sqrt(var + eps).
+// Backward: g' = grad * (y > 0) for ReLU (mask recomputed from y), xhat = (x - mean) rstd,
+//           dw = sum g' xhat,  db = sum g',
+//           dx = x_scale g' + rstd w (g' - db / L - xhat dw / N')  =  p g' + q x + s.
+// Two passes over a row (statistics, then the elementwise map), for rows laid out with L
+// contiguous or, for channels_last images, with C contiguous (vectorised over channels).
+
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+namespace fastnst {
+namespace cpu {
+namespace {
+
+constexpr int64_t kBlock = 512;  // fp32 partial sums per block, then fp64 totals
+
+// Same layout rule as gram_backward: channels-innermost dense input keeps its layout.
+bool channels_innermost(const at::Tensor& x) {
+  const int64_t C = x.size(1);
+  return C > 1 && x.stride(1) == 1 && x.stride(2) == C;
+}
+
+at::Tensor empty_rule(const at::Tensor& x, at::ScalarType dtype) {
+  const int64_t B = x.size(0), C = x.size(1), L = x.size(2);
+  auto opts = x.options().dtype(dtype);
+  if (channels_innermost(x)) return at::empty_strided({B, C, L}, {C * L, 1, C}, opts);
+  return at::empty({B, C, L}, opts);
+}
+
+// x densely in the rule's layout ([B][L][C] or [B][C][L]): itself, or a copy.
+at::Tensor canonical(const at::Tensor& x, bool channels) {
+  if (!channels) return x.contiguous();
+  if (x.size(0) == 1 || x.stride(0) == x.size(1) * x.size(2)) return x;
+  at::Tensor out = empty_rule(x, x.scalar_type());  // e.g. a batch slice x[::2]
+  out.copy_(x);
+  return out;
+}
+
+// t with exactly the strides of `like` (a copy when they differ).
+at::Tensor same_layout(const at::Tensor& t, const at::Tensor& like) {
+  if (t.strides() == like.strides()) return t;
+  at::Tensor out = at::empty_strided(like.sizes(), like.strides(), t.options());
+  out.copy_(t);
+  return out;
+}
+
+void check_x(const at::Tensor& x, const char* op) {
+  TORCH_CHECK(x.device().is_cpu(), "fastnst::", op, " (cpu): x must be a CPU tensor, got ", x.device());
+  TORCH_CHECK(x.dim() == 3, "fastnst::", op, ": x must be [B, C, L], got ", x.sizes());
+  const auto dt = x.scalar_type();
+  TORCH_CHECK(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16 || dt == at::kDouble,
+              "fastnst::", op, ": x must be float32, float16, bfloat16 or float64 (cpu), got ", dt);
+  TORCH_CHECK(x.size(2) > 0, "fastnst::", op, ": x must have L > 0");
+}
+
+// Per-(b, c) weight/bias as a [B, C] fp32/fp64 tensor (w = fill when absent).
+at::Tensor per_sample(const c10::optional<at::Tensor>& t, int64_t B, int64_t C, double fill,
+                      at::ScalarType acc, const char* name, const char* op) {
+  if (!t.has_value() || !t->defined()) return at::full({B, C}, fill, at::TensorOptions().dtype(acc));
+  const at::Tensor& v = *t;
+  TORCH_CHECK(v.device().is_cpu(), "fastnst::", op, ": ", name, " must be a CPU tensor");
+  TORCH_CHECK((v.dim() == 1 && v.size(0) == C) || (v.dim() == 2 && v.size(0) == B && v.size(1) == C),
+              "fastnst::", op, ": ", name, " must be [C] or [B, C] = [", C, "] or [", B, ", ", C,
+              "], got ", v.sizes());
+  return v.to(acc).expand({B, C}).contiguous();
+}
+
+// ---- statistics -----------------------------------------------------------------------------
+// Shifted sums of n elements of p (stride 1), shift K.
+template <typename T, typename A>
+void shifted_sums(const T* p, int64_t n, A K, A& s1, A& s2) {
+  using L = typename std::conditional<std::is_same<A, double>::value && !std::is_same<T, double>::value,
+                                      float, A>::type;  // lane type: fp32 for narrow inputs
+  const L k = static_cast<L>(K);
+  for (int64_t i0 = 0; i0 < n; i0 += kBlock) {
+    const int64_t i1 = std::min(n, i0 + kBlock);
+    L a = 0, b = 0;
+#pragma omp simd reduction(+ : a, b)
+    for (int64_t i = i0; i < i1; ++i) {
+      const L d = static_cast<L>(p[i]) - k;
+      a += d;
+      b += d * d;
+    }
+    s1 += a;
+    s2 += b;
+  }
+}
+
+// mean[b, c], M2[b, c] (sum of squared deviations) of x in the rule's layout.
+template <typename T>
+void row_stats(const at::Tensor& x, bool channels, std::vector<double>& mean, std::vector<double>& m2) {
+  const int64_t B = x.size(0), C = x.size(1), L = x.size(2);
+  const T* X = x.data_ptr<T>();
+  mean.assign(B * C, 0.0);
+  m2.assign(B * C, 0.0);
+  if (!channels) {
+    at::parallel_for(0, B * C, 1, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const T* p = X + r * L;
+        const double K = static_cast<double>(p[0]);
+        double s1 = 0, s2 = 0;
+        shifted_sums<T, double>(p, L, K, s1, s2);
+        mean[r] = K + s1 / L;
+        m2[r] = std::max(0.0, s2 - s1 * s1 / L);
+      }
+    });
+    return;
+  }
+  // Channels innermost: x[b, l, c] at b*L*C + l*C + c. Threads take chunks of L with partial
+  // per-channel sums (same shift K[c] = x[b, 0, c], so the partial sums simply add).
+  const int64_t nthreads = at::get_num_threads();
+  const int64_t nchunk = std::max<int64_t>(1, std::min<int64_t>(nthreads, L / 64));
+  std::vector<double> s1(B * nchunk * C, 0.0), s2(B * nchunk * C, 0.0);
+  at::parallel_for(0, B * nchunk, 1, [&](int64_t t0, int64_t t1) {
+    std::vector<float> a(C), q(C), k(C);
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t b = t / nchunk, ch = t % nchunk;
+      const int64_t l0 = L * ch / nchunk, l1 = L * (ch + 1) / nchunk;
+      const T* base = X + b * L * C;
+      double* S1 = s1.data() + t * C;
+      double* S2 = s2.data() + t * C;
+      for (int64_t c = 0; c < C; ++c) k[c] = static_cast<float>(base[c]);
+      for (int64_t i0 = l0; i0 < l1; i0 += kBlock / 8) {
+        const int64_t i1 = std::min(l1, i0 + kBlock / 8);
+        std::fill(a.begin(), a.end(), 0.f);
+        std::fill(q.begin(), q.end(), 0.f);
+        for (int64_t l = i0; l < i1; ++l) {
+          const T* row = base + l * C;
+#pragma omp simd
+          for (int64_t c = 0; c < C; ++c) {
+            const float d = static_cast<float>(row[c]) - k[c];
+            a[c] += d;
+            q[c] += d * d;
+          }
+        }
+        for (int64_t c = 0; c < C; ++c) {
+          S1[c] += a[c];
+          S2[c] += q[c];
+        }
+      }
+    }
+  });
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t c = 0; c < C; ++c) {
+      double t1 = 0, t2 = 0;
+      for (int64_t ch = 0; ch < nchunk; ++ch) {
+        t1 += s1[(b * nchunk + ch) * C + c];
+        t2 += s2[(b * nchunk + ch) * C + c];
+      }
+      const double K = static_cast<float>(X[b * L * C + c]);
+      mean[b * C + c] = K + t1 / L;
+      m2[b * C + c] = std::max(0.0, t2 - t1 * t1 / L);
+    }
+}
+
+// Float64 input: the same, in fp64 lanes (row layout only; channels copies are rare here).
+template <>
+void row_stats<double>(const at::Tensor& x0, bool channels, std::vector<double>& mean,
+                       std::vector<double>& m2) {
+  const at::Tensor x = channels ? x0.contiguous() : x0;
+  const int64_t B = x.size(0), C = x.size(1), L = x.size(2);
+  const double* X = x.data_ptr<double>();
+  mean.assign(B * C, 0.0);
+  m2.assign(B * C, 0.0);
+  for (int64_t r = 0; r < B * C; ++r) {
+    const double* p = X + r * L;
+    double s = 0;
+    for (int64_t i = 0; i < L; ++i) s += p[i];
+    const double mu = s / L;
+    double q = 0;
+    for (int64_t i = 0; i < L; ++i) q += (p[i] - mu) * (p[i] - mu);
+    mean[r] = mu;
+    m2[r] = q;
+  }
+}
+
+// ---- the elementwise map y = f(x[, g]) with per-(b, c) coefficients ---------------------------
+// out[b, c, l] = act(P[bc] * g + Q[bc] * x + R[bc]); g optional (nullptr), act: relu or none,
+// mask optional: g is zeroed where mask <= 0 (the ReLU's recomputed mask).
+template <typename T>
+void affine_map(const at::Tensor& x, const T* G, const T* M, bool relu, bool channels,
+                const std::vector<double>& P, const std::vector<double>& Q,
+                const std::vector<double>& R, at::Tensor& out) {
+  const int64_t B = x.size(0), C = x.size(1), L = x.size(2);
+  const T* X = x.data_ptr<T>();
+  T* O = out.data_ptr<T>();
+  using A = at::opmath_type<T>;
+  if (!channels) {
+    at::parallel_for(0, B * C, 1, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const A p = P[r], q = Q[r], s = R[r];
+        const T* xr = X + r * L;
+        const T* gr = G ? G + r * L : nullptr;
+        const T* mr = M ? M + r * L : nullptr;
+        T* orow = O + r * L;
+#pragma omp simd
+        for (int64_t l = 0; l < L; ++l) {
+          A g = gr ? static_cast<A>(gr[l]) : A(0);
+          if (mr && !(static_cast<A>(mr[l]) > A(0))) g = A(0);
+          A v = p * g + q * static_cast<A>(xr[l]) + s;
+          if (relu) v = v > A(0) ? v : A(0);
+          orow[l] = static_cast<T>(v);
+        }
+      }
+    });
+    return;
+  }
+  at::parallel_for(0, B * L, 64, [&](int64_t t0, int64_t t1) {
+    std::vector<A> p(C), q(C), s(C);
+    int64_t cur_b = -1;
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t b = t / L;
+      if (b != cur_b) {
+        for (int64_t c = 0; c < C; ++c) {
+          p[c] = P[b * C + c];
+          q[c] = Q[b * C + c];
+          s[c] = R[b * C + c];
+        }
+        cur_b = b;
+      }
+      const T* xr = X + t * C;
+      const T* gr = G ? G + t * C : nullptr;
+      const T* mr = M ? M + t * C : nullptr;
+      T* orow = O + t * C;
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) {
+        A g = gr ? static_cast<A>(gr[c]) : A(0);
+        if (mr && !(static_cast<A>(mr[c]) > A(0))) g = A(0);
+        A v = p[c] * g + q[c] * static_cast<A>(xr[c]) + s[c];
+        if (relu) v = v > A(0) ? v : A(0);
+        orow[c] = static_cast<T>(v);
+      }
+    }
+  });
+}
+
+// Per-(b, c) sums of g' and g' * (x - mean) for the backward (g' masked by y > 0 if relu).
+template <typename T>
+void grad_sums(const at::Tensor& x, const at::Tensor& g, const T* M, bool channels,
+               const std::vector<double>& mean, std::vector<double>& sg, std::vector<double>& sgx) {
+  const int64_t B = x.size(0), C = x.size(1), L = x.size(2);
+  const T* X = x.data_ptr<T>();
+  const T* G = g.data_ptr<T>();
+  using A = at::opmath_type<T>;
+  sg.assign(B * C, 0.0);
+  sgx.assign(B * C, 0.0);
+  if (!channels) {
+    at::parallel_for(0, B * C, 1, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const A mu = static_cast<A>(mean[r]);
+        double t1 = 0, t2 = 0;
+        for (int64_t i0 = 0; i0 < L; i0 += kBlock) {
+          const int64_t i1 = std::min(L, i0 + kBlock);
+          A a = 0, b = 0;
+#pragma omp simd reduction(+ : a, b)
+          for (int64_t l = i0; l < i1; ++l) {
+            A gv = static_cast<A>(G[r * L + l]);
+            if (M && !(static_cast<A>(M[r * L + l]) > A(0))) gv = A(0);
+            a += gv;
+            b += gv * (static_cast<A>(X[r * L + l]) - mu);
+          }
+          t1 += a;
+          t2 += b;
+        }
+        sg[r] = t1;
+        sgx[r] = t2;
+      }
+    });
+    return;
+  }
+  const int64_t nthreads = at::get_num_threads();
+  const int64_t nchunk = std::max<int64_t>(1, std::min<int64_t>(nthreads, L / 64));
+  std::vector<double> p1(B * nchunk * C, 0.0), p2(B * nchunk * C, 0.0);
+  at::parallel_for(0, B * nchunk, 1, [&](int64_t t0, int64_t t1) {
+    std::vector<A> a(C), q(C), mu(C);
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t b = t / nchunk, ch = t % nchunk;
+      const int64_t l0 = L * ch / nchunk, l1 = L * (ch + 1) / nchunk;
+      for (int64_t c = 0; c < C; ++c) mu[c] = static_cast<A>(mean[b * C + c]);
+      for (int64_t i0 = l0; i0 < l1; i0 += kBlock / 8) {
+        const int64_t i1 = std::min(l1, i0 + kBlock / 8);
+        std::fill(a.begin(), a.end(), A(0));
+        std::fill(q.begin(), q.end(), A(0));
+        for (int64_t l = i0; l < i1; ++l) {
+          const int64_t off = (b * L + l) * C;
+#pragma omp simd
+          for (int64_t c = 0; c < C; ++c) {
+            A gv = static_cast<A>(G[off + c]);
+            if (M && !(static_cast<A>(M[off + c]) > A(0))) gv = A(0);
+            a[c] += gv;
+            q[c] += gv * (static_cast<A>(X[off + c]) - mu[c]);
+          }
+        }
+        for (int64_t c = 0; c < C; ++c) {
+          p1[t * C + c] += a[c];
+          p2[t * C + c] += q[c];
+        }
+      }
+    }
+  });
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t ch = 0; ch < nchunk; ++ch)
+      for (int64_t c = 0; c < C; ++c) {
+        sg[b * C + c] += p1[(b * nchunk + ch) * C + c];
+        sgx[b * C + c] += p2[(b * nchunk + ch) * C + c];
+      }
+}
+
+template <typename F>
+void dispatch(at::ScalarType t, F&& f) {
+  switch (t) {
+    case at::kFloat: f(float()); break;
+    case at::kDouble: f(double()); break;
+    case at::kHalf: f(c10::Half()); break;
+    default: f(c10::BFloat16()); break;
+  }
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> mean_std_cpu(const at::Tensor& x0, double eps, bool unbiased) {
+  check_x(x0, "mean_std");
+  const int64_t B = x0.size(0), C = x0.size(1), L = x0.size(2);
+  TORCH_CHECK(!unbiased || L > 1, "fastnst::mean_std: the unbiased variance needs L >= 2, got L = ", L);
+  const bool channels = channels_innermost(x0);
+  const at::Tensor x = canonical(x0, channels);
+  std::vector<double> mean, m2;
+  dispatch(x.scalar_type(), [&](auto tag) { row_stats<decltype(tag)>(x, channels, mean, m2); });
+  const double n = static_cast<double>(L - (unbiased ? 1 : 0));
+  at::Tensor m = at::empty({B, C}, at::TensorOptions().dtype(at::kDouble));
+  at::Tensor s = at::empty({B, C}, at::TensorOptions().dtype(at::kDouble));
+  double* mp = m.data_ptr<double>();
+  double* sp = s.data_ptr<double>();
+  for (int64_t r = 0; r < B * C; ++r) {
+    mp[r] = mean[r];
+    sp[r] = std::sqrt(m2[r] / n + eps);
+  }
+  return {m.to(x0.scalar_type()), s.to(x0.scalar_type())};
+}
+
+at::Tensor mean_std_backward_cpu(const at::Tensor& gm, const at::Tensor& gs, const at::Tensor& x0,
+                                 const at::Tensor& mean, const at::Tensor& std_, bool unbiased) {
+  check_x(x0, "mean_std_backward");
+  const int64_t B = x0.size(0), C = x0.size(1), L = x0.size(2);
+  const bool channels = channels_innermost(x0);
+  const at::Tensor x = canonical(x0, channels);
+  auto d = [&](const at::Tensor& t, const char* name) {
+    TORCH_CHECK(t.numel() == B * C, "fastnst::mean_std_backward: ", name, " must be [B, C] = [", B,
+                ", ", C, "], got ", t.sizes());
+    at::Tensor v = t.to(at::kDouble).contiguous();
+    return std::vector<double>(v.data_ptr<double>(), v.data_ptr<double>() + B * C);
+  };
+  const std::vector<double> g1 = d(gm, "grad_mean"), g2 = d(gs, "grad_std"), mu = d(mean, "mean"),
+                            sd = d(std_, "std");
+  const double n = static_cast<double>(L - (unbiased ? 1 : 0));
+  std::vector<double> P(B * C, 0.0), Q(B * C), R(B * C);
+  for (int64_t r = 0; r < B * C; ++r) {
+    Q[r] = g2[r] / (sd[r] * n);
+    R[r] = g1[r] / L - Q[r] * mu[r];
+  }
+  at::Tensor out = empty_rule(x0, x0.scalar_type());
+  dispatch(x.scalar_type(), [&](auto tag) {
+    using T = decltype(tag);
+    affine_map<T>(x, nullptr, nullptr, false, channels, P, Q, R, out);
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_cpu(
+    const at::Tensor& x0, const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& bias,
+    double eps, bool unbiased, double x_scale, int64_t activation) {
+  check_x(x0, "instance_norm");
+  TORCH_CHECK(activation == 0 || activation == 1, "fastnst::instance_norm: activation must be 0 (none) or 1 (relu)");
+  TORCH_CHECK(eps >= 0, "fastnst::instance_norm: eps must be >= 0, got ", eps);
+  const int64_t B = x0.size(0), C = x0.size(1), L = x0.size(2);
+  TORCH_CHECK(!unbiased || L > 1, "fastnst::instance_norm: the unbiased variance needs L >= 2, got L = ", L);
+  const bool channels = channels_innermost(x0);
+  const at::Tensor x = canonical(x0, channels);
+  const at::Tensor w = per_sample(weight, B, C, 1.0, at::kDouble, "weight", "instance_norm");
+  const at::Tensor bb = per_sample(bias, B, C, 0.0, at::kDouble, "bias", "instance_norm");
+  std::vector<double> mean, m2;
+  dispatch(x.scalar_type(), [&](auto tag) { row_stats<decltype(tag)>(x, channels, mean, m2); });
+  const double n = static_cast<double>(L - (unbiased ? 1 : 0));
+  at::Tensor mean_t = at::empty({B, C}, at::TensorOptions().dtype(at::kFloat));
+  at::Tensor rstd_t = at::empty({B, C}, at::TensorOptions().dtype(at::kFloat));
+  std::vector<double> P(B * C, 0.0), Q(B * C), R(B * C);
+  const double* wp = w.data_ptr<double>();
+  const double* bp = bb.data_ptr<double>();
+  for (int64_t r = 0; r < B * C; ++r) {
+    const double rstd = 1.0 / std::sqrt(m2[r] / n + eps);
+    Q[r] = wp[r] * rstd + x_scale;
+    R[r] = bp[r] - wp[r] * mean[r] * rstd;
+    mean_t.data_ptr<float>()[r] = static_cast<float>(mean[r]);
+    rstd_t.data_ptr<float>()[r] = static_cast<float>(rstd);
+  }
+  at::Tensor y = empty_rule(x0, x0.scalar_type());
+  dispatch(x.scalar_type(), [&](auto tag) {
+    using T = decltype(tag);
+    affine_map<T>(x, nullptr, nullptr, activation == 1, channels, P, Q, R, y);
+  });
+  return {y, mean_t, rstd_t};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_backward_cpu(
+    const at::Tensor& grad0, const at::Tensor& x0, const at::Tensor& y0,
+    const c10::optional<at::Tensor>& weight, const at::Tensor& mean_t, const at::Tensor& rstd_t,
+    bool unbiased, double x_scale, int64_t activation, bool weight_grads) {
+  check_x(x0, "instance_norm_backward");
+  const int64_t B = x0.size(0), C = x0.size(1), L = x0.size(2);
+  TORCH_CHECK(grad0.sizes() == x0.sizes() && y0.sizes() == x0.sizes(),
+              "fastnst::instance_norm_backward: grad and y must be shaped like x ", x0.sizes());
+  TORCH_CHECK(mean_t.numel() == B * C && rstd_t.numel() == B * C,
+              "fastnst::instance_norm_backward: mean and rstd must be [B, C]");
+  const bool channels = channels_innermost(x0);
+  const at::Tensor x = canonical(x0, channels);
+  const at::Tensor g = same_layout(grad0.to(x.scalar_type()), x);
+  const at::Tensor y = activation == 1 ? same_layout(y0.to(x.scalar_type()), x) : at::Tensor();
+  const at::Tensor w = per_sample(weight, B, C, 1.0, at::kDouble, "weight", "instance_norm_backward");
+  const at::Tensor mu_d = mean_t.to(at::kDouble).contiguous(), r_d = rstd_t.to(at::kDouble).contiguous();
+  const std::vector<double> mean(mu_d.data_ptr<double>(), mu_d.data_ptr<double>() + B * C);
+  const double* rs = r_d.data_ptr<double>();
+  const double* wp = w.data_ptr<double>();
+  std::vector<double> sg, sgx;
+  dispatch(x.scalar_type(), [&](auto tag) {
+    using T = decltype(tag);
+    grad_sums<T>(x, g, activation == 1 ? y.data_ptr<T>() : nullptr, channels, mean, sg, sgx);
+  });
+  const double n = static_cast<double>(L - (unbiased ? 1 : 0));
+  std::vector<double> P(B * C), Q(B * C), R(B * C);
+  at::Tensor dw, db;
+  if (weight_grads) {
+    dw = at::empty({B, C}, at::TensorOptions().dtype(at::kFloat));
+    db = at::empty({B, C}, at::TensorOptions().dtype(at::kFloat));
+  } else {
+    dw = at::empty({0}, at::TensorOptions().dtype(at::kFloat));
+    db = at::empty({0}, at::TensorOptions().dtype(at::kFloat));
+  }
+  for (int64_t r = 0; r < B * C; ++r) {
+    const double rstd = rs[r], wv = wp[r];
+    const double dwv = sgx[r] * rstd;  // sum g' xhat
+    const double dbv = sg[r];
+    P[r] = x_scale + rstd * wv;
+    Q[r] = -rstd * rstd * wv * dwv / n;
+    R[r] = -rstd * wv * dbv / L - Q[r] * mean[r];
+    if (weight_grads) {
+      dw.data_ptr<float>()[r] = static_cast<float>(dwv);
+      db.data_ptr<float>()[r] = static_cast<float>(dbv);
+    }
+  }
+  at::Tensor dx = empty_rule(x0, x0.scalar_type());
+  dispatch(x.scalar_type(), [&](auto tag) {
+    using T = decltype(tag);
+    affine_map<T>(x, g.data_ptr<T>(), activation == 1 ? y.data_ptr<T>() : nullptr, false, channels,
+                  P, Q, R, dx);
+  });
+  return {dx, dw, db};
+}
+
+TORCH_LIBRARY_IMPL(fastnst, CPU, m) {
+  m.impl("mean_std", &mean_std_cpu);
+  m.impl("mean_std_backward", &mean_std_backward_cpu);
+  m.impl("instance_norm", &instance_norm_cpu);
+  m.impl("instance_norm_backward", &instance_norm_backward_cpu);
+}
+
+}  // namespace cpu
+}  // namespace fastnst

@@ -1,0 +1,322 @@
+"""Instance statistics, instance norm (plain, affine, conditional, + ReLU) and AdaIN.
+
+    mean_std(x):       mean, std = sqrt(var + eps) per (b, c) over H·W (var over H·W − 1 if unbiased)
+    instance_norm(x):  act(w (x − μ) / σ + b),   σ = sqrt(biased var + eps)
+    adain(c, s):       α (σ_s (c − μ_c) / σ_c + μ_s) + (1 − α) c        (Huang & Belongie 2017)
+
+All run on two registered kernels (schemas and maths in csrc/registration.cpp):
+``fastnst::mean_std`` and ``fastnst::instance_norm`` — the fused normalisation
+y = act(w·(x − μ)·rstd + b + x_scale·x) that carries instance norm (w, b of shape [C]),
+conditional instance norm (w, b of shape [B, C]) and AdaIN (w = α σ_s, b = α μ_s,
+x_scale = 1 − α) — with their backward ops; Triton versions are ``fastnst::<op>_triton``.
+The ReLU's mask is recomputed from the output in the backward, never stored.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from fastnst import _ext, reference
+from fastnst.backend import resolve
+from fastnst.ops._common import check_same_device, check_tensor, shape_str
+from fastnst.ops.gram import grad_strides
+
+ACTIVATIONS = {None: 0, "relu": 1}
+
+
+def _empty_rule(x: torch.Tensor, dtype=None) -> torch.Tensor:
+    return torch.empty_strided(tuple(x.shape), grad_strides(x), dtype=dtype or x.dtype, device=x.device)
+
+
+# ---- Triton ops ------------------------------------------------------------------------------
+@torch.library.custom_op("fastnst::mean_std_triton", mutates_args=())
+def _mean_std_triton(x: torch.Tensor, eps: float, unbiased: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    from fastnst.kernels import norm as k
+
+    return k.mean_std(x, eps, unbiased)
+
+
+@torch.library.custom_op("fastnst::mean_std_backward_triton", mutates_args=())
+def _mean_std_backward_triton(grad_mean: torch.Tensor, grad_std: torch.Tensor, x: torch.Tensor,
+                              mean: torch.Tensor, std: torch.Tensor, unbiased: bool) -> torch.Tensor:
+    from fastnst.kernels import norm as k
+
+    out = _empty_rule(x)
+    k.mean_std_backward(grad_mean, grad_std, x, mean, std, unbiased, out)
+    return out
+
+
+@torch.library.custom_op("fastnst::instance_norm_triton", mutates_args=())
+def _instance_norm_triton(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
+                          eps: float, unbiased: bool, x_scale: float, activation: int
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    from fastnst.kernels import norm as k
+
+    b, c, _ = x.shape
+    y = _empty_rule(x)
+    mean = torch.empty(b, c, device=x.device, dtype=torch.float32)
+    rstd = torch.empty(b, c, device=x.device, dtype=torch.float32)
+    k.instance_norm(x, weight, bias, eps, unbiased, x_scale, activation, y, mean, rstd)
+    return y, mean, rstd
+
+
+@torch.library.custom_op("fastnst::instance_norm_backward_triton", mutates_args=())
+def _instance_norm_backward_triton(grad: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+                                   weight: torch.Tensor | None, mean: torch.Tensor, rstd: torch.Tensor,
+                                   unbiased: bool, x_scale: float, activation: int, weight_grads: bool
+                                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    from fastnst.kernels import norm as k
+
+    b, c, _ = x.shape
+    dx = _empty_rule(x)
+    shape = (b, c) if weight_grads else (0,)
+    dw = torch.empty(shape, device=x.device, dtype=torch.float32)
+    db = torch.empty(shape, device=x.device, dtype=torch.float32)
+    k.instance_norm_backward(grad, x, y, weight, mean, rstd, unbiased, x_scale, activation, dx,
+                             dw if weight_grads else None, db if weight_grads else None)
+    return dx, dw, db
+
+
+# ---- fake kernels ------------------------------------------------------------------------------
+def _mean_std_fake(x, eps, unbiased):
+    b, c, _ = x.shape
+    return x.new_empty((b, c)), x.new_empty((b, c))
+
+
+def _mean_std_backward_fake(grad_mean, grad_std, x, mean, std, unbiased):
+    return _empty_rule(x)
+
+
+def _instance_norm_fake(x, weight, bias, eps, unbiased, x_scale, activation):
+    b, c, _ = x.shape
+    stats = x.new_empty((b, c), dtype=torch.float32)
+    return _empty_rule(x), stats, stats.new_empty((b, c))
+
+
+def _instance_norm_backward_fake(grad, x, y, weight, mean, rstd, unbiased, x_scale, activation, weight_grads):
+    b, c, _ = x.shape
+    shape = (b, c) if weight_grads else (0,)
+    return _empty_rule(x), x.new_empty(shape, dtype=torch.float32), x.new_empty(shape, dtype=torch.float32)
+
+
+# ---- autograd ----------------------------------------------------------------------------------
+def _mean_std_setup(ctx, inputs, output):
+    x, eps, unbiased = inputs
+    mean, std = output
+    ctx.save_for_backward(x, mean, std)
+    ctx.unbiased = unbiased
+
+
+def _mean_std_bwd(backward_op):
+    def bwd(ctx, g_mean, g_std):
+        x, mean, std = ctx.saved_tensors
+        g_mean = torch.zeros_like(mean) if g_mean is None else g_mean
+        g_std = torch.zeros_like(std) if g_std is None else g_std
+        return backward_op(g_mean, g_std, x, mean, std, ctx.unbiased), None, None
+
+    return bwd
+
+
+def _in_setup(ctx, inputs, output):
+    x, weight, bias, eps, unbiased, x_scale, activation = inputs
+    y, mean, rstd = output
+    ctx.save_for_backward(x, y if activation == 1 else None, weight, mean, rstd)
+    ctx.args = (unbiased, x_scale, activation)
+    ctx.shapes = (None if weight is None else (weight.shape, weight.dtype),
+                  None if bias is None else (bias.shape, bias.dtype))
+    ctx.mark_non_differentiable(mean, rstd)
+
+
+def _in_bwd(backward_op):
+    def bwd(ctx, g, g_mean, g_rstd):
+        x, y, weight, mean, rstd = ctx.saved_tensors
+        unbiased, x_scale, activation = ctx.args
+        wants_w = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
+        if y is None:
+            y = x  # unused without the ReLU
+        dx, dw, db = backward_op(g, x, y, weight, mean, rstd, unbiased, x_scale, activation, wants_w)
+        d_weight = d_bias = None
+        if ctx.needs_input_grad[1]:
+            shape, dtype = ctx.shapes[0]
+            d_weight = (dw.sum(0) if len(shape) == 1 else dw).to(dtype)
+        if ctx.needs_input_grad[2]:
+            shape, dtype = ctx.shapes[1]
+            d_bias = (db.sum(0) if len(shape) == 1 else db).to(dtype)
+        return (dx if ctx.needs_input_grad[0] else None), d_weight, d_bias, None, None, None, None
+
+    return bwd
+
+
+def _no_double_backward(name):
+    def bwd(ctx, *grads):
+        raise NotImplementedError(f"fastnst.{name}: double backward is not supported")
+
+    return bwd
+
+
+def _register(op: str, fwd_fake, bwd_fake, setup, make_bwd, backward_op, backward_name: str) -> None:
+    torch.library.register_fake(op)(fwd_fake)
+    torch.library.register_fake(backward_name)(bwd_fake)
+    torch.library.register_autograd(op, make_bwd(backward_op), setup_context=setup)
+    torch.library.register_autograd(backward_name, _no_double_backward(op.split("::")[1]),
+                                    setup_context=lambda ctx, inputs, output: None)
+
+
+_register("fastnst::mean_std_triton", _mean_std_fake, _mean_std_backward_fake, _mean_std_setup, _mean_std_bwd,
+          torch.ops.fastnst.mean_std_backward_triton, "fastnst::mean_std_backward_triton")
+_register("fastnst::instance_norm_triton", _instance_norm_fake, _instance_norm_backward_fake, _in_setup, _in_bwd,
+          torch.ops.fastnst.instance_norm_backward_triton, "fastnst::instance_norm_backward_triton")
+if _ext.available():
+    _register("fastnst::mean_std", _mean_std_fake, _mean_std_backward_fake, _mean_std_setup, _mean_std_bwd,
+              torch.ops.fastnst.mean_std_backward, "fastnst::mean_std_backward")
+    _register("fastnst::instance_norm", _instance_norm_fake, _instance_norm_backward_fake, _in_setup, _in_bwd,
+              torch.ops.fastnst.instance_norm_backward, "fastnst::instance_norm_backward")
+
+
+# ---- public API ----------------------------------------------------------------------------
+def _check_eps(op: str, eps, name: str = "eps") -> float:
+    if not isinstance(eps, (int, float)) or eps != eps or eps < 0:
+        raise ValueError(f"{op}: {name} must be a number >= 0, got {eps!r}")
+    return float(eps)
+
+
+def _flat(x: torch.Tensor) -> torch.Tensor:
+    return x.flatten(2) if x.dim() == 4 else x
+
+
+def _stats_op(x3: torch.Tensor, eps: float, unbiased: bool, backend: str):
+    name = resolve("mean_std", x3, backend)
+    if name == "reference":
+        return None
+    op = torch.ops.fastnst.mean_std_triton if name == "triton" else torch.ops.fastnst.mean_std
+    return op(x3, eps, unbiased)
+
+
+def mean_std(x: torch.Tensor, eps: float = 1e-5, unbiased: bool = True,
+             backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample, per-channel mean and std = sqrt(var + eps) over the spatial dims.
+
+    Args:
+        x: [B, C, H, W] or [B, C, L]; float32, float16, bfloat16 (float64 on the CPU); any strides.
+        eps: added to the variance (>= 0).
+        unbiased: variance over H·W − 1 (True, as torch.var and the AdaIN port) or H·W.
+
+    Returns (mean, std), each [B, C, 1, 1] (or [B, C, 1] for 3-D input) in x's dtype,
+    accumulated in float32 or better in one pass (stable for a large mean). Differentiable.
+    """
+    check_tensor("mean_std", "x", x, (3, 4), "[B, C, H, W] or [B, C, L]")
+    eps = _check_eps("mean_std", eps)
+    x3 = _flat(x)
+    if unbiased and x3.shape[2] < 2:
+        raise ValueError(f"mean_std: the unbiased variance needs at least 2 values per channel, got x of {shape_str(x)}")
+    out = _stats_op(x3, eps, unbiased, backend)
+    if out is None:
+        return reference.mean_std(x, eps, unbiased)
+    view = (x.shape[0], x.shape[1]) + (1,) * (x.dim() - 2)
+    return out[0].view(view), out[1].view(view)
+
+
+def _check_affine(op: str, name: str, t, x: torch.Tensor) -> None:
+    if t is None:
+        return
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{op}: {name} must be a tensor of shape [C] or [B, C], got {type(t).__name__}")
+    b, c = x.shape[0], x.shape[1]
+    if not ((t.dim() == 1 and t.shape[0] == c) or (t.dim() == 2 and tuple(t.shape) == (b, c))):
+        raise ValueError(f"{op}: {name} must be [C] = [{c}] or [B, C] = [{b}, {c}], got {shape_str(t)}")
+    check_same_device(op, "x", x, name, t)
+
+
+def _norm(x: torch.Tensor, weight, bias, eps: float, unbiased: bool, x_scale: float,
+          activation: int, name: str) -> torch.Tensor:
+    x3 = _flat(x)
+    op = torch.ops.fastnst.instance_norm_triton if name == "triton" else torch.ops.fastnst.instance_norm
+    y, _, _ = op(x3, weight, bias, eps, unbiased, x_scale, activation)
+    return y.view(x.shape) if x.dim() == 4 else y
+
+
+def instance_norm(x: torch.Tensor, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None,
+                  eps: float = 1e-5, activation: str | None = None, backend: str = "auto") -> torch.Tensor:
+    """Fused instance norm: act(weight · (x − μ) / sqrt(var + eps) + bias), biased variance.
+
+    ``weight``/``bias``: None, [C] (affine, as nn.InstanceNorm2d) or [B, C] (per sample:
+    conditional instance norm). ``activation``: None or "relu". x: [B, C, H, W] or [B, C, L],
+    any strides (channels_last stays channels_last). Forward and backward are fused; the
+    ReLU's mask is recomputed from the output in the backward.
+    """
+    check_tensor("instance_norm", "x", x, (3, 4), "[B, C, H, W] or [B, C, L]")
+    eps = _check_eps("instance_norm", eps)
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"instance_norm: activation must be None or 'relu', got {activation!r}")
+    _check_affine("instance_norm", "weight", weight, x)
+    _check_affine("instance_norm", "bias", bias, x)
+    name = resolve("instance_norm", x, backend)
+    if name == "reference":
+        return reference.instance_norm(x, weight, bias, eps, activation)
+    return _norm(x, weight, bias, eps, False, 0.0, ACTIVATIONS[activation], name)
+
+
+def adain(content: torch.Tensor, style: torch.Tensor | Sequence[torch.Tensor], alpha: float = 1.0,
+          eps: float = 1e-5, unbiased: bool = True, style_weights: Sequence[float] | None = None,
+          style_eps: float | None = None, backend: str = "auto") -> torch.Tensor:
+    """Adaptive instance normalisation (Huang & Belongie 2017), fused:
+
+        out = α · (σ_s · (c − μ_c) / σ_c + μ_s) + (1 − α) · c
+
+    Args:
+        content: [B, C, H, W] (or [B, C, L]) features.
+        style: features [B or 1, C, H', W'] of any spatial size, or a list of them; several
+            styles interpolate their statistics with ``style_weights`` (normalised to sum 1).
+        alpha: content–style trade-off in [0, 1].
+        eps, unbiased: σ = sqrt(var + eps), var over H·W − 1 if unbiased. Defaults reproduce
+            the AdaIN PyTorch port; the Torch original is ``unbiased=False, style_eps=0``.
+        style_eps: eps for the style's σ (default: ``eps``).
+
+    Gradients flow to content and style. The normalisation, scale, shift and mix are one
+    pass over the content (after one statistics pass per tensor).
+    """
+    op = "adain"
+    check_tensor(op, "content", content, (3, 4), "[B, C, H, W] or [B, C, L]")
+    styles = [style] if isinstance(style, torch.Tensor) else list(style)
+    if not styles:
+        raise ValueError(f"{op}: style must be a tensor or a non-empty list of tensors")
+    b, c = content.shape[0], content.shape[1]
+    for i, s in enumerate(styles):
+        nm = "style" if len(styles) == 1 else f"style[{i}]"
+        check_tensor(op, nm, s, (content.dim(),), "[B, C, H, W]" if content.dim() == 4 else "[B, C, L]")
+        if s.shape[1] != c:
+            raise ValueError(f"{op}: {nm} must have the content's {c} channels, got {shape_str(s)}")
+        if s.shape[0] not in (1, b):
+            raise ValueError(f"{op}: {nm} must have batch 1 or the content's {b}, got {shape_str(s)}")
+        check_same_device(op, "content", content, nm, s)
+        if s.dtype != content.dtype:
+            raise TypeError(f"{op}: {nm} must have the content's dtype {content.dtype}, got {s.dtype}")
+    if style_weights is None:
+        weights = [1.0 / len(styles)] * len(styles)
+    else:
+        weights = [float(w) for w in style_weights]
+        if len(weights) != len(styles):
+            raise ValueError(f"{op}: style_weights must have one weight per style ({len(styles)}), got {len(weights)}")
+        if any(w < 0 or w != w for w in weights) or sum(weights) <= 0:
+            raise ValueError(f"{op}: style_weights must be >= 0 with a positive sum, got {weights}")
+        total = sum(weights)
+        weights = [w / total for w in weights]
+    alpha = float(alpha)
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"{op}: alpha must be in [0, 1], got {alpha}")
+    eps = _check_eps(op, eps)
+    style_eps = eps if style_eps is None else _check_eps(op, style_eps, "style_eps")
+    name = resolve("instance_norm", content, backend)
+    if name == "reference":
+        return reference.adain(content, styles, alpha, eps, unbiased, weights, style_eps)
+
+    s_mean = s_std = None
+    for s, w in zip(styles, weights):
+        m, sd = mean_std(s, style_eps, unbiased, backend=name)
+        m, sd = m.flatten(1) * w, sd.flatten(1) * w
+        s_mean = m if s_mean is None else s_mean + m
+        s_std = sd if s_std is None else s_std + sd
+    s_mean, s_std = s_mean.expand(b, c), s_std.expand(b, c)
+    return _norm(content, s_std * alpha, s_mean * alpha, eps, unbiased, 1.0 - alpha, 0, name)
