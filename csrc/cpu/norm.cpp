@@ -3,7 +3,7 @@
 //
 // Statistics per (b, c) over L (Ulyanov et al. 2016; Huang & Belongie 2017):
 //   mean = sum x / L,  var = sum (x - mean)^2 / N',  N' = L - 1 (unbiased) or L.
-// They are computed in one pass as sums shifted by the row's first element K,
+// They are computed in one pass as sums shifted by K, the mean of the row's first block,
 //   s1 = sum (x - K),  s2 = sum (x - K)^2,  mean = K + s1 / L,  M2 = s2 - s1^2 / L,
 // which stays accurate for activations with a large mean (K is close to it), with fp32 lanes
 // over blocks of 512 elements flushed into fp64 totals (float64 input: fp64 throughout).
@@ -114,7 +114,12 @@ void row_stats(const at::Tensor& x, bool channels, std::vector<double>& mean, st
     at::parallel_for(0, B * C, 1, [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
         const T* p = X + r * L;
-        const double K = static_cast<double>(p[0]);
+        // Shift by the mean of the first block: then (K - mean)^2 is ~var / 512 and the
+        // subtraction below loses nothing.
+        const int64_t n0 = std::min<int64_t>(L, kBlock);
+        double K = 0;
+        for (int64_t i = 0; i < n0; ++i) K += static_cast<double>(p[i]);
+        K = static_cast<float>(K / n0);
         double s1 = 0, s2 = 0;
         shifted_sums<T, double>(p, L, K, s1, s2);
         mean[r] = K + s1 / L;
@@ -128,6 +133,14 @@ void row_stats(const at::Tensor& x, bool channels, std::vector<double>& mean, st
   const int64_t nthreads = at::get_num_threads();
   const int64_t nchunk = std::max<int64_t>(1, std::min<int64_t>(nthreads, L / 64));
   std::vector<double> s1(B * nchunk * C, 0.0), s2(B * nchunk * C, 0.0);
+  // Shift per channel: the mean of the first rows (see above).
+  const int64_t n0 = std::min<int64_t>(L, 64);
+  std::vector<double> K0(B * C, 0.0);
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t l = 0; l < n0; ++l)
+      for (int64_t c = 0; c < C; ++c) K0[b * C + c] += static_cast<double>(X[(b * L + l) * C + c]);
+    for (int64_t c = 0; c < C; ++c) K0[b * C + c] = static_cast<float>(K0[b * C + c] / n0);
+  }
   at::parallel_for(0, B * nchunk, 1, [&](int64_t t0, int64_t t1) {
     std::vector<float> a(C), q(C), k(C);
     for (int64_t t = t0; t < t1; ++t) {
@@ -136,7 +149,7 @@ void row_stats(const at::Tensor& x, bool channels, std::vector<double>& mean, st
       const T* base = X + b * L * C;
       double* S1 = s1.data() + t * C;
       double* S2 = s2.data() + t * C;
-      for (int64_t c = 0; c < C; ++c) k[c] = static_cast<float>(base[c]);
+      for (int64_t c = 0; c < C; ++c) k[c] = static_cast<float>(K0[b * C + c]);
       for (int64_t i0 = l0; i0 < l1; i0 += kBlock / 8) {
         const int64_t i1 = std::min(l1, i0 + kBlock / 8);
         std::fill(a.begin(), a.end(), 0.f);
@@ -164,7 +177,7 @@ void row_stats(const at::Tensor& x, bool channels, std::vector<double>& mean, st
         t1 += s1[(b * nchunk + ch) * C + c];
         t2 += s2[(b * nchunk + ch) * C + c];
       }
-      const double K = static_cast<float>(X[b * L * C + c]);
+      const double K = K0[b * C + c];
       mean[b * C + c] = K + t1 / L;
       m2[b * C + c] = std::max(0.0, t2 - t1 * t1 / L);
     }
