@@ -8,12 +8,14 @@ Ops (registered as ``torch.ops.fastnst.*``, with autograd and torch.compile supp
 from fastnst import _ext  # noqa: F401  (loads fastnst._C, or warns once)
 from fastnst.backend import BACKENDS, BackendError, resolve, use_backend
 from fastnst.ops import adain, gram_loss, gram_matrix, instance_norm, mean_std
+from fastnst.nn import accelerate  # noqa: E402  (fastnst.nn: modules over the ops)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BACKENDS",
     "BackendError",
+    "accelerate",
     "adain",
     "instance_norm",
     "mean_std",

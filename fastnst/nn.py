@@ -1,0 +1,189 @@
+"""Modules over fastnst's ops, and ``accelerate(model)``.
+
+* ``InstanceNorm2d``: drop-in for ``nn.InstanceNorm2d`` without running statistics (same
+  constructor arguments, same state_dict keys: ``weight``/``bias`` when affine).
+* ``InstanceNormReLU``: the same followed by a ReLU, fused (the mask is recomputed in the
+  backward from the output).
+* ``ConditionalInstanceNorm2d(num_styles, channels)``: one γ/β per style (Dumoulin et al.
+  2017); pick a style per sample by index, or mix styles with a weight vector per sample.
+* ``AdaIN``: ``fastnst.adain`` as a module.
+* ``accelerate(model)``: rebuilds every ``nn.InstanceNorm2d`` it can serve as a fastnst
+  module — and fuses an ``nn.ReLU`` that directly follows one inside an ``nn.Sequential`` —
+  copying parameters, like ``nn.SyncBatchNorm.convert_sync_batchnorm``. No monkey-patching.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+
+from fastnst.ops.norm import adain, instance_norm
+
+log = logging.getLogger("fastnst")
+
+
+class InstanceNorm2d(nn.Module):
+    """Instance norm over [B, C, H, W] (or unbatched [C, H, W]) on fastnst's fused kernel."""
+
+    activation: str | None = None
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
+                 affine: bool = False, track_running_stats: bool = False, device=None, dtype=None):
+        super().__init__()
+        if track_running_stats:
+            raise ValueError("fastnst InstanceNorm2d normalises with each sample's own statistics: "
+                             "track_running_stats=True is not supported (keep nn.InstanceNorm2d)")
+        self.num_features, self.eps, self.momentum, self.affine = num_features, eps, momentum, affine
+        self.track_running_stats = False
+        if affine:
+            self.weight = nn.Parameter(torch.ones(num_features, device=device, dtype=dtype))
+            self.bias = nn.Parameter(torch.zeros(num_features, device=device, dtype=dtype))
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        unbatched = x.dim() == 3
+        if unbatched:
+            x = x.unsqueeze(0)
+        if x.dim() != 4 or x.shape[1] != self.num_features:
+            raise ValueError(f"{type(self).__name__}: input must be [B, {self.num_features}, H, W], "
+                             f"got {list(x.shape)}")
+        y = instance_norm(x, self.weight, self.bias, self.eps, self.activation)
+        return y.squeeze(0) if unbatched else y
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}, affine={self.affine}"
+
+
+class InstanceNormReLU(InstanceNorm2d):
+    """InstanceNorm2d followed by ReLU, in one fused pass (forward and backward)."""
+
+    activation = "relu"
+
+
+class ConditionalInstanceNorm2d(nn.Module):
+    """Conditional instance norm: ``num_styles`` sets of (γ, β) over ``channels``.
+
+    ``forward(x, style)``: style is an int (every sample), a LongTensor [B] of indices, or a
+    float tensor [B, num_styles] (or [num_styles]) of mixing weights — mixing styles mixes γ/β.
+    """
+
+    def __init__(self, num_styles: int, channels: int, eps: float = 1e-5, activation: str | None = None):
+        super().__init__()
+        self.num_styles, self.channels, self.eps, self.activation = num_styles, channels, eps, activation
+        self.weight = nn.Parameter(torch.ones(num_styles, channels))
+        self.bias = nn.Parameter(torch.zeros(num_styles, channels))
+
+    def forward(self, x: torch.Tensor, style) -> torch.Tensor:
+        b = x.shape[0]
+        if isinstance(style, int):
+            if not 0 <= style < self.num_styles:
+                raise ValueError(f"style index must be in [0, {self.num_styles}), got {style}")
+            w, bb = self.weight[style].expand(b, -1), self.bias[style].expand(b, -1)
+        elif isinstance(style, torch.Tensor) and not style.is_floating_point():
+            if style.shape != (b,):
+                raise ValueError(f"style indices must be [B] = [{b}], got {list(style.shape)}")
+            w, bb = self.weight[style], self.bias[style]
+        elif isinstance(style, torch.Tensor):
+            mix = style.expand(b, -1) if style.dim() == 1 else style
+            if mix.shape != (b, self.num_styles):
+                raise ValueError(f"style weights must be [B, num_styles] = [{b}, {self.num_styles}] "
+                                 f"or [num_styles], got {list(style.shape)}")
+            mix = mix.to(self.weight.dtype)
+            w, bb = mix @ self.weight, mix @ self.bias
+        else:
+            raise TypeError(f"style must be an int, a LongTensor [B] or a float tensor of weights, "
+                            f"got {type(style).__name__}")
+        return instance_norm(x, w, bb, self.eps, self.activation)
+
+    def extra_repr(self) -> str:
+        return f"num_styles={self.num_styles}, channels={self.channels}, eps={self.eps}"
+
+
+class AdaIN(nn.Module):
+    """``fastnst.adain`` as a module: forward(content, style[, style_weights])."""
+
+    def __init__(self, alpha: float = 1.0, eps: float = 1e-5, unbiased: bool = True,
+                 style_eps: float | None = None):
+        super().__init__()
+        self.alpha, self.eps, self.unbiased, self.style_eps = alpha, eps, unbiased, style_eps
+
+    def forward(self, content, style, style_weights: Sequence[float] | None = None):
+        return adain(content, style, self.alpha, self.eps, self.unbiased, style_weights, self.style_eps)
+
+
+# ---- accelerate -------------------------------------------------------------------------------
+def _convert(m: nn.InstanceNorm2d, cls) -> InstanceNorm2d:
+    new = cls(m.num_features, m.eps, m.momentum, m.affine)
+    if m.affine:
+        new.weight = m.weight  # the same Parameter objects: optimisers keep working
+        new.bias = m.bias
+    new.train(m.training)
+    return new
+
+
+def _servable(m: nn.Module) -> str | None:
+    """None if fastnst can replace m, else why not."""
+    if type(m) is not nn.InstanceNorm2d:
+        return "not an nn.InstanceNorm2d"
+    if m.track_running_stats:
+        return "track_running_stats=True (it normalises with running statistics in eval mode)"
+    return None
+
+
+def accelerate(model: nn.Module, verbose: bool = False) -> nn.Module:
+    """Replace, in place, every ``nn.InstanceNorm2d`` without running statistics by
+    fastnst's fused ``InstanceNorm2d`` (sharing its parameters), and fuse an ``nn.ReLU`` that
+    directly follows one inside an ``nn.Sequential`` into ``InstanceNormReLU`` (the ReLU's slot
+    becomes ``nn.Identity``, so state_dict keys do not change). Returns ``model``.
+
+    What was changed and what was left (with the reason) is logged on the "fastnst" logger,
+    printed with ``verbose=True``, and kept in ``accelerate.last_report``.
+    """
+    changed: list[str] = []
+    left: list[str] = []
+
+    def visit(parent: nn.Module, prefix: str) -> None:
+        names = list(parent._modules.keys())
+        for i, name in enumerate(names):
+            child = parent._modules[name]
+            if child is None:
+                continue
+            path = f"{prefix}{name}"
+            if isinstance(child, nn.InstanceNorm2d):
+                why = _servable(child)
+                if why is not None:
+                    left.append(f"{path}: {why}")
+                    continue
+                nxt = parent._modules.get(names[i + 1]) if i + 1 < len(names) else None
+                if isinstance(parent, nn.Sequential) and type(nxt) is nn.ReLU:
+                    parent._modules[name] = _convert(child, InstanceNormReLU)
+                    parent._modules[names[i + 1]] = nn.Identity()
+                    changed.append(f"{path} + {prefix}{names[i + 1]}: InstanceNorm2d + ReLU -> InstanceNormReLU")
+                else:
+                    parent._modules[name] = _convert(child, InstanceNorm2d)
+                    changed.append(f"{path}: InstanceNorm2d -> fastnst InstanceNorm2d")
+            elif isinstance(child, (nn.InstanceNorm1d, nn.InstanceNorm3d)):
+                left.append(f"{path}: {type(child).__name__} (only 2-D instance norm is served)")
+            else:
+                visit(child, path + ".")
+
+    if isinstance(model, nn.InstanceNorm2d):
+        raise ValueError("accelerate(model) rebuilds the modules inside a model; wrap a lone "
+                         "InstanceNorm2d in a container, or construct fastnst.nn.InstanceNorm2d")
+    visit(model, "")
+    report = [f"replaced {len(changed)}, left {len(left)}"] + [f"  replaced {c}" for c in changed] + \
+             [f"  left {x}" for x in left]
+    accelerate.last_report = report
+    for line in report:
+        log.info(line)
+    if verbose:
+        print("\n".join(report))
+    return model
+
+
+accelerate.last_report = []
