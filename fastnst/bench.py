@@ -54,6 +54,7 @@ class Case:
     peak_mem_mb: float = float("nan")
     speedup: float = float("nan")   # vs the eager reference, same shape and mode
     note: str = ""
+    unit: str = "GFLOP/s"          # what `flops` counts per call: flops, or bytes for GB/s
 
 
 # ---- measurement ------------------------------------------------------------------------
@@ -301,6 +302,158 @@ def main_gatys(quick: bool, out_dir: str, repeat: int, log=lambda s: print(s, fi
         return fh.read()
 
 
+# ---- normalisation ops ------------------------------------------------------------------------
+IN_SHAPES = [("IN+ReLU 32x256²", (4, 32, 256, 256)), ("IN+ReLU 64x128²", (4, 64, 128, 128)),
+             ("IN+ReLU 128x64²", (4, 128, 64, 64))]
+ADAIN_SHAPES = [("AdaIN relu4_1@512", (1, 512, 64, 64)), ("AdaIN relu4_1@1024", (1, 512, 128, 128))]
+QUICK_IN_SHAPES = [("IN+ReLU 32x64²", (2, 32, 64, 64))]
+QUICK_ADAIN_SHAPES = [("AdaIN 512x32²", (1, 512, 32, 32))]
+
+
+def _norm_providers(device: torch.device, dtype: torch.dtype, op: str, fn_fast, fn_ref) -> dict:
+    out: dict[str, Callable | str] = {}
+    for backend in ("cpu", "cuda", "triton"):
+        why = serves(backend, "instance_norm", device, dtype)
+        if backend == "triton" and device.type == "cpu" and why is None:
+            why = "the Triton interpreter is a correctness tool, not timed"
+        out[f"fastnst-{backend}"] = (lambda *a, b=backend: fn_fast(*a, backend=b)) if why is None else why
+    out["reference"] = fn_ref
+    out["reference-compile"] = torch.compile(fn_ref, dynamic=False)
+    return out
+
+
+def bench_norm(quick: bool = False, device: str = "cpu", repeat: int = 15, log=None) -> list[Case]:
+    """IN + ReLU (fwd, fwd+bwd), AdaIN (fwd) and mean_std (fwd) against the eager reference and
+    torch.compile of it. Rates are GB/s of the tensors each call must read and write."""
+    dev = torch.device(device)
+    cases, calls = [], []
+
+    def run(op, name, shape, mode, provs, make_call, nbytes):
+        ref_ms = float("nan")
+        group = []
+        for pname, fn in provs.items():
+            case = Case(op, name, tuple(shape), mode, pname, nbytes, unit="GB/s")
+            cases.append(case)
+            group.append(case)
+            if isinstance(fn, str):
+                case.note = fn
+                continue
+            call = make_call(fn)
+            ts = sorted(time_fn(call, dev, 3, repeat))
+            case.median_ms = statistics.median(ts) * 1e3
+            case.p20_ms, case.p80_ms = percentile(ts, 0.2) * 1e3, percentile(ts, 0.8) * 1e3
+            case.gflops = nbytes / (case.median_ms * 1e-3) / 1e9
+            calls.append((case, call))
+            if pname == "reference":
+                ref_ms = case.median_ms
+            if log:
+                log(f"  {name:22s} {mode:8s} {pname:18s} {case.median_ms:9.3f} ms")
+        for c in group:
+            c.speedup = ref_ms / c.median_ms
+
+    for name, shape in (QUICK_IN_SHAPES if quick else IN_SHAPES):
+        torch.compiler.reset()
+        c = shape[1]
+        x = torch.randn(shape, device=dev)
+        w, b = torch.rand(c, device=dev) + 0.5, torch.randn(c, device=dev)
+        n = x.numel() * x.element_size()
+        provs = _norm_providers(dev, x.dtype, "instance_norm",
+                                lambda x, backend: fastnst.instance_norm(x, w, b, activation="relu", backend=backend),
+                                lambda x: reference.instance_norm(x, w, b, activation="relu"))
+        run("instance_norm", name, shape, "fwd", provs, lambda fn: (lambda: fn(x)), 2 * n)
+        xg = x.detach().requires_grad_()
+        g = torch.randn_like(x)
+
+        def fb(fn):
+            def step():
+                xg.grad = None
+                fn(xg).backward(g)
+
+            step.reset = lambda: setattr(xg, "grad", None)
+            return step
+
+        run("instance_norm", name, shape, "fwd+bwd", provs, fb, 6 * n)
+    for name, shape in (QUICK_ADAIN_SHAPES if quick else ADAIN_SHAPES):
+        torch.compiler.reset()
+        content = torch.randn(shape, device=dev)
+        style = torch.randn(shape, device=dev) * 2 + 1
+        n = content.numel() * content.element_size()
+        provs = _norm_providers(dev, content.dtype, "adain",
+                                lambda c, backend: fastnst.adain(c, style, backend=backend),
+                                lambda c: reference.adain(c, style))
+        run("adain", name, shape, "fwd", provs, lambda fn: (lambda: fn(content)), 3 * n)
+        provs = _norm_providers(dev, content.dtype, "mean_std",
+                                lambda c, backend: fastnst.mean_std(c, backend=backend),
+                                lambda c: reference.mean_std(c))
+        run("mean_std", "mean_std " + name.split(" ", 1)[1], shape, "fwd", provs,
+            lambda fn: (lambda: fn(content)), n)
+    for case, call in calls:
+        case.peak_mem_mb = peak_memory_mb(call, dev, getattr(call, "reset", lambda: None))
+    return cases
+
+
+def bench_transformer(quick: bool = False, repeat: int = 5, log=None) -> list[Case]:
+    """Johnson's TransformerNet (batch 4, 256², nn.InstanceNorm2d + nn.ReLU in Sequentials):
+    forward and a training step, before and after fastnst.accelerate()."""
+    from fastnst.models.transformer import TransformerNet
+
+    size, batch = (64, 2) if quick else (256, 4)
+    dev = torch.device("cpu")
+    torch.manual_seed(0)
+    plain = TransformerNet()
+    fast = fastnst.accelerate(TransformerNet())
+    fast.load_state_dict(plain.state_dict())
+    x = torch.rand(batch, 3, size, size) * 255
+    cases, calls = [], []
+    for mode in ("fwd", "train step"):
+        ref_ms = float("nan")
+        group = []
+        for pname, net in (("reference", plain), ("fastnst (accelerate)", fast)):
+            if mode == "fwd":
+                def call(net=net):
+                    with torch.no_grad():
+                        net(x)
+            else:
+                opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+
+                def call(net=net, opt=opt):
+                    opt.zero_grad(set_to_none=True)
+                    net(x).square().mean().backward()
+                    opt.step()
+            case = Case("transformer_net", f"TransformerNet {batch}x{size}²", (batch, 3, size, size), mode, pname,
+                        float("nan"), unit="GB/s")
+            ts = sorted(time_fn(call, dev, 1, repeat))
+            case.median_ms = statistics.median(ts) * 1e3
+            case.p20_ms, case.p80_ms = percentile(ts, 0.2) * 1e3, percentile(ts, 0.8) * 1e3
+            if pname == "reference":
+                ref_ms = case.median_ms
+            cases.append(case)
+            group.append(case)
+            calls.append((case, call))
+            if log:
+                log(f"  TransformerNet {mode:10s} {pname:22s} {case.median_ms:9.1f} ms")
+        for c in group:
+            c.speedup = ref_ms / c.median_ms
+    for case, call in calls:
+        case.peak_mem_mb = peak_memory_mb(call, dev)
+    return cases
+
+
+def main_norm(quick: bool, device: str, out_dir: str, repeat: int,
+              log=lambda s: print(s, file=sys.stderr, flush=True)) -> str:
+    cases = bench_norm(quick, device, repeat, log)
+    env = environment(device)
+    _, md = write_results(cases, env, out_dir, f"norm_{device.split(':')[0]}",
+                          "Instance norm + ReLU, AdaIN, mean_std")
+    text = open(md).read()
+    if device == "cpu":
+        tcases = bench_transformer(quick, log=log)
+        _, md2 = write_results(tcases, env, out_dir, "transformer_cpu",
+                               "TransformerNet before and after fastnst.accelerate()")
+        text += "\n" + open(md2).read()
+    return text
+
+
 # ---- reporting ------------------------------------------------------------------------------
 def environment(device: str = "cpu") -> dict:
     env = {
@@ -367,7 +520,8 @@ def markdown(cases: list[Case], env: dict, title: str) -> str:
             f"Setup: {env.get('gpu', env['cpu'])}; torch {env['torch']}, fastnst {env['fastnst']}, "
             f"triton {env['triton']}, Python {env['python']}, {env['threads']} threads, "
             f"CPU kernels: {env['cpu_kernels']}. Median of timed calls (p20-p80), float32.\n\n")
-    rows = ["| case | shape | mode | provider | median ms (p20-p80) | GFLOP/s | peak MB | vs reference |",
+    unit = cases[0].unit if cases else "GFLOP/s"
+    rows = [f"| case | shape | mode | provider | median ms (p20-p80) | {unit} | peak MB | vs reference |",
             "|---|---|---|---|---|---|---|---|"]
     for c in cases:
         if math.isnan(c.median_ms):

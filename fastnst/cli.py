@@ -25,7 +25,9 @@ def _cmd_bench(args) -> int:
             print("fastnst bench: --device cuda needs a CUDA GPU and a CUDA build of torch",
                   file=sys.stderr)
             return 2
-    if args.op == "gatys":
+    if args.op == "norm":
+        text = bench.main_norm(args.quick, args.device, args.out, args.repeat)
+    elif args.op == "gatys":
         text = bench.main_gatys(args.quick, args.out, min(args.repeat, 5))
     else:
         text = bench.main_gram(args.quick, args.device, args.out, providers, args.repeat)
@@ -119,8 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_info)
     s = sub.add_parser("bench", help="benchmark the ops against plain PyTorch and torch.compile",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    s.add_argument("--op", choices=["gram", "gatys"], default="gram",
-                   help="gram: the Gram op; gatys: a whole Gatys step (CPU)")
+    s.add_argument("--op", choices=["gram", "norm", "gatys"], default="gram",
+                   help="gram: the Gram op; norm: instance norm, AdaIN, mean_std and a "
+                        "TransformerNet before/after accelerate(); gatys: a whole Gatys step (CPU)")
     s.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     s.add_argument("--quick", action="store_true", help="small shapes, a few seconds")
     s.add_argument("--repeat", type=int, default=15, help="timed calls per case")

@@ -139,7 +139,10 @@ def accelerate(model: nn.Module, verbose: bool = False) -> nn.Module:
     """Replace, in place, every ``nn.InstanceNorm2d`` without running statistics by
     fastnst's fused ``InstanceNorm2d`` (sharing its parameters), and fuse an ``nn.ReLU`` that
     directly follows one inside an ``nn.Sequential`` into ``InstanceNormReLU`` (the ReLU's slot
-    becomes ``nn.Identity``, so state_dict keys do not change). Returns ``model``.
+    becomes ``nn.Identity``, so state_dict keys do not change). A module may also list, in a
+    ``fastnst_relu_after`` attribute, the names of its instance norms whose output goes
+    through a ReLU in its forward (which must then skip the ReLU for an InstanceNormReLU, as
+    fastnst.models.transformer.TransformerNet does). Returns ``model``.
 
     What was changed and what was left (with the reason) is logged on the "fastnst" logger,
     printed with ``verbose=True``, and kept in ``accelerate.last_report``.
@@ -160,7 +163,11 @@ def accelerate(model: nn.Module, verbose: bool = False) -> nn.Module:
                     left.append(f"{path}: {why}")
                     continue
                 nxt = parent._modules.get(names[i + 1]) if i + 1 < len(names) else None
-                if isinstance(parent, nn.Sequential) and type(nxt) is nn.ReLU:
+                if name in getattr(parent, "fastnst_relu_after", ()):
+                    # The parent declares that a ReLU follows (and skips it once fused).
+                    parent._modules[name] = _convert(child, InstanceNormReLU)
+                    changed.append(f"{path} + its ReLU: InstanceNorm2d + ReLU -> InstanceNormReLU")
+                elif isinstance(parent, nn.Sequential) and type(nxt) is nn.ReLU:
                     parent._modules[name] = _convert(child, InstanceNormReLU)
                     parent._modules[names[i + 1]] = nn.Identity()
                     changed.append(f"{path} + {prefix}{names[i + 1]}: InstanceNorm2d + ReLU -> InstanceNormReLU")

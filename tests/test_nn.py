@@ -143,6 +143,26 @@ def test_accelerate_training_step_matches():
         assert err_ours <= 3 * err_torch + 1e-6 * scale, name
 
 
+def test_accelerate_johnson_transformer_net_keys_and_output():
+    from fastnst.models.transformer import TransformerNet
+
+    torch.manual_seed(0)
+    net = TransformerNet().eval()
+    for m in net.modules():
+        if isinstance(m, nn.InstanceNorm2d):
+            with torch.no_grad():
+                m.weight.uniform_(0.5, 1.5)
+    keys = list(net.state_dict())
+    assert len(keys) == 62 and "res3.in2.bias" in keys and "deconv1.conv2d.weight" in keys
+    x = torch.rand(1, 3, 48, 48) * 255
+    before = net(x)
+    fastnst.accelerate(net)
+    assert list(net.state_dict()) == keys
+    assert sum(isinstance(m, fnn.InstanceNormReLU) for m in net.modules()) == 10
+    assert accelerate_report_mentions("replaced 15, left 0")
+    torch.testing.assert_close(net(x), before, rtol=1e-3, atol=1e-2)
+
+
 def test_accelerate_leaves_what_it_cannot_serve():
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.InstanceNorm2d(4, track_running_stats=True), nn.ReLU(),
                           nn.InstanceNorm1d(4), nn.Linear(4, 2))

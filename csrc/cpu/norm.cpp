@@ -205,32 +205,36 @@ void row_stats<double>(const at::Tensor& x0, bool channels, std::vector<double>&
 }
 
 // ---- the elementwise map y = f(x[, g]) with per-(b, c) coefficients ---------------------------
-// out[b, c, l] = act(P[bc] * g + Q[bc] * x + R[bc]); g optional (nullptr), act: relu or none,
-// mask optional: g is zeroed where mask <= 0 (the ReLU's recomputed mask).
-template <typename T>
-void affine_map(const at::Tensor& x, const T* G, const T* M, bool relu, bool channels,
-                const std::vector<double>& P, const std::vector<double>& Q,
-                const std::vector<double>& R, at::Tensor& out) {
+// out[b, c, l] = act(P[bc] * g' + Q[bc] * x + R[bc]); g' = g (HAS_G), zeroed where the mask
+// m <= 0 (HAS_M: the ReLU's mask recomputed from y). Flags are template parameters so that
+// every variant is a branch-free, vectorised loop.
+template <typename T, bool HAS_G, bool HAS_M, bool RELU>
+void affine_map_impl(const at::Tensor& x, const T* G, const T* M, bool channels,
+                     const std::vector<double>& P, const std::vector<double>& Q,
+                     const std::vector<double>& R, at::Tensor& out) {
   const int64_t B = x.size(0), C = x.size(1), L = x.size(2);
   const T* X = x.data_ptr<T>();
   T* O = out.data_ptr<T>();
   using A = at::opmath_type<T>;
+  auto elem = [](A p, A q, A s, A xv, A gv, A mv) {
+    A g = HAS_G ? gv : A(0);
+    if (HAS_M) g = mv > A(0) ? g : A(0);
+    A v = p * g + q * xv + s;
+    if (RELU) v = v > A(0) ? v : A(0);
+    return v;
+  };
   if (!channels) {
     at::parallel_for(0, B * C, 1, [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
         const A p = P[r], q = Q[r], s = R[r];
         const T* xr = X + r * L;
-        const T* gr = G ? G + r * L : nullptr;
-        const T* mr = M ? M + r * L : nullptr;
+        const T* gr = HAS_G ? G + r * L : xr;
+        const T* mr = HAS_M ? M + r * L : xr;
         T* orow = O + r * L;
 #pragma omp simd
-        for (int64_t l = 0; l < L; ++l) {
-          A g = gr ? static_cast<A>(gr[l]) : A(0);
-          if (mr && !(static_cast<A>(mr[l]) > A(0))) g = A(0);
-          A v = p * g + q * static_cast<A>(xr[l]) + s;
-          if (relu) v = v > A(0) ? v : A(0);
-          orow[l] = static_cast<T>(v);
-        }
+        for (int64_t l = 0; l < L; ++l)
+          orow[l] = static_cast<T>(elem(p, q, s, static_cast<A>(xr[l]), static_cast<A>(gr[l]),
+                                        static_cast<A>(mr[l])));
       }
     });
     return;
@@ -249,19 +253,25 @@ void affine_map(const at::Tensor& x, const T* G, const T* M, bool relu, bool cha
         cur_b = b;
       }
       const T* xr = X + t * C;
-      const T* gr = G ? G + t * C : nullptr;
-      const T* mr = M ? M + t * C : nullptr;
+      const T* gr = HAS_G ? G + t * C : xr;
+      const T* mr = HAS_M ? M + t * C : xr;
       T* orow = O + t * C;
 #pragma omp simd
-      for (int64_t c = 0; c < C; ++c) {
-        A g = gr ? static_cast<A>(gr[c]) : A(0);
-        if (mr && !(static_cast<A>(mr[c]) > A(0))) g = A(0);
-        A v = p[c] * g + q[c] * static_cast<A>(xr[c]) + s[c];
-        if (relu) v = v > A(0) ? v : A(0);
-        orow[c] = static_cast<T>(v);
-      }
+      for (int64_t c = 0; c < C; ++c)
+        orow[c] = static_cast<T>(elem(p[c], q[c], s[c], static_cast<A>(xr[c]), static_cast<A>(gr[c]),
+                                      static_cast<A>(mr[c])));
     }
   });
+}
+
+template <typename T>
+void affine_map(const at::Tensor& x, const T* G, const T* M, bool relu, bool channels,
+                const std::vector<double>& P, const std::vector<double>& Q,
+                const std::vector<double>& R, at::Tensor& out) {
+  if (G && M) return affine_map_impl<T, true, true, false>(x, G, M, channels, P, Q, R, out);
+  if (G) return affine_map_impl<T, true, false, false>(x, G, M, channels, P, Q, R, out);
+  if (relu) return affine_map_impl<T, false, false, true>(x, G, M, channels, P, Q, R, out);
+  return affine_map_impl<T, false, false, false>(x, G, M, channels, P, Q, R, out);
 }
 
 // Per-(b, c) sums of g' and g' * (x - mean) for the backward (g' masked by y > 0 if relu).

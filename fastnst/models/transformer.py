@@ -1,0 +1,86 @@
+"""Johnson et al. (2016) image transformation network, with the layout and state_dict keys of
+pytorch/examples' ``fast_neural_style`` TransformerNet (REFERENCE.md): input and output RGB in
+0–255, reflection padding, instance norm, five residual blocks, nearest-neighbour upsampling.
+
+Instance norms followed by a ReLU are listed in ``fastnst_relu_after``: ``fastnst.accelerate``
+turns those into fused ``InstanceNormReLU`` modules, and ``forward`` then skips the ReLU.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def _in_relu(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    from fastnst.nn import InstanceNormReLU
+
+    return norm(x) if isinstance(norm, InstanceNormReLU) else F.relu(norm(x))
+
+
+class ConvLayer(nn.Module):
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int):
+        super().__init__()
+        self.reflection_pad = nn.ReflectionPad2d(kernel // 2)
+        self.conv2d = nn.Conv2d(cin, cout, kernel, stride)
+
+    def forward(self, x):
+        return self.conv2d(self.reflection_pad(x))
+
+
+class UpsampleConvLayer(nn.Module):
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int, upsample: int | None = None):
+        super().__init__()
+        self.upsample = upsample
+        self.reflection_pad = nn.ReflectionPad2d(kernel // 2)
+        self.conv2d = nn.Conv2d(cin, cout, kernel, stride)
+
+    def forward(self, x):
+        if self.upsample:
+            x = F.interpolate(x, mode="nearest", scale_factor=self.upsample)
+        return self.conv2d(self.reflection_pad(x))
+
+
+class ResidualBlock(nn.Module):
+    fastnst_relu_after = ("in1",)
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv1 = ConvLayer(channels, channels, 3, 1)
+        self.in1 = nn.InstanceNorm2d(channels, affine=True)
+        self.conv2 = ConvLayer(channels, channels, 3, 1)
+        self.in2 = nn.InstanceNorm2d(channels, affine=True)
+
+    def forward(self, x):
+        return x + self.in2(self.conv2(_in_relu(self.in1, self.conv1(x))))
+
+
+class TransformerNet(nn.Module):
+    fastnst_relu_after = ("in1", "in2", "in3", "in4", "in5")
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = ConvLayer(3, 32, 9, 1)
+        self.in1 = nn.InstanceNorm2d(32, affine=True)
+        self.conv2 = ConvLayer(32, 64, 3, 2)
+        self.in2 = nn.InstanceNorm2d(64, affine=True)
+        self.conv3 = ConvLayer(64, 128, 3, 2)
+        self.in3 = nn.InstanceNorm2d(128, affine=True)
+        for k in range(1, 6):
+            setattr(self, f"res{k}", ResidualBlock(128))
+        self.deconv1 = UpsampleConvLayer(128, 64, 3, 1, upsample=2)
+        self.in4 = nn.InstanceNorm2d(64, affine=True)
+        self.deconv2 = UpsampleConvLayer(64, 32, 3, 1, upsample=2)
+        self.in5 = nn.InstanceNorm2d(32, affine=True)
+        self.deconv3 = ConvLayer(32, 3, 9, 1)
+
+    def forward(self, x):
+        y = _in_relu(self.in1, self.conv1(x))
+        y = _in_relu(self.in2, self.conv2(y))
+        y = _in_relu(self.in3, self.conv3(y))
+        for k in range(1, 6):
+            y = getattr(self, f"res{k}")(y)
+        y = _in_relu(self.in4, self.deconv1(y))
+        y = _in_relu(self.in5, self.deconv2(y))
+        return self.deconv3(y)
