@@ -16,12 +16,16 @@
 //   dx = x_scale * g' + rstd * w * (g' - db / L - xhat * dw / N')
 //
 // Precision: every load is widened to fp32 and everything is accumulated in fp32. The mean and
-// variance use Welford's update, on chunks of 4 elements per thread (shifted by the chunk's first
-// element) merged with Chan et al.'s parallel combine (n, mean, M2); threads, warps, blocks and
-// L-splits merge the same way. So a large mean (activations at 1e4 + N(0, 1)) costs no accuracy,
-// unlike E[x^2] - E[x]^2. mean_std returns mu and std in x's dtype; instance_norm returns mu and
-// rstd in fp32 (they are saved for backward). The normalisation keeps (x - mu) explicit rather
-// than folding it into one affine map a * x + c, for the same large-mean reason.
+// variance use Welford's update on x - K, K = x[b, c, 0] (one shift per row, read by every thread
+// of the row), on chunks of 4 elements per thread merged with Chan et al.'s parallel combine
+// (n, mean, M2); threads, warps, blocks and L-splits merge the same way, and mu = K + mean at the
+// end. Unshifted, fp32 Welford rounds every partial mean to ulp(mu) (1e-3 at mu = 1e4), which
+// puts a first-order error of ~ulp(mu) / sigma into M2; shifted, the partial means are O(sigma)
+// and activations at 1e4 + N(0, 1) keep ~1e-7 relative accuracy in std (E[x^2] - E[x]^2 would
+// lose it all; an outlying K costs only ulp(|K - mu|)). mean_std returns mu and std in x's
+// dtype; instance_norm returns mu and rstd in fp32 (saved for backward). The normalisation
+// keeps (x - mu) explicit rather than folding it into one affine map a * x + c, for the same
+// large-mean reason; backward sums g' (x - mu) likewise.
 //
 // Layout: x, grad and y may have any strides. Outputs [B, C, L] (y, dx) have x's dtype and follow
 // the rule of csrc/registration.cpp: strides (C*L, 1, C) when C > 1 and x.stride(1) == 1 and
@@ -39,12 +43,15 @@
 //
 // Fused or split: when the row groups alone give the GPU enough blocks (>= 4 per SM), one kernel
 // per op does everything: the block computes its rows' statistics (or, for the backward, the
-// sums dw/db), then re-reads its rows (mostly from L2) and writes the output. When they do not
+// sums dw/db), then re-reads its rows (from L2 while the rows in flight fit there) and writes the
+// output. When they do not
 // (the transformer net's IN layers: B * C = 32..128 rows of L = 256 * 256), L is split across
 // blocks: a reduce pass writes per-split partials (mean, M2) or (sum g', sum g'(x - mu)) to an
 // fp32 workspace, a finalize kernel merges them (one warp per row), and an apply pass with the
 // same grid writes the output. That costs one extra read of x but keeps every SM busy, which is
 // worth more than the saved read on those shapes. Results are deterministic (no atomics).
+// mean_std is the reduction alone (fused: one kernel; split: reduce + finalize);
+// mean_std_backward is elementwise and uses the apply pass alone, on the same grid.
 //
 // Kernels run on the current CUDA stream of x's device, under a device guard.
 
@@ -244,17 +251,17 @@ __device__ __forceinline__ A block_reduce(A v, A* part, int wpr) {
   return r;
 }
 
-// Welford over xr[l * sl] for l = l0, l0 + step, ... < l_end, kUnroll loads in flight.
+// Welford over xr[l * sl] - K for l = l0, l0 + step, ... < l_end, kUnroll loads in flight.
 template <typename T>
 __device__ __forceinline__ Welford welford_range(const T* __restrict__ xr, int64_t sl, int64_t l0,
-                                                 int64_t l_end, int step) {
+                                                 int64_t l_end, int step, float K) {
   Welford w = {0.f, 0.f, 0};
   for (int64_t l = l0; l < l_end; l += int64_t(kUnroll) * step) {
     float v[kUnroll];
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int64_t ll = l + int64_t(u) * step;
-      v[u] = ll < l_end ? to_float(xr[ll * sl]) : 0.f;
+      v[u] = ll < l_end ? to_float(xr[ll * sl]) - K : 0.f;
     }
     if (l + int64_t(kUnroll - 1) * step < l_end) {
       w = merge(w, chunk4(v));
@@ -284,28 +291,31 @@ mean_std_kernel(const T* __restrict__ x,  // [B, C, L], strides (sb, sc, sl)
                 int phase,     // kFused or kReduce
                 T* __restrict__ mean_out,  // [B, C] contiguous
                 T* __restrict__ std_out,   // [B, C] contiguous
-                float2* __restrict__ ws)   // [splits, B * C] (mean, M2), kReduce only
+                float2* __restrict__ ws)   // [splits, B * C] (mean - K, M2), kReduce only
 {
   __shared__ Welford part[kThreads];
   const Slot s = make_slot<M>(g);
+  const T* xr = x + s.b * sb + s.c * sc;  // dereferenced only when s.valid
+  const float K = s.valid ? to_float(xr[0]) : 0.f;
   Welford w = {0.f, 0.f, 0};
-  if (s.valid)
-    w = welford_range(x + s.b * sb + s.c * sc, sl, split_begin(g) + s.k, split_end(g), s.step);
+  if (s.valid) w = welford_range(xr, sl, split_begin(g) + s.k, split_end(g), s.step, K);
   w = block_reduce<M>(w, part, g.wpr);
   if (!s.valid || s.k != 0) return;
   if (phase == kReduce) {
     ws[int64_t(blockIdx.y) * g.rows + s.row] = make_float2(w.mean, w.m2);
   } else {
-    mean_out[s.row] = from_float<T>(w.mean);
+    mean_out[s.row] = from_float<T>(K + w.mean);
     std_out[s.row] = from_float<T>(sqrtf(fmaxf(w.m2, 0.f) * inv_np + eps));
   }
 }
 
-// Merge the splits' (mean, M2) of each row (one warp per row) and write its mean and either
+// Merge the splits' (mean - K, M2) of each row (one warp per row) and write its mean and either
 // std = sqrt(var + eps) (want_rstd == 0, mean_std) or rstd = 1 / std (instance_norm).
-template <typename TO>
+template <typename T, typename TO>
 __global__ void __launch_bounds__(kThreads)
-welford_finalize_kernel(const float2* __restrict__ ws,  // [splits, rows] (mean, M2)
+welford_finalize_kernel(const float2* __restrict__ ws,  // [splits, rows] (mean - K, M2)
+                        const T* __restrict__ x,  // [B, C, L], strides (sb, sc, .): K = x[b, c, 0]
+                        int64_t sb, int64_t sc, int64_t C,
                         int64_t rows, int64_t splits, int64_t chunk, int64_t L, float eps,
                         float inv_np, int want_rstd,
                         TO* __restrict__ mean_out,  // [rows] contiguous
@@ -322,8 +332,10 @@ welford_finalize_kernel(const float2* __restrict__ ws,  // [splits, rows] (mean,
   }
   w = warp_reduce(w);
   if (lane != 0) return;
+  const int64_t b = row / C;
+  const float K = to_float(x[b * sb + (row - b * C) * sc]);
   const float sd = sqrtf(fmaxf(w.m2, 0.f) * inv_np + eps);
-  mean_out[row] = from_float<TO>(w.mean);
+  mean_out[row] = from_float<TO>(K + w.mean);
   sd_out[row] = from_float<TO>(want_rstd ? 1.f / sd : sd);
 }
 
@@ -374,7 +386,7 @@ instance_norm_kernel(const T* __restrict__ x,  // [B, C, L], strides (sb, sc, sl
                      float eps, float inv_np, float x_scale, int relu, int phase,
                      float* __restrict__ mean_out,  // [B, C] fp32 contiguous
                      float* __restrict__ rstd_out,  // [B, C] fp32 contiguous
-                     float2* __restrict__ ws,       // [splits, B * C] (mean, M2), kReduce only
+                     float2* __restrict__ ws,       // [splits, B * C] (mean - K, M2), kReduce
                      T* __restrict__ y,             // [B, C, L], strides (C * L, os_c, os_l)
                      int64_t os_c, int64_t os_l)
 {
@@ -388,15 +400,16 @@ instance_norm_kernel(const T* __restrict__ x,  // [B, C, L], strides (sb, sc, sl
     mu = mean_out[s.row];
     rstd = rstd_out[s.row];
   } else {
+    const float K = s.valid ? to_float(xr[0]) : 0.f;
     Welford w = {0.f, 0.f, 0};
-    if (s.valid) w = welford_range(xr, sl, l_begin + s.k, l_end, s.step);
+    if (s.valid) w = welford_range(xr, sl, l_begin + s.k, l_end, s.step, K);
     w = block_reduce<M>(w, part, g.wpr);
     if (!s.valid) return;
     if (phase == kReduce) {
       if (s.k == 0) ws[int64_t(blockIdx.y) * g.rows + s.row] = make_float2(w.mean, w.m2);
       return;
     }
-    mu = w.mean;
+    mu = K + w.mean;  // as saved: the apply pass of the split path reads this same fp32 value
     rstd = 1.f / sqrtf(fmaxf(w.m2, 0.f) * inv_np + eps);
     if (s.k == 0) {
       mean_out[s.row] = mu;
@@ -730,8 +743,9 @@ void run_mean_std(const Tensor& x, const Plan& p, float eps, float inv_np, Tenso
   mean_std_kernel<T, M><<<grid_of(p), kThreads, 0, stream>>>(
       X, x.stride(0), x.stride(1), x.stride(2), p.g, eps, inv_np, kReduce, Mo, So, W);
   check_launch(op);
-  welford_finalize_kernel<T><<<finalize_blocks(p.g.rows), kThreads, 0, stream>>>(
-      W, p.g.rows, p.splits, p.g.chunk, p.g.L, eps, inv_np, 0, Mo, So);
+  welford_finalize_kernel<T, T><<<finalize_blocks(p.g.rows), kThreads, 0, stream>>>(
+      W, X, x.stride(0), x.stride(1), p.g.C, p.g.rows, p.splits, p.g.chunk, p.g.L, eps, inv_np,
+      0, Mo, So);
   check_launch(op);
 }
 
@@ -768,8 +782,8 @@ void run_instance_norm(const Tensor& x, const RowVec& w, const RowVec& b, const 
   instance_norm_kernel<T, M><<<grid_of(p), kThreads, 0, stream>>>(
       X, sb, sc, sl, p.g, w, b, eps, inv_np, x_scale, relu, kReduce, Mo, Ro, W, Y, os_c, os_l);
   check_launch(op);
-  welford_finalize_kernel<float><<<finalize_blocks(p.g.rows), kThreads, 0, stream>>>(
-      W, p.g.rows, p.splits, p.g.chunk, p.g.L, eps, inv_np, 1, Mo, Ro);
+  welford_finalize_kernel<T, float><<<finalize_blocks(p.g.rows), kThreads, 0, stream>>>(
+      W, X, sb, sc, p.g.C, p.g.rows, p.splits, p.g.chunk, p.g.L, eps, inv_np, 1, Mo, Ro);
   check_launch(op);
   instance_norm_kernel<T, M><<<grid_of(p), kThreads, 0, stream>>>(
       X, sb, sc, sl, p.g, w, b, eps, inv_np, x_scale, relu, kApply, Mo, Ro, W, Y, os_c, os_l);
