@@ -23,6 +23,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 namespace fastnst {
@@ -346,6 +347,106 @@ void grad_sums(const at::Tensor& x, const at::Tensor& g, const T* M, bool channe
       }
 }
 
+// ---- fused row kernels (L contiguous): statistics and map while the row is in cache --------
+template <typename T>
+void one_row_stats(const T* p, int64_t L, double& mean, double& m2) {
+  if constexpr (std::is_same<T, double>::value) {
+    double s = 0, q = 0;
+    for (int64_t i = 0; i < L; ++i) s += p[i];
+    const double mu = s / L;
+    for (int64_t i = 0; i < L; ++i) q += (p[i] - mu) * (p[i] - mu);
+    mean = mu;
+    m2 = q;
+  } else {
+    const int64_t n0 = std::min<int64_t>(L, kBlock);
+    double K = 0;
+    for (int64_t i = 0; i < n0; ++i) K += static_cast<double>(p[i]);
+    K = static_cast<float>(K / n0);
+    double s1 = 0, s2 = 0;
+    shifted_sums<T, double>(p, L, K, s1, s2);
+    mean = K + s1 / L;
+    m2 = std::max(0.0, s2 - s1 * s1 / L);
+  }
+}
+
+template <typename T, bool HAS_G, bool HAS_M, bool RELU>
+inline void map_row(const T* xr, const T* gr, const T* mr, T* orow, int64_t n,
+                    at::opmath_type<T> p, at::opmath_type<T> q, at::opmath_type<T> s) {
+  using A = at::opmath_type<T>;
+  if (!HAS_G) gr = xr;
+  if (!HAS_M) mr = xr;
+#pragma omp simd
+  for (int64_t l = 0; l < n; ++l) {
+    A g = HAS_G ? static_cast<A>(gr[l]) : A(0);
+    if (HAS_M) g = static_cast<A>(mr[l]) > A(0) ? g : A(0);
+    A v = p * g + q * static_cast<A>(xr[l]) + s;
+    if (RELU) v = v > A(0) ? v : A(0);
+    orow[l] = static_cast<T>(v);
+  }
+}
+
+// Forward, row layout: per row, statistics then y = act(a x + c), one parallel pass.
+template <typename T, bool RELU>
+void norm_rows_fused(const at::Tensor& x, const double* wp, const double* bp, double eps, double n,
+                     double x_scale, float* mean_out, float* rstd_out, at::Tensor& y) {
+  const int64_t B = x.size(0), C = x.size(1), L = x.size(2);
+  const T* X = x.data_ptr<T>();
+  T* Y = y.data_ptr<T>();
+  using A = at::opmath_type<T>;
+  at::parallel_for(0, B * C, 1, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      double mean, m2;
+      one_row_stats<T>(X + r * L, L, mean, m2);
+      const double rstd = 1.0 / std::sqrt(m2 / n + eps);
+      mean_out[r] = static_cast<float>(mean);
+      rstd_out[r] = static_cast<float>(rstd);
+      map_row<T, false, false, RELU>(X + r * L, nullptr, nullptr, Y + r * L, L, A(0),
+                                     static_cast<A>(wp[r] * rstd + x_scale),
+                                     static_cast<A>(bp[r] - wp[r] * mean * rstd));
+    }
+  });
+}
+
+// Backward, row layout: per row, the two gradient sums then dx = p g' + q x + s.
+template <typename T, bool RELU>
+void norm_rows_backward_fused(const at::Tensor& x, const at::Tensor& g, const T* M, const double* wp,
+                              const double* mean, const double* rs, double n, double x_scale,
+                              float* dw, float* db, at::Tensor& dx) {
+  const int64_t B = x.size(0), C = x.size(1), L = x.size(2);
+  const T* X = x.data_ptr<T>();
+  const T* G = g.data_ptr<T>();
+  T* D = dx.data_ptr<T>();
+  using A = at::opmath_type<T>;
+  at::parallel_for(0, B * C, 1, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const A mu = static_cast<A>(mean[r]);
+      double t1 = 0, t2 = 0;
+      for (int64_t i0 = 0; i0 < L; i0 += kBlock) {
+        const int64_t i1 = std::min(L, i0 + kBlock);
+        A a = 0, b = 0;
+#pragma omp simd reduction(+ : a, b)
+        for (int64_t l = i0; l < i1; ++l) {
+          A gv = static_cast<A>(G[r * L + l]);
+          if (RELU) gv = static_cast<A>(M[r * L + l]) > A(0) ? gv : A(0);
+          a += gv;
+          b += gv * (static_cast<A>(X[r * L + l]) - mu);
+        }
+        t1 += a;
+        t2 += b;
+      }
+      const double rstd = rs[r], wv = wp[r], dwv = t2 * rstd, dbv = t1;
+      const double q = -rstd * rstd * wv * dwv / n;
+      if (dw) {
+        dw[r] = static_cast<float>(dwv);
+        db[r] = static_cast<float>(dbv);
+      }
+      map_row<T, true, RELU, false>(X + r * L, G + r * L, RELU ? M + r * L : nullptr, D + r * L, L,
+                                    static_cast<A>(x_scale + rstd * wv), static_cast<A>(q),
+                                    static_cast<A>(-rstd * wv * dbv / L - q * mean[r]));
+    }
+  });
+}
+
 template <typename F>
 void dispatch(at::ScalarType t, F&& f) {
   switch (t) {
@@ -418,6 +519,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_cpu(
   const at::Tensor x = canonical(x0, channels);
   const at::Tensor w = per_sample(weight, B, C, 1.0, at::kDouble, "weight", "instance_norm");
   const at::Tensor bb = per_sample(bias, B, C, 0.0, at::kDouble, "bias", "instance_norm");
+  if (!channels) {
+    at::Tensor mean_t = at::empty({B, C}, at::TensorOptions().dtype(at::kFloat));
+    at::Tensor rstd_t = at::empty({B, C}, at::TensorOptions().dtype(at::kFloat));
+    at::Tensor y = empty_rule(x0, x0.scalar_type());
+    const double n = static_cast<double>(L - (unbiased ? 1 : 0));
+    dispatch(x.scalar_type(), [&](auto tag) {
+      using T = decltype(tag);
+      auto run = activation == 1 ? norm_rows_fused<T, true> : norm_rows_fused<T, false>;
+      run(x, w.data_ptr<double>(), bb.data_ptr<double>(), eps, n, x_scale, mean_t.data_ptr<float>(),
+          rstd_t.data_ptr<float>(), y);
+    });
+    return {y, mean_t, rstd_t};
+  }
   std::vector<double> mean, m2;
   dispatch(x.scalar_type(), [&](auto tag) { row_stats<decltype(tag)>(x, channels, mean, m2); });
   const double n = static_cast<double>(L - (unbiased ? 1 : 0));
@@ -460,12 +574,28 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_backward_cpu(
   const std::vector<double> mean(mu_d.data_ptr<double>(), mu_d.data_ptr<double>() + B * C);
   const double* rs = r_d.data_ptr<double>();
   const double* wp = w.data_ptr<double>();
+  const double n = static_cast<double>(L - (unbiased ? 1 : 0));
+  if (!channels) {
+    at::Tensor dw = at::empty({weight_grads ? B : 0, weight_grads ? C : 0}, at::TensorOptions().dtype(at::kFloat));
+    at::Tensor db = at::empty({weight_grads ? B : 0, weight_grads ? C : 0}, at::TensorOptions().dtype(at::kFloat));
+    if (!weight_grads) {
+      dw = dw.view({0});
+      db = db.view({0});
+    }
+    at::Tensor dx = empty_rule(x0, x0.scalar_type());
+    dispatch(x.scalar_type(), [&](auto tag) {
+      using T = decltype(tag);
+      auto run = activation == 1 ? norm_rows_backward_fused<T, true> : norm_rows_backward_fused<T, false>;
+      run(x, g, activation == 1 ? y.data_ptr<T>() : nullptr, wp, mean.data(), rs, n, x_scale,
+          weight_grads ? dw.data_ptr<float>() : nullptr, weight_grads ? db.data_ptr<float>() : nullptr, dx);
+    });
+    return {dx, dw, db};
+  }
   std::vector<double> sg, sgx;
   dispatch(x.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
     grad_sums<T>(x, g, activation == 1 ? y.data_ptr<T>() : nullptr, channels, mean, sg, sgx);
   });
-  const double n = static_cast<double>(L - (unbiased ? 1 : 0));
   std::vector<double> P(B * C), Q(B * C), R(B * C);
   at::Tensor dw, db;
   if (weight_grads) {
