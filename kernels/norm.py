@@ -54,8 +54,9 @@ float32 scalars.
 
 Limitations: no autotuning (block sizes and warps are a small heuristic by layout, C, L and
 dtype), which keeps it usable under TRITON_INTERPRET=1. When B·C/BLOCK_C is small and L long
-(B = 1, C = 64 at 512² in channels_last gives 2 programs) the reductions use few SMs; splitting
-L with a cross-program merge would fix it. float64 is meant for the interpreter; the GPU
+the reductions use few SMs (VGG relu1_1 at 512², B = 1, C = 64, L = 2^18: 64 programs in rows
+mode, 1 or 2 in channels mode); splitting L with a cross-program merge of (n, mean, M2) would
+fix it. Only mean_std_backward splits L today. float64 is meant for the interpreter; the GPU
 backend rejects it upstream in fastnst/backend.py. Under the interpreter float32 -> bfloat16
 stores truncate, so bfloat16 results take a float32 detour there (see _bf16_detour).
 unbiased with L = 1 gives N' = 0 and NaN statistics, as torch.std does.
@@ -166,7 +167,7 @@ def _row_moments(
     # that is not adversarial, which keeps x - K small; Welford stays exact-ish without it.
     mask0 = mask_c[:, None] & (ar_l < L)[None, :]
     x0 = tl.load(x_rows[:, None] + ar_l[None, :] * stride_xl, mask=mask0, other=0.0).to(ACC_DTYPE)
-    shift = tl.sum(x0, axis=1) / tl.minimum(L, BLOCK_L).to(ACC_DTYPE)
+    shift = tl.sum(x0, axis=1) / tl.maximum(tl.sum(mask0.to(ACC_DTYPE), axis=1), 1.0)
 
     # Per-lane Welford on x - K. Lane j meets its k-th element at step k - 1 (only the last
     # step is partial), so 1/k is a scalar.
@@ -186,7 +187,8 @@ def _row_moments(
 
     # Merge the lanes (Chan et al.): lane j holds n_j = ceil((L - j) / BLOCK_L) elements.
     n_j = tl.where(ar_l < L, (L - ar_l + BLOCK_L - 1) // BLOCK_L, 0).to(ACC_DTYPE)[None, :]
-    mean_s = tl.sum(n_j * mean, axis=1) / L.to(ACC_DTYPE)
+    # L * 1.0, not L.to(...): Triton passes an integer argument equal to 1 as a constexpr.
+    mean_s = tl.sum(n_j * mean, axis=1) / (L * 1.0)
     dev = mean - mean_s[:, None]
     m2_row = tl.sum(m2, axis=1) + tl.sum(n_j * dev * dev, axis=1)
     return shift, mean_s, m2_row
@@ -201,7 +203,7 @@ def _sqrt(x, ACC_DTYPE: tl.constexpr):
         return tl.sqrt(x)
 
 
-@triton.jit(do_not_specialize=["L"])
+@triton.jit
 def _mean_std_fwd_kernel(
     x_ptr,  # [B, C, L]
     mean_ptr,  # [B, C]
@@ -226,7 +228,7 @@ def _mean_std_fwd_kernel(
     tl.store(std_ptr + pid_b * stride_sb + offs_c * stride_sc, std.to(std_ptr.dtype.element_ty), mask=mask_c)
 
 
-@triton.jit(do_not_specialize=["L", "L_PER_PROG"])
+@triton.jit
 def _mean_std_bwd_kernel(
     gm_ptr,  # [B, C]  grad of mean
     gs_ptr,  # [B, C]  grad of std
@@ -258,7 +260,7 @@ def _mean_std_bwd_kernel(
     gs = tl.load(gs_ptr + pid_b * stride_gsb + offs_c * stride_gsc, mask=mask_c, other=0.0).to(ACC_DTYPE)
     mean = tl.load(mean_ptr + pid_b * stride_mb + offs_c * stride_mc, mask=mask_c, other=0.0).to(ACC_DTYPE)
     std = tl.load(std_ptr + pid_b * stride_sb + offs_c * stride_sc, mask=mask_c, other=1.0).to(ACC_DTYPE)
-    c0 = (gm / L.to(ACC_DTYPE))[:, None]
+    c0 = (gm / (L * 1.0))[:, None]
     c1 = (gs / (std * n_var))[:, None]
 
     x_rows = x_ptr + pid_b * stride_xb + offs_c * stride_xc
@@ -268,13 +270,13 @@ def _mean_std_bwd_kernel(
     l_end = tl.minimum(l_begin + L_PER_PROG, L)
     for l0 in range(l_begin, l_end, BLOCK_L):
         offs_l = l0 + ar_l
-        mask = mask_c[:, None] & (offs_l < l_end)[None, :]
+        mask = mask_c[:, None] & (offs_l < L)[None, :]  # a span ends at L or on a step boundary
         x = tl.load(x_rows[:, None] + offs_l[None, :] * stride_xl, mask=mask, other=0.0).to(ACC_DTYPE)
         out = c0 + c1 * (x - mean[:, None])
         tl.store(o_rows[:, None] + offs_l[None, :] * stride_ol, out.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit(do_not_specialize=["L"])
+@triton.jit
 def _instance_norm_fwd_kernel(
     x_ptr,  # [B, C, L]
     w_ptr,  # [C] or [B, C] (stride over B 0 for [C]); unused unless HAS_W
@@ -328,10 +330,11 @@ def _instance_norm_fwd_kernel(
 
     tl.store(mean_ptr + pid_b * stride_mb + offs_c * stride_mc,
              (shift + mean_s).to(mean_ptr.dtype.element_ty), mask=mask_c)
-    tl.store(rstd_ptr + pid_b * stride_rb + offs_c * stride_rc, rstd.to(rstd_ptr.dtype.element_ty), mask=mask_c)
+    tl.store(rstd_ptr + pid_b * stride_rb + offs_c * stride_rc,
+             rstd.to(rstd_ptr.dtype.element_ty), mask=mask_c)
 
 
-@triton.jit(do_not_specialize=["L"])
+@triton.jit
 def _instance_norm_bwd_kernel(
     g_ptr,  # [B, C, L]  grad of y
     x_ptr,  # [B, C, L]
@@ -391,13 +394,15 @@ def _instance_norm_bwd_kernel(
     db = tl.sum(acc_g, axis=1)
     dw = tl.sum(acc_gx, axis=1)
     if HAS_DW:
-        tl.store(dw_ptr + pid_b * stride_dwb + offs_c * stride_dwc, dw.to(dw_ptr.dtype.element_ty), mask=mask_c)
+        tl.store(dw_ptr + pid_b * stride_dwb + offs_c * stride_dwc,
+                 dw.to(dw_ptr.dtype.element_ty), mask=mask_c)
     if HAS_DB:
-        tl.store(db_ptr + pid_b * stride_dbb + offs_c * stride_dbc, db.to(db_ptr.dtype.element_ty), mask=mask_c)
+        tl.store(db_ptr + pid_b * stride_dbb + offs_c * stride_dbc,
+                 db.to(db_ptr.dtype.element_ty), mask=mask_c)
 
     # Pass 2: dx = x_scale g' + rstd w (g' - db / L - xhat dw / N').
     a = (rstd * w)[:, None]
-    mean_g = (db / L.to(ACC_DTYPE))[:, None]
+    mean_g = (db / (L * 1.0))[:, None]
     dw_n = (dw / n_var)[:, None]
     dx_rows = dx_ptr + pid_b * stride_dxb + offs_c * stride_dxc
     for l0 in range(0, L, BLOCK_L):
