@@ -26,6 +26,12 @@
 #include <type_traits>
 #include <vector>
 
+#if defined(FASTNST_X86)
+#include <immintrin.h>
+#endif
+
+#include "cpu_features.h"
+
 namespace fastnst {
 namespace cpu {
 namespace {
@@ -219,9 +225,9 @@ void affine_map_impl(const at::Tensor& x, const T* G, const T* M, bool channels,
   using A = at::opmath_type<T>;
   auto elem = [](A p, A q, A s, A xv, A gv, A mv) {
     A g = HAS_G ? gv : A(0);
-    if (HAS_M) g = mv > A(0) ? g : A(0);
+    if (HAS_M) g *= static_cast<A>(mv > A(0));  // branch-free: the mask is data, not control
     A v = p * g + q * xv + s;
-    if (RELU) v = v > A(0) ? v : A(0);
+    if (RELU) v = std::max(v, A(0));
     return v;
   };
   if (!channels) {
@@ -296,7 +302,7 @@ void grad_sums(const at::Tensor& x, const at::Tensor& g, const T* M, bool channe
 #pragma omp simd reduction(+ : a, b)
           for (int64_t l = i0; l < i1; ++l) {
             A gv = static_cast<A>(G[r * L + l]);
-            if (M && !(static_cast<A>(M[r * L + l]) > A(0))) gv = A(0);
+            if (M) gv *= static_cast<A>(static_cast<A>(M[r * L + l]) > A(0));
             a += gv;
             b += gv * (static_cast<A>(X[r * L + l]) - mu);
           }
@@ -327,7 +333,7 @@ void grad_sums(const at::Tensor& x, const at::Tensor& g, const T* M, bool channe
 #pragma omp simd
           for (int64_t c = 0; c < C; ++c) {
             A gv = static_cast<A>(G[off + c]);
-            if (M && !(static_cast<A>(M[off + c]) > A(0))) gv = A(0);
+            if (M) gv *= static_cast<A>(static_cast<A>(M[off + c]) > A(0));
             a[c] += gv;
             q[c] += gv * (static_cast<A>(X[off + c]) - mu[c]);
           }
@@ -378,9 +384,9 @@ inline void map_row(const T* xr, const T* gr, const T* mr, T* orow, int64_t n,
 #pragma omp simd
   for (int64_t l = 0; l < n; ++l) {
     A g = HAS_G ? static_cast<A>(gr[l]) : A(0);
-    if (HAS_M) g = static_cast<A>(mr[l]) > A(0) ? g : A(0);
+    if (HAS_M) g *= static_cast<A>(static_cast<A>(mr[l]) > A(0));  // branch-free
     A v = p * g + q * static_cast<A>(xr[l]) + s;
-    if (RELU) v = v > A(0) ? v : A(0);
+    if (RELU) v = std::max(v, A(0));
     orow[l] = static_cast<T>(v);
   }
 }
@@ -407,6 +413,45 @@ void norm_rows_fused(const at::Tensor& x, const double* wp, const double* bp, do
   });
 }
 
+// ---- AVX-512 versions of the masked backward loops (float32) ------------------------------------
+// GCC leaves the ReLU-masked loops scalar; these keep them vectorised (mask = y > 0 as a k-mask).
+#if defined(FASTNST_X86)
+__attribute__((target("avx512f"))) void masked_sums_avx512(const float* G, const float* M, const float* X,
+                                                          int64_t L, float mu, double& t1, double& t2) {
+  const __m512 vmu = _mm512_set1_ps(mu), zero = _mm512_setzero_ps();
+  for (int64_t i0 = 0; i0 < L; i0 += kBlock) {
+    const int64_t i1 = std::min(L, i0 + kBlock);
+    __m512 a = zero, b = zero;
+    for (int64_t l = i0; l < i1; l += 16) {
+      const __mmask16 tail = l + 16 <= i1 ? 0xFFFF : static_cast<__mmask16>((1u << (i1 - l)) - 1u);
+      const __m512 m = _mm512_maskz_loadu_ps(tail, M + l);
+      const __mmask16 k = _mm512_mask_cmp_ps_mask(tail, m, zero, _CMP_GT_OQ);
+      const __m512 g = _mm512_maskz_loadu_ps(k, G + l);
+      const __m512 x = _mm512_maskz_loadu_ps(k, X + l);
+      a = _mm512_add_ps(a, g);
+      b = _mm512_fmadd_ps(g, _mm512_maskz_sub_ps(k, x, vmu), b);
+    }
+    t1 += _mm512_reduce_add_ps(a);
+    t2 += _mm512_reduce_add_ps(b);
+  }
+}
+
+__attribute__((target("avx512f"))) void masked_map_avx512(const float* G, const float* M, const float* X,
+                                                         float* O, int64_t L, float p, float q, float s) {
+  const __m512 vp = _mm512_set1_ps(p), vq = _mm512_set1_ps(q), vs = _mm512_set1_ps(s);
+  const __m512 zero = _mm512_setzero_ps();
+  for (int64_t l = 0; l < L; l += 16) {
+    const __mmask16 tail = l + 16 <= L ? 0xFFFF : static_cast<__mmask16>((1u << (L - l)) - 1u);
+    const __m512 m = _mm512_maskz_loadu_ps(tail, M + l);
+    const __mmask16 k = _mm512_mask_cmp_ps_mask(tail, m, zero, _CMP_GT_OQ);
+    const __m512 g = _mm512_maskz_loadu_ps(k, G + l);
+    const __m512 x = _mm512_maskz_loadu_ps(tail, X + l);
+    const __m512 v = _mm512_fmadd_ps(vp, g, _mm512_fmadd_ps(vq, x, vs));
+    _mm512_mask_storeu_ps(O + l, tail, v);
+  }
+}
+#endif
+
 // Backward, row layout: per row, the two gradient sums then dx = p g' + q x + s.
 template <typename T, bool RELU>
 void norm_rows_backward_fused(const at::Tensor& x, const at::Tensor& g, const T* M, const double* wp,
@@ -417,17 +462,26 @@ void norm_rows_backward_fused(const at::Tensor& x, const at::Tensor& g, const T*
   const T* G = g.data_ptr<T>();
   T* D = dx.data_ptr<T>();
   using A = at::opmath_type<T>;
+  const bool use_avx512 = has_avx512();
+  (void)use_avx512;
   at::parallel_for(0, B * C, 1, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const A mu = static_cast<A>(mean[r]);
       double t1 = 0, t2 = 0;
+#if defined(FASTNST_X86)
+      constexpr bool kVec = RELU && std::is_same<T, float>::value;
+      if (kVec && use_avx512) {
+        masked_sums_avx512(reinterpret_cast<const float*>(G + r * L), reinterpret_cast<const float*>(M + r * L),
+                           reinterpret_cast<const float*>(X + r * L), L, static_cast<float>(mu), t1, t2);
+      } else
+#endif
       for (int64_t i0 = 0; i0 < L; i0 += kBlock) {
         const int64_t i1 = std::min(L, i0 + kBlock);
         A a = 0, b = 0;
 #pragma omp simd reduction(+ : a, b)
         for (int64_t l = i0; l < i1; ++l) {
           A gv = static_cast<A>(G[r * L + l]);
-          if (RELU) gv = static_cast<A>(M[r * L + l]) > A(0) ? gv : A(0);
+          if (RELU) gv *= static_cast<A>(static_cast<A>(M[r * L + l]) > A(0));
           a += gv;
           b += gv * (static_cast<A>(X[r * L + l]) - mu);
         }
@@ -440,9 +494,17 @@ void norm_rows_backward_fused(const at::Tensor& x, const at::Tensor& g, const T*
         dw[r] = static_cast<float>(dwv);
         db[r] = static_cast<float>(dbv);
       }
-      map_row<T, true, RELU, false>(X + r * L, G + r * L, RELU ? M + r * L : nullptr, D + r * L, L,
-                                    static_cast<A>(x_scale + rstd * wv), static_cast<A>(q),
-                                    static_cast<A>(-rstd * wv * dbv / L - q * mean[r]));
+      const A pp = static_cast<A>(x_scale + rstd * wv), ss = static_cast<A>(-rstd * wv * dbv / L - q * mean[r]);
+#if defined(FASTNST_X86)
+      if (kVec && use_avx512) {
+        masked_map_avx512(reinterpret_cast<const float*>(G + r * L), reinterpret_cast<const float*>(M + r * L),
+                          reinterpret_cast<const float*>(X + r * L), reinterpret_cast<float*>(D + r * L), L,
+                          static_cast<float>(pp), static_cast<float>(q), static_cast<float>(ss));
+        continue;
+      }
+#endif
+      map_row<T, true, RELU, false>(X + r * L, G + r * L, RELU ? M + r * L : nullptr, D + r * L, L, pp,
+                                    static_cast<A>(q), ss);
     }
   });
 }
