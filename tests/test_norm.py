@@ -224,3 +224,26 @@ def test_multi_style_interpolates_statistics():
     cm, cd = reference.mean_std(x)
     expected = (x - cm) / cd * (0.75 * d1 + 0.25 * d2) + 0.75 * m1 + 0.25 * m2
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_large_outputs_reuse_only_free_buffers():
+    # csrc/cpu/out_cache.h: a large output's storage is handed out again only once nothing
+    # refers to it (not the tensor, not a view of it).
+    if "cpu" not in BACKENDS:
+        pytest.skip("fastnst._C not built")
+    x = torch.randn(1, 64, 256, 256)  # 16 MiB output
+    y1 = fastnst.instance_norm(x, backend="cpu")
+    y2 = fastnst.instance_norm(x, backend="cpu")
+    assert y1.data_ptr() != y2.data_ptr()  # y1 is alive
+    ptr = y2.data_ptr()
+    view = y2[0, :3]
+    del y1, y2
+    y3 = fastnst.instance_norm(x, backend="cpu")
+    assert y3.data_ptr() != ptr  # the view keeps that storage alive
+    expected = view.clone()
+    torch.testing.assert_close(view, expected)
+    ptr3 = y3.data_ptr()
+    del y3, view
+    y4 = fastnst.instance_norm(x, backend="cpu")
+    assert y4.data_ptr() == ptr3  # free again: reused, no fresh page faults
+    torch.testing.assert_close(y4, reference.instance_norm(x))

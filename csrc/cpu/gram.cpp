@@ -25,6 +25,7 @@
 
 #include "cpu_features.h"
 #include "gemm_avx512.h"
+#include "out_cache.h"
 
 namespace fastnst {
 namespace cpu {
@@ -51,8 +52,8 @@ bool channels_innermost(const at::Tensor& x) {
 at::Tensor empty_grad_like(const at::Tensor& x, at::ScalarType dtype) {
   const int64_t B = x.size(0), C = x.size(1), L = x.size(2);
   auto opts = x.options().dtype(dtype);
-  if (channels_innermost(x)) return at::empty_strided({B, C, L}, {C * L, 1, C}, opts);
-  return at::empty({B, C, L}, opts);
+  if (channels_innermost(x)) return reusable_empty(OutSlot::kGramBackward, {B, C, L}, {C * L, 1, C}, opts);
+  return reusable_empty(OutSlot::kGramBackward, {B, C, L}, {C * L, L, 1}, opts);
 }
 
 at::ScalarType acc_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }

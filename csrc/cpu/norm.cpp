@@ -31,6 +31,7 @@
 #endif
 
 #include "cpu_features.h"
+#include "out_cache.h"
 
 namespace fastnst {
 namespace cpu {
@@ -49,6 +50,14 @@ at::Tensor empty_rule(const at::Tensor& x, at::ScalarType dtype) {
   auto opts = x.options().dtype(dtype);
   if (channels_innermost(x)) return at::empty_strided({B, C, L}, {C * L, 1, C}, opts);
   return at::empty({B, C, L}, opts);
+}
+
+// An op's [B, C, L] result in the rule's layout, from the large-output cache (out_cache.h).
+at::Tensor output_rule(const at::Tensor& x, OutSlot slot) {
+  const int64_t B = x.size(0), C = x.size(1), L = x.size(2);
+  auto opts = x.options().dtype(x.scalar_type());
+  if (channels_innermost(x)) return reusable_empty(slot, {B, C, L}, {C * L, 1, C}, opts);
+  return reusable_empty(slot, {B, C, L}, {C * L, L, 1}, opts);
 }
 
 // x densely in the rule's layout ([B][L][C] or [B][C][L]): itself, or a copy.
@@ -561,7 +570,7 @@ at::Tensor mean_std_backward_cpu(const at::Tensor& gm, const at::Tensor& gs, con
     Q[r] = g2[r] / (sd[r] * n);
     R[r] = g1[r] / L - Q[r] * mu[r];
   }
-  at::Tensor out = empty_rule(x0, x0.scalar_type());
+  at::Tensor out = output_rule(x0, OutSlot::kMeanStdBackward);
   dispatch(x.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
     affine_map<T>(x, nullptr, nullptr, false, channels, P, Q, R, out);
@@ -584,7 +593,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_cpu(
   if (!channels) {
     at::Tensor mean_t = at::empty({B, C}, at::TensorOptions().dtype(at::kFloat));
     at::Tensor rstd_t = at::empty({B, C}, at::TensorOptions().dtype(at::kFloat));
-    at::Tensor y = empty_rule(x0, x0.scalar_type());
+    at::Tensor y = output_rule(x0, OutSlot::kNormForward);
     const double n = static_cast<double>(L - (unbiased ? 1 : 0));
     dispatch(x.scalar_type(), [&](auto tag) {
       using T = decltype(tag);
@@ -609,7 +618,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_cpu(
     mean_t.data_ptr<float>()[r] = static_cast<float>(mean[r]);
     rstd_t.data_ptr<float>()[r] = static_cast<float>(rstd);
   }
-  at::Tensor y = empty_rule(x0, x0.scalar_type());
+  at::Tensor y = output_rule(x0, OutSlot::kNormForward);
   dispatch(x.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
     affine_map<T>(x, nullptr, nullptr, activation == 1, channels, P, Q, R, y);
@@ -644,7 +653,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_backward_cpu(
       dw = dw.view({0});
       db = db.view({0});
     }
-    at::Tensor dx = empty_rule(x0, x0.scalar_type());
+    at::Tensor dx = output_rule(x0, OutSlot::kNormBackward);
     dispatch(x.scalar_type(), [&](auto tag) {
       using T = decltype(tag);
       auto run = activation == 1 ? norm_rows_backward_fused<T, true> : norm_rows_backward_fused<T, false>;
@@ -679,7 +688,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_backward_cpu(
       db.data_ptr<float>()[r] = static_cast<float>(dbv);
     }
   }
-  at::Tensor dx = empty_rule(x0, x0.scalar_type());
+  at::Tensor dx = output_rule(x0, OutSlot::kNormBackward);
   dispatch(x.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
     affine_map<T>(x, g.data_ptr<T>(), activation == 1 ? y.data_ptr<T>() : nullptr, false, channels,

@@ -1,0 +1,50 @@
+#pragma once
+// Reuse of large output buffers.
+//
+// glibc serves allocations of >= 32 MiB (its largest mmap threshold) with a fresh mmap, and the
+// first touch of every page then costs a fault: ~4 GB/s on this project's machines, more than
+// the kernels themselves take for a large activation. An op that returns a new large tensor
+// on every call (a style-transfer step calls the same ops on the same shapes again and again)
+// therefore keeps the storage of its last large output per slot and hands it out again once
+// no tensor refers to it any more (storage use count 1: only the cache). Each call gets a new
+// TensorImpl on that storage, so no autograd metadata is shared. Cost: the cache holds one
+// buffer per slot after its last use. FASTNST_REUSE_OUTPUTS=0 turns it off.
+
+#include <ATen/ATen.h>
+
+#include <array>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+
+namespace fastnst {
+namespace cpu {
+
+enum class OutSlot : int { kGramBackward = 0, kNormForward, kNormBackward, kMeanStdBackward, kCount };
+
+inline at::Tensor reusable_empty(OutSlot slot, at::IntArrayRef sizes, at::IntArrayRef strides,
+                                 const at::TensorOptions& opts) {
+  static const bool enabled = [] {
+    const char* v = std::getenv("FASTNST_REUSE_OUTPUTS");
+    return !(v && std::strcmp(v, "0") == 0);
+  }();
+  int64_t numel = 1, span = 1;
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    numel *= sizes[i];
+    span += (sizes[i] - 1) * strides[i];
+  }
+  const int64_t bytes = span * static_cast<int64_t>(c10::elementSize(c10::typeMetaToScalarType(opts.dtype())));
+  if (!enabled || numel == 0 || bytes < (int64_t{16} << 20) || !opts.device().is_cpu())
+    return at::empty_strided(sizes, strides, opts);
+  static std::mutex mu;
+  static std::array<c10::Storage, static_cast<size_t>(OutSlot::kCount)> cache;
+  std::lock_guard<std::mutex> lock(mu);
+  c10::Storage& st = cache[static_cast<size_t>(slot)];
+  if (!st || st.use_count() != 1 || static_cast<int64_t>(st.nbytes()) != bytes) {
+    st = at::empty_strided(sizes, strides, opts).storage();
+  }
+  return at::empty({0}, opts).set_(st, 0, sizes, strides);
+}
+
+}  // namespace cpu
+}  // namespace fastnst
