@@ -25,7 +25,7 @@
 
 #include "cpu_features.h"
 #include "gemm_avx512.h"
-#include "out_cache.h"
+#include "layout.h"
 
 namespace fastnst {
 namespace cpu {
@@ -41,19 +41,8 @@ void check_input(const at::Tensor& x, const char* name) {
               " must be float32, float16, bfloat16 or float64 (cpu), got ", dt);
 }
 
-// The gradient keeps x's layout when x is dense with channels innermost (a channels_last
-// image viewed as [B, C, H*W]); otherwise it is contiguous. fastnst/ops/gram.py's fake
-// kernel applies the same rule.
-bool channels_innermost(const at::Tensor& x) {
-  const int64_t C = x.size(1);
-  return C > 1 && x.stride(1) == 1 && x.stride(2) == C;
-}
-
 at::Tensor empty_grad_like(const at::Tensor& x, at::ScalarType dtype) {
-  const int64_t B = x.size(0), C = x.size(1), L = x.size(2);
-  auto opts = x.options().dtype(dtype);
-  if (channels_innermost(x)) return reusable_empty(OutSlot::kGramBackward, {B, C, L}, {C * L, 1, C}, opts);
-  return reusable_empty(OutSlot::kGramBackward, {B, C, L}, {C * L, L, 1}, opts);
+  return rule_output(x, dtype, OutSlot::kGramBackward);
 }
 
 at::ScalarType acc_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }

@@ -31,19 +31,13 @@
 #endif
 
 #include "cpu_features.h"
-#include "out_cache.h"
+#include "layout.h"
 
 namespace fastnst {
 namespace cpu {
 namespace {
 
 constexpr int64_t kBlock = 512;  // fp32 partial sums per block, then fp64 totals
-
-// Same layout rule as gram_backward: channels-innermost dense input keeps its layout.
-bool channels_innermost(const at::Tensor& x) {
-  const int64_t C = x.size(1);
-  return C > 1 && x.stride(1) == 1 && x.stride(2) == C;
-}
 
 at::Tensor empty_rule(const at::Tensor& x, at::ScalarType dtype) {
   const int64_t B = x.size(0), C = x.size(1), L = x.size(2);
@@ -52,13 +46,7 @@ at::Tensor empty_rule(const at::Tensor& x, at::ScalarType dtype) {
   return at::empty({B, C, L}, opts);
 }
 
-// An op's [B, C, L] result in the rule's layout, from the large-output cache (out_cache.h).
-at::Tensor output_rule(const at::Tensor& x, OutSlot slot) {
-  const int64_t B = x.size(0), C = x.size(1), L = x.size(2);
-  auto opts = x.options().dtype(x.scalar_type());
-  if (channels_innermost(x)) return reusable_empty(slot, {B, C, L}, {C * L, 1, C}, opts);
-  return reusable_empty(slot, {B, C, L}, {C * L, L, 1}, opts);
-}
+at::Tensor output_rule(const at::Tensor& x, OutSlot slot) { return rule_output(x, x.scalar_type(), slot); }
 
 // x densely in the rule's layout ([B][L][C] or [B][C][L]): itself, or a copy.
 at::Tensor canonical(const at::Tensor& x, bool channels) {
@@ -292,7 +280,7 @@ void affine_map(const at::Tensor& x, const T* G, const T* M, bool relu, bool cha
 
 // Per-(b, c) sums of g' and g' * (x - mean) for the backward (g' masked by y > 0 if relu).
 template <typename T>
-void grad_sums(const at::Tensor& x, const at::Tensor& g, const T* M, bool channels,
+void grad_sums(const at::Tensor& x, const at::Tensor& g, const T* M,
                const std::vector<double>& mean, std::vector<double>& sg, std::vector<double>& sgx) {
   const int64_t B = x.size(0), C = x.size(1), L = x.size(2);
   const T* X = x.data_ptr<T>();
@@ -300,30 +288,7 @@ void grad_sums(const at::Tensor& x, const at::Tensor& g, const T* M, bool channe
   using A = at::opmath_type<T>;
   sg.assign(B * C, 0.0);
   sgx.assign(B * C, 0.0);
-  if (!channels) {
-    at::parallel_for(0, B * C, 1, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        const A mu = static_cast<A>(mean[r]);
-        double t1 = 0, t2 = 0;
-        for (int64_t i0 = 0; i0 < L; i0 += kBlock) {
-          const int64_t i1 = std::min(L, i0 + kBlock);
-          A a = 0, b = 0;
-#pragma omp simd reduction(+ : a, b)
-          for (int64_t l = i0; l < i1; ++l) {
-            A gv = static_cast<A>(G[r * L + l]);
-            if (M) gv *= static_cast<A>(static_cast<A>(M[r * L + l]) > A(0));
-            a += gv;
-            b += gv * (static_cast<A>(X[r * L + l]) - mu);
-          }
-          t1 += a;
-          t2 += b;
-        }
-        sg[r] = t1;
-        sgx[r] = t2;
-      }
-    });
-    return;
-  }
+  // Channels layout only: rows with L contiguous take norm_rows_backward_fused.
   const int64_t nthreads = at::get_num_threads();
   const int64_t nchunk = std::max<int64_t>(1, std::min<int64_t>(nthreads, L / 64));
   std::vector<double> p1(B * nchunk * C, 0.0), p2(B * nchunk * C, 0.0);
@@ -665,7 +630,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_backward_cpu(
   std::vector<double> sg, sgx;
   dispatch(x.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
-    grad_sums<T>(x, g, activation == 1 ? y.data_ptr<T>() : nullptr, channels, mean, sg, sgx);
+    grad_sums<T>(x, g, activation == 1 ? y.data_ptr<T>() : nullptr, mean, sg, sgx);
   });
   std::vector<double> P(B * C), Q(B * C), R(B * C);
   at::Tensor dw, db;
