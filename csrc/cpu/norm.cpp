@@ -107,28 +107,42 @@ void shifted_sums(const T* p, int64_t n, A K, A& s1, A& s2) {
   }
 }
 
-// mean[b, c], M2[b, c] (sum of squared deviations) of x in the rule's layout.
+// mean and M2 (sum of squared deviations) of one contiguous row. Narrow inputs: shifted by the
+// mean of the first block, so (K - mean)^2 is ~var / 512 and s2 - s1^2 / L loses nothing.
+// float64: two exact passes.
 template <typename T>
-void row_stats(const at::Tensor& x, bool channels, std::vector<double>& mean, std::vector<double>& m2) {
+void one_row_stats(const T* p, int64_t L, double& mean, double& m2) {
+  if constexpr (std::is_same<T, double>::value) {
+    double s = 0, q = 0;
+    for (int64_t i = 0; i < L; ++i) s += p[i];
+    const double mu = s / L;
+    for (int64_t i = 0; i < L; ++i) q += (p[i] - mu) * (p[i] - mu);
+    mean = mu;
+    m2 = q;
+  } else {
+    const int64_t n0 = std::min<int64_t>(L, kBlock);
+    double K = 0;
+    for (int64_t i = 0; i < n0; ++i) K += static_cast<double>(p[i]);
+    K = static_cast<float>(K / n0);
+    double s1 = 0, s2 = 0;
+    shifted_sums<T, double>(p, L, K, s1, s2);
+    mean = K + s1 / L;
+    m2 = std::max(0.0, s2 - s1 * s1 / L);
+  }
+}
+
+// mean[b, c], M2[b, c] of x in the rule's layout (float64 input: by rows, from a copy if needed).
+template <typename T>
+void row_stats(const at::Tensor& x0, bool channels, std::vector<double>& mean, std::vector<double>& m2) {
+  const bool rows = !channels || std::is_same<T, double>::value;
+  const at::Tensor x = rows && channels ? x0.contiguous() : x0;
   const int64_t B = x.size(0), C = x.size(1), L = x.size(2);
   const T* X = x.data_ptr<T>();
   mean.assign(B * C, 0.0);
   m2.assign(B * C, 0.0);
-  if (!channels) {
+  if (rows) {
     at::parallel_for(0, B * C, 1, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        const T* p = X + r * L;
-        // Shift by the mean of the first block: then (K - mean)^2 is ~var / 512 and the
-        // subtraction below loses nothing.
-        const int64_t n0 = std::min<int64_t>(L, kBlock);
-        double K = 0;
-        for (int64_t i = 0; i < n0; ++i) K += static_cast<double>(p[i]);
-        K = static_cast<float>(K / n0);
-        double s1 = 0, s2 = 0;
-        shifted_sums<T, double>(p, L, K, s1, s2);
-        mean[r] = K + s1 / L;
-        m2[r] = std::max(0.0, s2 - s1 * s1 / L);
-      }
+      for (int64_t r = r0; r < r1; ++r) one_row_stats<T>(X + r * L, L, mean[r], m2[r]);
     });
     return;
   }
@@ -185,27 +199,6 @@ void row_stats(const at::Tensor& x, bool channels, std::vector<double>& mean, st
       mean[b * C + c] = K + t1 / L;
       m2[b * C + c] = std::max(0.0, t2 - t1 * t1 / L);
     }
-}
-
-// Float64 input: the same, in fp64 lanes (row layout only; channels copies are rare here).
-template <>
-void row_stats<double>(const at::Tensor& x0, bool channels, std::vector<double>& mean,
-                       std::vector<double>& m2) {
-  const at::Tensor x = channels ? x0.contiguous() : x0;
-  const int64_t B = x.size(0), C = x.size(1), L = x.size(2);
-  const double* X = x.data_ptr<double>();
-  mean.assign(B * C, 0.0);
-  m2.assign(B * C, 0.0);
-  for (int64_t r = 0; r < B * C; ++r) {
-    const double* p = X + r * L;
-    double s = 0;
-    for (int64_t i = 0; i < L; ++i) s += p[i];
-    const double mu = s / L;
-    double q = 0;
-    for (int64_t i = 0; i < L; ++i) q += (p[i] - mu) * (p[i] - mu);
-    mean[r] = mu;
-    m2[r] = q;
-  }
 }
 
 // ---- the elementwise map y = f(x[, g]) with per-(b, c) coefficients ---------------------------
@@ -328,27 +321,6 @@ void grad_sums(const at::Tensor& x, const at::Tensor& g, const T* M,
 }
 
 // ---- fused row kernels (L contiguous): statistics and map while the row is in cache --------
-template <typename T>
-void one_row_stats(const T* p, int64_t L, double& mean, double& m2) {
-  if constexpr (std::is_same<T, double>::value) {
-    double s = 0, q = 0;
-    for (int64_t i = 0; i < L; ++i) s += p[i];
-    const double mu = s / L;
-    for (int64_t i = 0; i < L; ++i) q += (p[i] - mu) * (p[i] - mu);
-    mean = mu;
-    m2 = q;
-  } else {
-    const int64_t n0 = std::min<int64_t>(L, kBlock);
-    double K = 0;
-    for (int64_t i = 0; i < n0; ++i) K += static_cast<double>(p[i]);
-    K = static_cast<float>(K / n0);
-    double s1 = 0, s2 = 0;
-    shifted_sums<T, double>(p, L, K, s1, s2);
-    mean = K + s1 / L;
-    m2 = std::max(0.0, s2 - s1 * s1 / L);
-  }
-}
-
 template <typename T, bool HAS_G, bool HAS_M, bool RELU>
 inline void map_row(const T* xr, const T* gr, const T* mr, T* orow, int64_t n,
                     at::opmath_type<T> p, at::opmath_type<T> q, at::opmath_type<T> s) {
