@@ -50,6 +50,28 @@ TORCH_LIBRARY(fastnst, m) {
   m.def("instance_norm_backward(Tensor grad, Tensor x, Tensor y, Tensor? weight, Tensor mean, "
         "Tensor rstd, bool unbiased, float x_scale, int activation, bool weight_grads) "
         "-> (Tensor, Tensor, Tensor)");
+
+  // Style swap (Chen & Schmidt 2016), in two ops. Geometry shared by both, k = patch_size,
+  // s = stride: content patches sit at (i s, j s), i < nh = (Hc - k) / s + 1, j < nw =
+  // (Wc - k) / s + 1; style patches at (qi s, qj s), qi < mh = (Hs - k) / s + 1,
+  // qj < mw = (Ws - k) / s + 1, numbered q = qi * mw + qj (the stride applies to both grids,
+  // as in the public implementations).
+  //
+  // Matching: content [B, C, Hc, Wc], style [Bs, C, Hs, Ws] (Bs = 1 or B; any strides; same
+  // float dtype). For every content patch p, the q maximising
+  //   score(p, q) = <content patch p, style patch q> / (||style patch q||_2 + eps)
+  // (norm over C x k x k; products accumulated in fp32, fp64 for fp64 input); ties go to the
+  // lowest q. Never forms the nh nw x mh mw score matrix. Returns int64 [B, nh, nw].
+  m.def("style_swap_match(Tensor content, Tensor style, int patch_size, int stride, float eps) "
+        "-> Tensor");
+  // Reconstruction: out[b, c, y, x] = (sum over the content patches p = (i, j) that cover
+  // (y, x) of style[b or 0, c, qi s + y - i s, qj s + x - j s], q = indices[b, i, j]) / n(y, x),
+  // n(y, x) the number of such patches; 0 where no patch covers (y, x) (possible when s > 1).
+  // style [Bs, C, Hs, Ws] any strides, indices int64 [B, nh, nw] with nh = (out_h - k) / s + 1,
+  // nw = (out_w - k) / s + 1. Returns a contiguous [B, C, out_h, out_w] in style's dtype
+  // (accumulated in fp32, fp64 for fp64).
+  m.def("style_swap_reconstruct(Tensor style, Tensor indices, int patch_size, int stride, "
+        "int out_h, int out_w) -> Tensor");
 }
 
 // ---- build information, read by fastnst.info -------------------------------------------

@@ -68,3 +68,37 @@ def adain(content: torch.Tensor, styles, alpha: float = 1.0, eps: float = 1e-5, 
         s_mean, s_std = mean_std(s, eps if style_eps is None else style_eps, unbiased)
         out = out + w * (normalized * s_std + s_mean)
     return alpha * out + (1 - alpha) * content
+
+
+def style_swap(content: torch.Tensor, style: torch.Tensor, patch_size: int = 3, stride: int = 1,
+               eps: float = 1e-8) -> tuple[torch.Tensor, torch.Tensor]:
+    """Style swap as the public PyTorch ports of Chen & Schmidt's Torch code write it: style
+    patches (unfolded with the stride) divided by their norm + eps become conv filters, a
+    conv2d scores every content patch against all of them, argmax, a dense one-hot, and two
+    transposed convolutions paste the unnormalised patches and count the overlaps.
+
+    Two n_style × nh × nw tensors (scores, one-hot) are materialised: this is the baseline
+    fastnst's kernels avoid. Beyond the ports: a style batch of 1 or B, the output padded to
+    the content's size, and 0 (not 0/0) where no patch covers a pixel.
+
+    Returns (output [B, C, Hc, Wc], indices int64 [B, nh, nw]).
+    """
+    import torch.nn.functional as F
+
+    k, s = patch_size, stride
+    c = content.shape[1]
+    hc, wc = content.shape[2], content.shape[3]
+    outs, idxs = [], []
+    for b in range(content.shape[0]):
+        sf = style[b if style.shape[0] > 1 else 0].unsqueeze(0)
+        patches = sf.unfold(2, k, s).unfold(3, k, s).permute(0, 2, 3, 1, 4, 5).reshape(-1, c, k, k)
+        norm = patches.reshape(patches.shape[0], -1).norm(dim=1).reshape(-1, 1, 1, 1)
+        scores = F.conv2d(content[b:b + 1], patches / (norm + eps), stride=s)
+        best = scores.argmax(1, keepdim=True)
+        one_hot = torch.zeros_like(scores).scatter_(1, best, 1)
+        swapped = F.conv_transpose2d(one_hot, patches, stride=s)
+        overlap = F.conv_transpose2d(one_hot, torch.ones_like(patches), stride=s)
+        out = torch.where(overlap > 0, swapped / overlap.clamp_min(1), torch.zeros_like(swapped))
+        outs.append(F.pad(out, (0, wc - out.shape[3], 0, hc - out.shape[2])))
+        idxs.append(best[:, 0])
+    return torch.cat(outs), torch.cat(idxs)
