@@ -12,7 +12,7 @@ import fastnst
 from fastnst import _ext
 from fastnst.backend import BACKENDS, availability, triton_interpret, triton_status
 
-OPS = ("gram", "mean_std", "instance_norm")
+OPS = ("gram", "mean_std", "instance_norm", "style_swap_match")
 
 
 def collect() -> dict:

@@ -7,6 +7,7 @@
 * ``ConditionalInstanceNorm2d(num_styles, channels)``: one γ/β per style (Dumoulin et al.
   2017); pick a style per sample by index, or mix styles with a weight vector per sample.
 * ``AdaIN``: ``fastnst.adain`` as a module.
+* ``StyleSwap``: ``fastnst.style_swap`` as a module.
 * ``accelerate(model)``: rebuilds every ``nn.InstanceNorm2d`` it can serve as a fastnst
   module — and fuses an ``nn.ReLU`` that directly follows one inside an ``nn.Sequential`` —
   copying parameters, like ``nn.SyncBatchNorm.convert_sync_batchnorm``. No monkey-patching.
@@ -21,6 +22,7 @@ import torch
 import torch.nn as nn
 
 from fastnst.ops.norm import adain, instance_norm
+from fastnst.ops.style_swap import style_swap
 
 log = logging.getLogger("fastnst")
 
@@ -114,6 +116,22 @@ class AdaIN(nn.Module):
 
     def forward(self, content, style, style_weights: Sequence[float] | None = None):
         return adain(content, style, self.alpha, self.eps, self.unbiased, style_weights, self.style_eps)
+
+
+class StyleSwap(nn.Module):
+    """``fastnst.style_swap`` as a module: forward(content, style) -> swapped features
+    (or (features, indices) with ``return_indices=True``). No parameters."""
+
+    def __init__(self, patch_size: int = 3, stride: int = 1, eps: float = 1e-8,
+                 return_indices: bool = False):
+        super().__init__()
+        self.patch_size, self.stride, self.eps, self.return_indices = patch_size, stride, eps, return_indices
+
+    def forward(self, content, style):
+        return style_swap(content, style, self.patch_size, self.stride, self.return_indices, eps=self.eps)
+
+    def extra_repr(self) -> str:
+        return f"patch_size={self.patch_size}, stride={self.stride}, eps={self.eps}"
 
 
 # ---- accelerate -------------------------------------------------------------------------------

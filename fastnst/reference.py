@@ -70,6 +70,23 @@ def adain(content: torch.Tensor, styles, alpha: float = 1.0, eps: float = 1e-5, 
     return alpha * out + (1 - alpha) * content
 
 
+
+def _style_patches(style: torch.Tensor, k: int, s: int) -> torch.Tensor:
+    """[n_style, C, k, k], numbered row-major over the (stride s) patch grid."""
+    c = style.shape[1]
+    return style.unfold(2, k, s).unfold(3, k, s).permute(0, 2, 3, 1, 4, 5).reshape(-1, c, k, k)
+
+
+def _paste(patches: torch.Tensor, one_hot: torch.Tensor, s: int, out_h: int, out_w: int) -> torch.Tensor:
+    """Transposed convolutions paste the chosen patches and count overlaps; 0 where none."""
+    import torch.nn.functional as F
+
+    swapped = F.conv_transpose2d(one_hot, patches, stride=s)
+    overlap = F.conv_transpose2d(one_hot, torch.ones_like(patches), stride=s)
+    out = torch.where(overlap > 0, swapped / overlap.clamp_min(1), torch.zeros_like(swapped))
+    return F.pad(out, (0, out_w - out.shape[3], 0, out_h - out.shape[2]))
+
+
 def style_swap(content: torch.Tensor, style: torch.Tensor, patch_size: int = 3, stride: int = 1,
                eps: float = 1e-8) -> tuple[torch.Tensor, torch.Tensor]:
     """Style swap as the public PyTorch ports of Chen & Schmidt's Torch code write it: style
@@ -86,19 +103,26 @@ def style_swap(content: torch.Tensor, style: torch.Tensor, patch_size: int = 3, 
     import torch.nn.functional as F
 
     k, s = patch_size, stride
-    c = content.shape[1]
-    hc, wc = content.shape[2], content.shape[3]
     outs, idxs = [], []
     for b in range(content.shape[0]):
-        sf = style[b if style.shape[0] > 1 else 0].unsqueeze(0)
-        patches = sf.unfold(2, k, s).unfold(3, k, s).permute(0, 2, 3, 1, 4, 5).reshape(-1, c, k, k)
+        patches = _style_patches(style[b if style.shape[0] > 1 else 0].unsqueeze(0), k, s)
         norm = patches.reshape(patches.shape[0], -1).norm(dim=1).reshape(-1, 1, 1, 1)
         scores = F.conv2d(content[b:b + 1], patches / (norm + eps), stride=s)
         best = scores.argmax(1, keepdim=True)
         one_hot = torch.zeros_like(scores).scatter_(1, best, 1)
-        swapped = F.conv_transpose2d(one_hot, patches, stride=s)
-        overlap = F.conv_transpose2d(one_hot, torch.ones_like(patches), stride=s)
-        out = torch.where(overlap > 0, swapped / overlap.clamp_min(1), torch.zeros_like(swapped))
-        outs.append(F.pad(out, (0, wc - out.shape[3], 0, hc - out.shape[2])))
+        outs.append(_paste(patches, one_hot, s, content.shape[2], content.shape[3]))
         idxs.append(best[:, 0])
     return torch.cat(outs), torch.cat(idxs)
+
+
+def style_swap_paste(style: torch.Tensor, indices: torch.Tensor, patch_size: int, stride: int,
+                     out_h: int, out_w: int) -> torch.Tensor:
+    """The reconstruction half of :func:`style_swap` for given indices [B, nh, nw]."""
+    k, s = patch_size, stride
+    outs = []
+    for b in range(indices.shape[0]):
+        patches = _style_patches(style[b if style.shape[0] > 1 else 0].unsqueeze(0), k, s)
+        one_hot = style.new_zeros((1, patches.shape[0]) + tuple(indices.shape[1:]))
+        one_hot.scatter_(1, indices[b:b + 1].unsqueeze(1), 1)
+        outs.append(_paste(patches, one_hot, s, out_h, out_w))
+    return torch.cat(outs)

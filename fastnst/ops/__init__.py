@@ -2,5 +2,6 @@
 
 from fastnst.ops.gram import gram_loss, gram_matrix
 from fastnst.ops.norm import adain, instance_norm, mean_std
+from fastnst.ops.style_swap import style_swap, style_swap_reconstruct
 
-__all__ = ["adain", "gram_loss", "gram_matrix", "instance_norm", "mean_std"]
+__all__ = ["adain", "gram_loss", "gram_matrix", "instance_norm", "mean_std", "style_swap", "style_swap_reconstruct"]

@@ -1,0 +1,179 @@
+"""Style swap (Chen & Schmidt 2016, "Fast Patch-based Style Transfer of Arbitrary Style").
+
+For every k × k content patch, the style patch with the highest normalised cross-correlation
+
+    score(p, q) = <content patch p, style patch q> / (‖style patch q‖₂ + eps)
+
+(the content patch's own norm would not change the argmax, so it is left out), then the
+**unnormalised** chosen style patches are pasted and every pixel is divided by the number of
+patches covering it.
+
+Two registered ops carry it (schemas and geometry in csrc/registration.cpp):
+  fastnst::style_swap_match(content, style, patch_size, stride, eps) -> indices [B, nh, nw]
+  fastnst::style_swap_reconstruct(style, indices, patch_size, stride, out_h, out_w) -> out
+with Triton versions ``fastnst::<op>_triton``. The matching never forms the
+n_content × n_style score matrix or a one-hot tensor: score tiles feed a running argmax.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from fastnst import _ext, reference
+from fastnst.backend import resolve
+from fastnst.ops._common import check_same_device, check_tensor, shape_str
+
+EPS = 1e-8  # as the Torch original: style patches are divided by (norm + 1e-8)
+_OP = "style_swap"
+
+
+def _grid(size: int, k: int, s: int) -> int:
+    return (size - k) // s + 1
+
+
+# ---- Triton ops ------------------------------------------------------------------------------
+@torch.library.custom_op("fastnst::style_swap_match_triton", mutates_args=())
+def _match_triton(content: torch.Tensor, style: torch.Tensor, patch_size: int, stride: int,
+                  eps: float) -> torch.Tensor:
+    from fastnst.kernels import style_swap as k
+
+    return k.style_swap_match(content, style, patch_size, stride, eps)
+
+
+@torch.library.custom_op("fastnst::style_swap_reconstruct_triton", mutates_args=())
+def _reconstruct_triton(style: torch.Tensor, indices: torch.Tensor, patch_size: int, stride: int,
+                        out_h: int, out_w: int) -> torch.Tensor:
+    from fastnst.kernels import style_swap as k
+
+    return k.style_swap_reconstruct(style, indices, patch_size, stride, out_h, out_w)
+
+
+# ---- fake kernels ----------------------------------------------------------------------------
+def _match_fake(content, style, patch_size, stride, eps):
+    b, _, h, w = content.shape
+    return content.new_empty((b, _grid(h, patch_size, stride), _grid(w, patch_size, stride)),
+                             dtype=torch.int64)
+
+
+def _reconstruct_fake(style, indices, patch_size, stride, out_h, out_w):
+    return style.new_empty((indices.shape[0], style.shape[1], out_h, out_w))
+
+
+torch.library.register_fake("fastnst::style_swap_match_triton")(_match_fake)
+torch.library.register_fake("fastnst::style_swap_reconstruct_triton")(_reconstruct_fake)
+if _ext.available():
+    torch.library.register_fake("fastnst::style_swap_match")(_match_fake)
+    torch.library.register_fake("fastnst::style_swap_reconstruct")(_reconstruct_fake)
+
+
+# ---- public API -----------------------------------------------------------------------------
+def _check_int(name: str, v, lo: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise TypeError(f"{_OP}: {name} must be an int >= {lo}, got {v!r}")
+    if v < lo:
+        raise ValueError(f"{_OP}: {name} must be >= {lo}, got {v}")
+    return v
+
+
+def _validate(content, style, patch_size, stride) -> None:
+    check_tensor(_OP, "content", content, (4,), "[B, C, H, W]")
+    check_tensor(_OP, "style", style, (4,), "[B or 1, C, H, W]")
+    check_same_device(_OP, "content", content, "style", style)
+    if style.dtype != content.dtype:
+        raise TypeError(f"{_OP}: style must have the content's dtype {content.dtype}, got {style.dtype}")
+    b, c = content.shape[0], content.shape[1]
+    if style.shape[1] != c:
+        raise ValueError(f"{_OP}: style must have the content's {c} channels, got {shape_str(style)}")
+    if style.shape[0] not in (1, b):
+        raise ValueError(f"{_OP}: style must have batch 1 or the content's {b}, got {shape_str(style)}")
+    _check_int("patch_size", patch_size, 1)
+    _check_int("stride", stride, 1)
+    for nm, t in (("style", style), ("content", content)):
+        if patch_size > min(t.shape[2], t.shape[3]):
+            raise ValueError(f"{_OP}: patch_size {patch_size} is larger than the {nm} map "
+                             f"{t.shape[2]}x{t.shape[3]} ({nm} is {shape_str(t)})")
+
+
+def style_swap(content: torch.Tensor, style: torch.Tensor, patch_size: int = 3, stride: int = 1,
+               return_indices: bool = False, *, eps: float = EPS, backend: str = "auto"):
+    """Replace every content patch by its best-matching style patch (style swap).
+
+    Args:
+        content: features [B, C, Hc, Wc] (e.g. VGG relu3_1); float32, float16, bfloat16
+            (float64 on the CPU); any strides.
+        style: features [1 or B, C, Hs, Ws] of the same dtype and device; any spatial size.
+            A batch of 1 serves every content sample; a batch of B pairs sample b with style b.
+        patch_size: k, the side of the square patches (default 3).
+        stride: s, the step between patches of both maps (default 1), as in the public code.
+        return_indices: also return the chosen style patch of every content patch.
+        eps: style patches are divided by (‖patch‖₂ + eps); 1e-8 as the Torch original. A
+            zero-norm style patch then scores 0: no NaN.
+        backend: "auto", "cpu", "cuda", "triton" or "reference".
+
+    Geometry: content patches sit at (i·s, j·s), i < nh = (Hc − k) // s + 1, j < nw likewise;
+    style patches at (qi·s, qj·s), numbered q = qi·mw + qj with mw = (Ws − k) // s + 1.
+    Ties go to the lowest q.
+
+    Returns:
+        [B, C, Hc, Wc] (contiguous, the style's dtype): each pixel is the mean of the chosen
+        style patches that cover it. Pixels that no content patch covers — the last
+        (Hc − k) % s rows and (Wc − k) % s columns, and gaps when s > k — are 0.
+        With ``return_indices``: ``(output, indices)``, indices int64 [B, nh, nw]; pass them to
+        :func:`style_swap_reconstruct` to reuse a match (e.g. across video frames).
+
+    Not differentiable (the output is a target): inputs are detached. Memory is
+    O(content + style); no score matrix or one-hot tensor is formed.
+    """
+    _validate(content, style, patch_size, stride)
+    if not isinstance(eps, (int, float)) or eps != eps or eps < 0:
+        raise ValueError(f"{_OP}: eps must be a number >= 0, got {eps!r}")
+    content, style = content.detach(), style.detach()
+    name = resolve("style_swap_match", content, backend)
+    if name == "reference":
+        out, idx = reference.style_swap(content, style, patch_size, stride, float(eps))
+    else:
+        triton = name == "triton"
+        match = torch.ops.fastnst.style_swap_match_triton if triton else torch.ops.fastnst.style_swap_match
+        rec = torch.ops.fastnst.style_swap_reconstruct_triton if triton else torch.ops.fastnst.style_swap_reconstruct
+        idx = match(content, style, patch_size, stride, float(eps))
+        out = rec(style, idx, patch_size, stride, content.shape[2], content.shape[3])
+    return (out, idx) if return_indices else out
+
+
+def style_swap_reconstruct(style: torch.Tensor, indices: torch.Tensor, out_size: tuple[int, int],
+                           patch_size: int = 3, stride: int = 1, *, backend: str = "auto") -> torch.Tensor:
+    """Paste the style patches ``indices`` names and average the overlaps (the second half of
+    :func:`style_swap`), e.g. to reuse a match across video frames.
+
+    ``indices``: int64 [B, nh, nw] as returned by ``style_swap(..., return_indices=True)``;
+    ``out_size``: (Hc, Wc) of the content it was matched on. Returns [B, C, Hc, Wc].
+    """
+    check_tensor(_OP, "style", style, (4,), "[B or 1, C, H, W]")
+    if not isinstance(indices, torch.Tensor) or indices.dtype != torch.int64 or indices.dim() != 3:
+        got = f"{indices.dtype} {shape_str(indices)}" if isinstance(indices, torch.Tensor) else type(indices).__name__
+        raise TypeError(f"{_OP}: indices must be an int64 tensor [B, nh, nw], got {got}")
+    check_same_device(_OP, "style", style, "indices", indices)
+    _check_int("patch_size", patch_size, 1)
+    _check_int("stride", stride, 1)
+    try:
+        out_h, out_w = (int(v) for v in out_size)
+    except (TypeError, ValueError):
+        raise TypeError(f"{_OP}: out_size must be (height, width), got {out_size!r}") from None
+    if patch_size > min(out_h, out_w, style.shape[2], style.shape[3]):
+        raise ValueError(f"{_OP}: patch_size {patch_size} is larger than the style map "
+                         f"{style.shape[2]}x{style.shape[3]} or out_size {out_h}x{out_w}")
+    nh, nw = _grid(out_h, patch_size, stride), _grid(out_w, patch_size, stride)
+    if tuple(indices.shape[1:]) != (nh, nw) or style.shape[0] not in (1, indices.shape[0]):
+        raise ValueError(f"{_OP}: indices must be [B, {nh}, {nw}] for out_size {out_h}x{out_w}, "
+                         f"patch_size {patch_size}, stride {stride} (style batch 1 or B), got "
+                         f"{shape_str(indices)} with style {shape_str(style)}")
+    n_style = _grid(style.shape[2], patch_size, stride) * _grid(style.shape[3], patch_size, stride)
+    if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= n_style):
+        raise ValueError(f"{_OP}: indices must lie in [0, {n_style}) (the style's patches), got "
+                         f"values in [{int(indices.min())}, {int(indices.max())}]")
+    style = style.detach()
+    name = resolve("style_swap_match", style, backend)
+    if name == "reference":
+        return reference.style_swap_paste(style, indices, patch_size, stride, out_h, out_w)
+    op = torch.ops.fastnst.style_swap_reconstruct_triton if name == "triton" else torch.ops.fastnst.style_swap_reconstruct
+    return op(style, indices, patch_size, stride, out_h, out_w)
