@@ -1,0 +1,284 @@
+"""style_swap: indices identical to the conv-based reference (float64), outputs equal, ties to
+the lowest index, zero-norm patches without NaN, uncovered pixels, batches, layouts, opcheck,
+torch.compile, reuse of indices, and bad input."""
+
+import pytest
+import torch
+
+import fastnst
+from fastnst import reference
+
+from conftest import kernel_backends
+
+BACKENDS = kernel_backends("style_swap_match")
+SMALL = {"triton"}  # the interpreter is slow
+
+# (content shape, style shape, patch_size, stride)
+CASES = [
+    ((1, 4, 9, 9), (1, 4, 8, 8), 1, 1),
+    ((2, 8, 12, 11), (1, 8, 10, 9), 3, 1),
+    ((2, 8, 12, 11), (2, 8, 9, 13), 3, 1),       # a style per sample
+    ((1, 16, 20, 17), (1, 16, 19, 23), 3, 1),    # several style blocks, ragged edges
+    ((1, 8, 21, 20), (1, 8, 18, 19), 3, 2),      # stride 2: last row/column uncovered
+    ((1, 6, 30, 28), (1, 6, 25, 27), 5, 1),
+    ((2, 5, 13, 12), (1, 5, 11, 14), 5, 2),
+    ((1, 4, 9, 9), (1, 4, 8, 8), 1, 2),          # stride > patch: gaps between patches
+    ((1, 3, 10, 10), (1, 3, 7, 7), 3, 3),
+    ((1, 64, 40, 37), (1, 64, 35, 42), 3, 1),    # VGG-like channels, many blocks
+]
+
+
+def _small(shape):
+    return shape[1] <= 16 and shape[2] * shape[3] <= 400
+
+
+def _layout(x, layout):
+    if layout == "contiguous":
+        return x
+    if layout == "channels_last":
+        return x.contiguous(memory_format=torch.channels_last)
+    if layout == "strided":
+        return torch.cat([x, x], dim=-1)[..., ::2].copy_(x)
+    raise AssertionError(layout)
+
+
+def _features(shape, dtype=torch.float64):
+    return torch.randn(shape, dtype=dtype).relu_()  # ReLU features, as VGG's relu3_1
+
+
+def _scores(content, style, k, s, eps=1e-8):
+    """float64 normalised cross-correlations, [B, n_style, nh, nw] (small inputs only)."""
+    c64, s64 = content.double(), style.double()
+    out = []
+    for b in range(c64.shape[0]):
+        p = reference._style_patches(s64[b if s64.shape[0] > 1 else 0].unsqueeze(0), k, s)
+        norm = p.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+        out.append(torch.nn.functional.conv2d(c64[b:b + 1], p / (norm + eps), stride=s))
+    return torch.cat(out)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-{c[1]}-k{c[2]}-s{c[3]}")
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
+def test_float64_identical_to_reference(backend, case, layout):
+    cshape, sshape, k, s = case
+    if backend in SMALL and not (_small(cshape) and _small(sshape)):
+        pytest.skip("interpreter: small shapes only")
+    if backend in SMALL and layout != "contiguous" and cshape[0] > 1:
+        pytest.skip("interpreter: one layout case per shape is enough")
+    content, style = _features(cshape), _features(sshape)
+    ref_out, ref_idx = reference.style_swap(content, style, k, s)
+    out, idx = fastnst.style_swap(_layout(content, layout), _layout(style, layout), k, s,
+                                  return_indices=True, backend=backend)
+    assert idx.dtype == torch.int64 and idx.shape == ref_idx.shape
+    assert torch.equal(idx, ref_idx)
+    assert out.shape == content.shape and out.dtype == torch.float64 and out.is_contiguous()
+    torch.testing.assert_close(out, ref_out, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", CASES[1:5] + CASES[9:], ids=lambda c: f"{c[0]}-{c[1]}-k{c[2]}-s{c[3]}")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_low_precision_is_an_argmax(backend, case, dtype):
+    """float32/16: the chosen patch is the float64 argmax, or ties with it within rounding."""
+    cshape, sshape, k, s = case
+    if backend in SMALL and not (_small(cshape) and _small(sshape)):
+        pytest.skip("interpreter: small shapes only")
+    content, style = _features(cshape, torch.float32).to(dtype), _features(sshape, torch.float32).to(dtype)
+    out, idx = fastnst.style_swap(content, style, k, s, return_indices=True, backend=backend)
+    scores = _scores(content, style, k, s)
+    best = scores.amax(1)
+    got = scores.gather(1, idx.unsqueeze(1)).squeeze(1)
+    tol = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}[dtype]
+    assert ((best - got) <= tol * best.abs().clamp_min(1.0)).all()
+    ref_idx = scores.argmax(1)
+    if dtype == torch.float32:
+        assert (idx == ref_idx).double().mean() > 0.99
+    # The output is the reconstruction of exactly these indices.
+    expect = reference.style_swap_paste(style.double(), idx, k, s, cshape[2], cshape[3])
+    assert out.dtype == dtype
+    torch.testing.assert_close(out.double(), expect, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ties_go_to_the_lowest_index(backend):
+    # A style made of one repeated 4 x 4 tile: every patch has exact duplicates.
+    tile = _features((1, 6, 4, 4))
+    style = tile.repeat(1, 1, 3, 3)
+    content = _features((2, 6, 10, 9))
+    for k, s in ((3, 1), (1, 1), (3, 2)):
+        _, idx = fastnst.style_swap(content, style, k, s, return_indices=True, backend=backend)
+        scores = _scores(content, style, k, s)
+        best = scores.amax(1, keepdim=True)
+        n_style = scores.shape[1]
+        q = torch.arange(n_style).view(1, -1, 1, 1).expand_as(scores)
+        lowest = torch.where(scores == best, q, n_style).amin(1)
+        assert torch.equal(idx, lowest)
+        assert torch.equal(idx, reference.style_swap(content, style, k, s)[1])
+        # float32: duplicated patches give bit-equal scores, so the lowest index wins too.
+        _, idx32 = fastnst.style_swap(content.float(), style.float(), k, s, return_indices=True,
+                                      backend=backend)
+        if (k, s) == (1, 1):  # pixels of the first tile: rows and columns < 4 of 12
+            assert ((idx32 // 12 < 4) & (idx32 % 12 < 4)).all()
+        assert torch.equal(idx32, lowest)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_zero_style_region_gives_no_nan(backend, dtype):
+    style = _features((1, 8, 12, 12), dtype)
+    style[..., :, :6] = 0  # the left half: zero-norm patches
+    content = _features((1, 8, 11, 10), dtype)
+    content[..., 3:7, 2:8] = 0  # zero content patches: every score is 0, ties to index 0
+    out, idx = fastnst.style_swap(content, style, 3, 1, return_indices=True, backend=backend)
+    assert torch.isfinite(out).all()
+    ref_out, ref_idx = reference.style_swap(content.double(), style.double(), 3, 1)
+    assert torch.isfinite(ref_out).all()
+    assert idx[0, 3, 3].item() == 0  # an all-zero content patch
+    if dtype == torch.float64:
+        assert torch.equal(idx, ref_idx)
+    # A style that is zero everywhere: all scores 0, every index 0, output zero.
+    zero = torch.zeros_like(style)
+    out, idx = fastnst.style_swap(content, zero, 3, 1, return_indices=True, backend=backend)
+    assert (idx == 0).all() and (out == 0).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_uncovered_pixels_are_zero(backend):
+    content, style = _features((1, 4, 10, 11)), _features((1, 4, 9, 9))
+    # k = 3, s = 2: patch rows at 0, 2, 4, 6 cover rows 0..8; row 9 is uncovered.
+    out = fastnst.style_swap(content, style, 3, 2, backend=backend)
+    assert (out[..., 9, :] == 0).all() and (out[..., :9, :] != 0).any()
+    # k = 1, s = 2: only even rows and columns are covered.
+    out = fastnst.style_swap(content, style, 1, 2, backend=backend)
+    mask = torch.zeros(10, 11, dtype=torch.bool)
+    mask[::2, ::2] = True
+    assert (out[..., ~mask] == 0).all()
+    # Stride 1: every pixel is the mean of the covering patches, none is left at 0 by geometry.
+    out = fastnst.style_swap(content + 1, style + 1, 3, 1, backend=backend)
+    assert (out > 0).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_identity_when_content_is_the_style(backend):
+    # Style patches matched against themselves (distinct, non-negative): each patch picks
+    # itself, and the overlap average reproduces the map exactly.
+    style = _features((1, 8, 11, 13)) + 0.1
+    out, idx = fastnst.style_swap(style, style, 3, 1, return_indices=True, backend=backend)
+    assert torch.equal(idx.flatten(), torch.arange(idx.numel()))
+    torch.testing.assert_close(out, style, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_reuse_indices(backend):
+    content, style = _features((2, 8, 12, 11)), _features((1, 8, 10, 9))
+    out, idx = fastnst.style_swap(content, style, 3, 1, return_indices=True, backend=backend)
+    again = fastnst.style_swap_reconstruct(style, idx, (12, 11), 3, 1, backend=backend)
+    assert torch.equal(again, out)
+    # New style values, same geometry: the match is reused, the patches are the new ones.
+    style2 = _features((1, 8, 10, 9))
+    torch.testing.assert_close(fastnst.style_swap_reconstruct(style2, idx, (12, 11), 3, 1, backend=backend),
+                               reference.style_swap_paste(style2, idx, 3, 1, 12, 11), rtol=1e-12, atol=1e-12)
+
+
+def test_module():
+    content, style = _features((1, 8, 12, 11)), _features((1, 8, 10, 9))
+    m = fastnst.nn.StyleSwap(patch_size=3, stride=1)
+    assert "patch_size=3" in repr(m) and not list(m.parameters())
+    torch.testing.assert_close(m(content, style), reference.style_swap(content, style)[0], rtol=1e-12, atol=1e-12)
+    out, idx = fastnst.nn.StyleSwap(return_indices=True)(content, style)
+    assert idx.shape == (1, 10, 9)
+
+
+def test_not_differentiable_output_is_a_target():
+    content = _features((1, 4, 8, 8)).requires_grad_()
+    style = _features((1, 4, 8, 8)).requires_grad_()
+    out = fastnst.style_swap(content, style)
+    assert not out.requires_grad
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_opcheck(backend):
+    content, style = _features((2, 4, 7, 6), torch.float32), _features((1, 4, 6, 7), torch.float32)
+    t = "_triton" if backend == "triton" else ""
+    ops = torch.ops.fastnst
+    torch.library.opcheck(getattr(ops, "style_swap_match" + t).default, (content, style, 3, 1, 1e-8))
+    idx = getattr(ops, "style_swap_match" + t)(content, style, 3, 2, 1e-8)
+    torch.library.opcheck(getattr(ops, "style_swap_reconstruct" + t).default, (style, idx, 3, 2, 7, 6))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_compile(backend):
+    content, style = _features((1, 8, 12, 11), torch.float32), _features((1, 8, 10, 9), torch.float32)
+
+    def f(c, s):
+        return fastnst.style_swap(c, s, 3, 1, return_indices=True, backend=backend)
+
+    out, idx = torch.compile(f, fullgraph=True)(content, style)
+    eout, eidx = f(content, style)
+    assert torch.equal(idx, eidx)
+    torch.testing.assert_close(out, eout)
+
+
+def test_bounded_memory():
+    """No score matrix: what the CPU kernel allocates is far below n_content x n_style."""
+    if "cpu" not in BACKENDS:
+        pytest.skip("no CPU kernel")
+    from fastnst.bench import peak_memory_mb
+
+    content, style = _features((1, 64, 64, 64), torch.float32), _features((1, 64, 64, 64), torch.float32)
+    scores_mb = (62 * 62) ** 2 * 4 / 2**20  # 56 MB
+    ours = peak_memory_mb(lambda: fastnst.style_swap(content, style, backend="cpu"), torch.device("cpu"))
+    features_mb = content.numel() * 4 / 2**20  # 1 MB
+    assert ours < 6 * features_mb < scores_mb / 8, ours
+
+
+# ---- bad input --------------------------------------------------------------------------------
+def _msg(fn, exc=(ValueError, TypeError)):
+    with pytest.raises(exc) as e:
+        fn()
+    return str(e.value)
+
+
+def test_bad_input_messages():
+    c, s = torch.rand(2, 8, 10, 10), torch.rand(1, 8, 9, 9)
+    f = fastnst.style_swap
+    assert _msg(lambda: f(c, torch.rand(1, 7, 9, 9))) == \
+        "style_swap: style must have the content's 8 channels, got [1, 7, 9, 9]"
+    assert _msg(lambda: f(c, torch.rand(3, 8, 9, 9))) == \
+        "style_swap: style must have batch 1 or the content's 2, got [3, 8, 9, 9]"
+    assert _msg(lambda: f(c, torch.rand(1, 8, 2, 9))) == \
+        "style_swap: patch_size 3 is larger than the style map 2x9 (style is [1, 8, 2, 9])"
+    assert _msg(lambda: f(c, s, patch_size=11)) == \
+        "style_swap: patch_size 11 is larger than the style map 9x9 (style is [1, 8, 9, 9])"
+    assert _msg(lambda: f(c, s, stride=0)) == "style_swap: stride must be >= 1, got 0"
+    assert _msg(lambda: f(c, s, patch_size=0)) == "style_swap: patch_size must be >= 1, got 0"
+    assert _msg(lambda: f(c, s, stride=1.5)) == "style_swap: stride must be an int >= 1, got 1.5"
+    assert _msg(lambda: f(c, s.double())) == \
+        "style_swap: style must have the content's dtype torch.float32, got torch.float64"
+    assert _msg(lambda: f(c, s.to("meta"))) == \
+        "style_swap: content and style must be on the same device, got cpu and meta"
+    assert _msg(lambda: f(c[0], s)) == "style_swap: content must be [B, C, H, W], got [8, 10, 10]"
+    assert _msg(lambda: f(c, s, eps=-1.0)) == "style_swap: eps must be a number >= 0, got -1.0"
+    assert _msg(lambda: f(c.long(), s.long())).startswith("style_swap: content must be float32")
+    idx = torch.zeros(2, 8, 8, dtype=torch.int64)
+    r = fastnst.style_swap_reconstruct
+    assert _msg(lambda: r(s, idx.int(), (10, 10))) == \
+        "style_swap: indices must be an int64 tensor [B, nh, nw], got torch.int32 [2, 8, 8]"
+    assert _msg(lambda: r(s, idx, (11, 10))) == \
+        ("style_swap: indices must be [B, 9, 8] for out_size 11x10, patch_size 3, stride 1 "
+         "(style batch 1 or B), got [2, 8, 8] with style [1, 8, 9, 9]")
+    assert _msg(lambda: r(s, idx + 49, (10, 10))) == \
+        "style_swap: indices must lie in [0, 49) (the style's patches), got values in [49, 49]"
+
+
+def test_cpu_kernel_checks_its_input():
+    """The registered C++ op refuses bad input itself (callers may bypass the Python layer)."""
+    if "cpu" not in BACKENDS:
+        pytest.skip("no CPU kernel")
+    c, s = torch.rand(1, 8, 10, 10), torch.rand(1, 4, 9, 9)
+    with pytest.raises(RuntimeError, match="content and style must have the same channels, got 8 and 4"):
+        torch.ops.fastnst.style_swap_match(c, s, 3, 1, 1e-8)
+    with pytest.raises(RuntimeError, match="indices must lie in \\[0, 49\\)"):
+        torch.ops.fastnst.style_swap_reconstruct(torch.rand(1, 8, 9, 9),
+                                                 torch.full((1, 8, 8), 60, dtype=torch.int64), 3, 1, 10, 10)
