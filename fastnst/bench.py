@@ -562,3 +562,111 @@ def main_gram(argv_quick: bool, device: str, out_dir: str, providers: list[str] 
                           if not argv_quick else "Gram matrix (quick shapes)")
     with open(md) as fh:
         return fh.read()
+
+
+# ---- style swap -----------------------------------------------------------------------------
+# VGG-19 relu3_1 features (256 channels, 1/4 of the image side) of square images.
+STYLE_SWAP_SIZES = (256, 512, 1024)
+QUICK_STYLE_SWAP_SIZES = (128,)
+
+
+def peak_rss_mb(fn: Callable[[], object]) -> float:
+    """Peak resident memory one call adds over the process's resident memory before it: the
+    kernel's high-water mark (VmHWM) is reset through /proc/self/clear_refs first. Counts
+    every allocation (torch's allocator, oneDNN and MKL scratch, std::vector), unlike the
+    allocator events behind peak_memory_mb. Linux only; NaN elsewhere."""
+    import gc
+    import re
+
+    def status() -> tuple[float, float]:
+        with open("/proc/self/status") as fh:
+            text = fh.read()
+        hwm = int(re.search(r"VmHWM:\s+(\d+)", text).group(1))
+        rss = int(re.search(r"VmRSS:\s+(\d+)", text).group(1))
+        return hwm / 1024, rss / 1024
+
+    try:
+        gc.collect()
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        _, base = status()
+        fn()
+        peak, _ = status()
+        return peak - base
+    except OSError:
+        return float("nan")
+
+
+def style_swap_flops(c: int, h: int, w: int, k: int = 3, s: int = 1) -> float:
+    """Multiply-adds x 2 of scoring every content patch against every style patch (same size
+    maps) with the patch GEMM the public algorithm runs: 2 · n² · C·k²."""
+    n = ((h - k) // s + 1) * ((w - k) // s + 1)
+    return 2.0 * n * n * c * k * k
+
+
+def bench_style_swap(sizes=STYLE_SWAP_SIZES, device: str = "cpu", repeat: int = 3,
+                     mem_limit_gb: float | None = None, log=None) -> list[Case]:
+    """style_swap (3x3 patches, stride 1) of relu3_1 features of size² content and style
+    images: time and peak memory, fastnst vs the conv-based reference (eager), the reference
+    only where its score and one-hot tensors fit in memory. GFLOP/s count the patch GEMM the
+    reference runs for the scores (fastnst does fewer flops, see csrc/cpu/style_swap.cpp)."""
+    dev = torch.device(device)
+    if mem_limit_gb is None:
+        with open("/proc/meminfo") as fh:
+            total_kb = int(fh.readline().split()[1])
+        mem_limit_gb = 0.6 * total_kb / 2**20
+    cases = []
+    for size in sizes:
+        n = size // 4
+        shape = (1, 256, n, n)
+        g = torch.Generator().manual_seed(size)
+        content = torch.randn(shape, generator=g).relu_().to(dev)
+        style = torch.randn(shape, generator=g).relu_().to(dev)
+        flops = style_swap_flops(256, n, n)
+        patches = (n - 2) ** 2
+        need_gb = 2 * patches * patches * 4 / 2**30  # scores + one-hot, float32
+        provs: dict[str, Callable | str] = {}
+        for backend in ("cpu", "cuda", "triton"):
+            why = serves(backend, "style_swap_match", dev, torch.float32)
+            if backend == "triton" and dev.type == "cpu" and why is None:
+                why = "the Triton interpreter is a correctness tool, not timed"
+            provs[f"fastnst-{backend}"] = (lambda b=backend: fastnst.style_swap(content, style, backend=b)) \
+                if why is None else why
+        provs["reference"] = (lambda: reference.style_swap(content, style)) if need_gb < mem_limit_gb else \
+            f"at {size}² its scores and one-hot alone need {need_gb:.0f} GB (limit {mem_limit_gb:.0f} GB)"
+        ref_ms = float("nan")
+        group = []
+        for pname, fn in provs.items():
+            case = Case("style_swap", f"relu3_1 of {size}²", shape, "fwd", pname, flops)
+            cases.append(case)
+            group.append(case)
+            if isinstance(fn, str):
+                case.note = fn
+                continue
+            reps = repeat if size <= 512 else 1
+            ts = sorted(time_fn(fn, dev, 1, reps))
+            case.median_ms = statistics.median(ts) * 1e3
+            case.p20_ms, case.p80_ms = percentile(ts, 0.2) * 1e3, percentile(ts, 0.8) * 1e3
+            case.gflops = flops / (case.median_ms * 1e-3) / 1e9
+            # CPU: the larger of the resident-memory high-water mark and the torch allocator's
+            # peak (freed heap memory reused without growing RSS hides small allocations).
+            case.peak_mem_mb = (max(peak_rss_mb(fn), peak_memory_mb(fn, dev)) if dev.type == "cpu"
+                                else peak_memory_mb(fn, dev))
+            if pname == "reference":
+                ref_ms = case.median_ms
+            if log:
+                log(f"  {case.name:18s} {pname:14s} {case.median_ms:10.1f} ms  {case.peak_mem_mb:8.0f} MB")
+        for c in group:
+            c.speedup = ref_ms / c.median_ms
+    return cases
+
+
+def main_style_swap(quick: bool, device: str, out_dir: str, repeat: int,
+                    log=lambda s: print(s, file=sys.stderr, flush=True)) -> str:
+    sizes = QUICK_STYLE_SWAP_SIZES if quick else STYLE_SWAP_SIZES
+    cases = bench_style_swap(sizes, device, min(repeat, 3), log=log)
+    env = environment(device)
+    _, md = write_results(cases, env, out_dir, f"style_swap_{device.split(':')[0]}",
+                          "Style swap, 3x3 patches, stride 1, VGG-19 relu3_1 features")
+    with open(md) as fh:
+        return fh.read()

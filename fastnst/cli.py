@@ -27,6 +27,8 @@ def _cmd_bench(args) -> int:
             return 2
     if args.op == "norm":
         text = bench.main_norm(args.quick, args.device, args.out, args.repeat)
+    elif args.op == "style_swap":
+        text = bench.main_style_swap(args.quick, args.device, args.out, args.repeat)
     elif args.op == "gatys":
         text = bench.main_gatys(args.quick, args.out, min(args.repeat, 5))
     else:
@@ -121,9 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_info)
     s = sub.add_parser("bench", help="benchmark the ops against plain PyTorch and torch.compile",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    s.add_argument("--op", choices=["gram", "norm", "gatys"], default="gram",
+    s.add_argument("--op", choices=["gram", "norm", "style_swap", "gatys"], default="gram",
                    help="gram: the Gram op; norm: instance norm, AdaIN, mean_std and a "
-                        "TransformerNet before/after accelerate(); gatys: a whole Gatys step (CPU)")
+                        "TransformerNet before/after accelerate(); style_swap: relu3_1 of "
+                        "256²/512²/1024² images, time and peak memory; gatys: a whole Gatys step (CPU)")
     s.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     s.add_argument("--quick", action="store_true", help="small shapes, a few seconds")
     s.add_argument("--repeat", type=int, default=15, help="timed calls per case")
