@@ -15,12 +15,13 @@
 // patches); a block of patches covers a block of pixels that is k - 1 larger (the halo). Style
 // pixel blocks are packed once ([C][pixels], fp32); each thread takes content blocks, packs
 // one, and for every style block computes the pixel tile G = A^T B with the AVX-512 GEMM
-// microkernel (csrc/cpu/gemm_avx512.h), sums its diagonals into the block's scores (a 16-lane
-// vector holds one row of up to 16 style patches at stride 1), scales them by the style
-// patches' inverse norms and folds them into a running (best score, lowest index) per content
-// patch. Only G tiles of at most 256 x 256 exist at any time: memory is O(content + style).
-// With 16 x 16 pixel blocks and 3 x 3 patches the halo costs (16/14)^4 = 1.7x, so the pixel
-// GEMM does ~5x fewer flops than the patch GEMM.
+// microkernel (csrc/cpu/gemm_avx512.h), sums its diagonals into the block's scores (16-lane
+// vectors along a row of style patches at stride 1), scales them by the style patches'
+// inverse norms and folds them into a running (best score, lowest index) per content patch.
+// Only one G tile per thread exists at a time (576 x 816 fp32 at most): memory is
+// O(content + style). With 24 x 24 content and 24 x 34 style pixel blocks and 3 x 3 patches
+// the halo costs (24/22)^2 (24 * 34)/(22 * 32) = 1.38x, so the pixel GEMM does 6.5x fewer
+// flops than the patch GEMM; it runs at ~190 GFLOP/s on this project's 2-core machine.
 //
 // Ties. Every G entry is the same fp32 FMA chain over the channels and every score sums the
 // k*k diagonals in the same order, so equal style patches give bit-equal scores; the running
@@ -52,7 +53,12 @@ namespace fastnst {
 namespace cpu {
 namespace {
 
-constexpr int64_t kBlockPixels = 16;  // pixel rows/columns of a block (at least k)
+// Pixel blocks (a block is never smaller than one patch). Larger blocks waste less on the
+// halo but make G tiles that leave the L2; these measured best for 256-channel maps here
+// (24 x 24 content, 24 x 34 style pixels: G tiles of 576 x 816).
+constexpr int64_t kContentBlock = 24;
+constexpr int64_t kStyleBlockRows = 24;
+constexpr int64_t kStyleBlockCols = 34;
 
 struct Grid {
   int64_t k, s;
@@ -64,9 +70,9 @@ struct Grid {
   int64_t first_pixel(int64_t blk) const { return blk * per * s; }
 };
 
-Grid make_grid(int64_t size, int64_t k, int64_t s) {
+Grid make_grid(int64_t size, int64_t k, int64_t s, int64_t block_pixels) {
   Grid g{k, s, (size - k) / s + 1, 1, 0};
-  g.per = std::max<int64_t>(1, (kBlockPixels - k) / s + 1);
+  g.per = std::max<int64_t>(1, (block_pixels - k) / s + 1);
   g.per = std::min(g.per, g.n);
   g.blocks = (g.n + g.per - 1) / g.per;
   return g;
@@ -191,30 +197,32 @@ void tile_gemm_scalar(int64_t M, int64_t N, int64_t C, const A* Pa, int64_t lda,
 FASTNST_AVX512_FN void fold_avx512_s1(const float* G, int64_t ldg, const Block& cb,
                                       const Block& sb, int64_t k, int64_t mw, const float* inv,
                                       Best<float>* best) {
-  const __mmask16 mask = static_cast<__mmask16>((1u << sb.cols) - 1u);
   const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   const __m512 ninf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  const __mmask16 full = static_cast<__mmask16>(sb.cols >= 16 ? 0xFFFFu : (1u << sb.cols) - 1u);
   for (int64_t pi = 0; pi < cb.rows; ++pi)
     for (int64_t pj = 0; pj < cb.cols; ++pj) {
       __m512 vbest = ninf;
       __m512i vidx = _mm512_setzero_si512();
-      for (int64_t qi = 0; qi < sb.rows; ++qi) {
-        __m512 acc = _mm512_setzero_ps();
-        for (int64_t dy = 0; dy < k; ++dy) {
-          const float* grow = G + ((pi + dy) * cb.pcol + pj) * ldg + (qi + dy) * sb.pcol;
-          for (int64_t dx = 0; dx < k; ++dx)
-            acc = _mm512_add_ps(acc, _mm512_maskz_loadu_ps(mask, grow + dx * ldg + dx));
+      for (int64_t qi = 0; qi < sb.rows; ++qi)
+        for (int64_t qj = 0; qj < sb.cols; qj += 16) {  // style patches (qi, qj .. qj + 15)
+          const __mmask16 mask = sb.cols - qj >= 16 ? full : static_cast<__mmask16>((1u << (sb.cols - qj)) - 1u);
+          __m512 acc = _mm512_setzero_ps();
+          for (int64_t dy = 0; dy < k; ++dy) {
+            const float* grow = G + ((pi + dy) * cb.pcol + pj) * ldg + (qi + dy) * sb.pcol + qj;
+            for (int64_t dx = 0; dx < k; ++dx)
+              acc = _mm512_add_ps(acc, _mm512_maskz_loadu_ps(mask, grow + dx * ldg + dx));
+          }
+          const int64_t q0 = (sb.q0i + qi) * mw + sb.q0j + qj;
+          const __m512 score = _mm512_mul_ps(acc, _mm512_maskz_loadu_ps(mask, inv + q0));
+          const __mmask16 gt = _mm512_mask_cmp_ps_mask(mask, score, vbest, _CMP_GT_OQ);
+          vbest = _mm512_mask_blend_ps(gt, vbest, score);
+          vidx = _mm512_mask_blend_epi32(gt, vidx,
+                                         _mm512_add_epi32(lane, _mm512_set1_epi32(static_cast<int>(q0))));
         }
-        const int64_t q0 = (sb.q0i + qi) * mw + sb.q0j;
-        const __m512 score = _mm512_mul_ps(acc, _mm512_maskz_loadu_ps(mask, inv + q0));
-        const __mmask16 gt = _mm512_mask_cmp_ps_mask(mask, score, vbest, _CMP_GT_OQ);
-        vbest = _mm512_mask_blend_ps(gt, vbest, score);
-        vidx = _mm512_mask_blend_epi32(gt, vidx,
-                                       _mm512_add_epi32(lane, _mm512_set1_epi32(static_cast<int>(q0))));
-      }
       const float m = _mm512_reduce_max_ps(vbest);
       if (!(m >= best[pi * cb.cols + pj].score)) continue;  // also skips NaN-only rows
-      const __mmask16 eq = _mm512_mask_cmp_ps_mask(mask, vbest, _mm512_set1_ps(m), _CMP_EQ_OQ);
+      const __mmask16 eq = _mm512_mask_cmp_ps_mask(full, vbest, _mm512_set1_ps(m), _CMP_EQ_OQ);
       const int q = _mm512_mask_reduce_min_epi32(eq, vidx);
       best[pi * cb.cols + pj].offer(m, q);
     }
@@ -226,8 +234,8 @@ void match_impl(const at::Tensor& content, const at::Tensor& style, int64_t k, i
                 double eps, at::Tensor& out, bool vector) {
   const int64_t B = content.size(0), C = content.size(1), Hc = content.size(2), Wc = content.size(3);
   const int64_t Bs = style.size(0), Hs = style.size(2), Ws = style.size(3);
-  const Grid cy = make_grid(Hc, k, s), cx = make_grid(Wc, k, s);
-  const Grid sy = make_grid(Hs, k, s), sx = make_grid(Ws, k, s);
+  const Grid cy = make_grid(Hc, k, s, kContentBlock), cx = make_grid(Wc, k, s, kContentBlock);
+  const Grid sy = make_grid(Hs, k, s, kStyleBlockRows), sx = make_grid(Ws, k, s, kStyleBlockCols);
   const int64_t n_style = sy.n * sx.n;
   const int64_t n_sblk = sy.blocks * sx.blocks, n_cblk = cy.blocks * cx.blocks;
   const int64_t ldc = round16(cy.pixels(cy.per) * cx.pixels(cx.per));  // packed content row
@@ -285,7 +293,7 @@ void match_impl(const at::Tensor& content, const at::Tensor& style, int64_t k, i
             if (vector) {
               // G (M x N) = A^T B: A(r, c) = pa[c * ldc + r], B(c, n) = pb[c * lds + n].
               avx512::gemm_block<6, 4>(M, N, C, pa, 1, ldc, pb, lds, g, ldg, false);
-              if (s == 1 && sb.cols <= 16)
+              if (s == 1)
                 fold_avx512_s1(g, ldg, cb, sb, k, sx.n, inv, best);
               else
                 fold_scalar<A>(g, ldg, cb, sb, k, s, sx.n, inv, best);
