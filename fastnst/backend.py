@@ -119,19 +119,20 @@ def serves(name: str, op: str, device: torch.device, dtype: torch.dtype) -> str 
     raise ValueError(f"unknown backend {name!r}")
 
 
-def resolve(op: str, x: torch.Tensor, backend: str = "auto") -> str:
-    """The backend that will run ``op`` on ``x``; raises BackendError for an explicit
-    backend that cannot serve it. Under torch.compile the choice is made once, at trace time."""
-    return _resolve(op, x.device, x.dtype, backend)
+def resolve(op: str, x: torch.Tensor, backend: str = "auto", label: str | None = None) -> str:
+    """The backend that will run ``op`` (a registered kernel op) on ``x``; raises BackendError
+    for an explicit backend that cannot serve it, naming the public function ``label``
+    (default: ``op``). Under torch.compile the choice is made once, at trace time."""
+    return _resolve(op, x.device, x.dtype, backend, label or op)
 
 
 @torch.compiler.assume_constant_result
-def _resolve(op: str, device: torch.device, dtype: torch.dtype, backend: str) -> str:
+def _resolve(op: str, device: torch.device, dtype: torch.dtype, backend: str, label: str) -> str:
     name = requested(backend)
     if name != "auto":
         why = serves(name, op, device, dtype)
         if why is not None:
-            raise BackendError(f"fastnst.{op}: backend {name!r} cannot serve this input: {why}")
+            raise BackendError(f"fastnst.{label}: backend {name!r} cannot serve this input: {why}")
         return name
     order = ("cuda", "triton") if device.type == "cuda" else ("cpu",)
     for cand in order:

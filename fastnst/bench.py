@@ -527,9 +527,10 @@ def markdown(cases: list[Case], env: dict, title: str) -> str:
         if math.isnan(c.median_ms):
             continue
         shape = "x".join(map(str, c.shape))
+        speedup = "n/a" if math.isnan(c.speedup) else f"{c.speedup:.2f}x"
         rows.append(f"| {c.name} | {shape} | {c.mode} | {c.provider} | {c.median_ms:.2f} "
                     f"({c.p20_ms:.2f}-{c.p80_ms:.2f}) | {c.gflops:.0f} | {c.peak_mem_mb:.1f} | "
-                    f"{c.speedup:.2f}x |")
+                    f"{speedup} |")
     absent = sorted({f"{c.provider}: {c.note}" for c in cases if c.note})
     tail = "\n\nNot run: " + "; ".join(absent) if absent else ""
     summ = "\n".join(f"- {s}" for s in summary(cases))

@@ -12,7 +12,9 @@ import fastnst
 from fastnst import _ext
 from fastnst.backend import BACKENDS, availability, triton_interpret, triton_status
 
-OPS = ("gram", "mean_std", "instance_norm", "style_swap_match")
+# public op -> the registered kernel op whose availability it follows
+OPS = {"gram": "gram", "mean_std": "mean_std", "instance_norm": "instance_norm",
+       "style_swap": "style_swap_match"}
 
 
 def collect() -> dict:
@@ -33,7 +35,7 @@ def collect() -> dict:
         "triton": note,
         "triton_interpreter": triton_interpret() if ok else False,
         "FASTNST_BACKEND": os.environ.get("FASTNST_BACKEND", "auto"),
-        "ops": {op: availability(op) for op in OPS},
+        "ops": {op: availability(kernel) for op, kernel in OPS.items()},
     }
 
 
@@ -44,9 +46,10 @@ def render(info: dict) -> str:
     lines += [f"{k:<{width}}  {info[k]}" for k in keys]
     lines += ["", "op x backend (float32):", ""]
     col = 34
-    lines.append("op".ljust(10) + "".join(b.ljust(col) for b in BACKENDS))
+    first = max(map(len, info["ops"])) + 2
+    lines.append("op".ljust(first) + "".join(b.ljust(col) for b in BACKENDS))
     for op, row in info["ops"].items():
-        lines.append(op.ljust(10) + "".join(row[b][: col - 2].ljust(col) for b in BACKENDS))
+        lines.append(op.ljust(first) + "".join(row[b][: col - 2].ljust(col) for b in BACKENDS))
     return "\n".join(lines)
 
 

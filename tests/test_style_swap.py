@@ -282,3 +282,11 @@ def test_cpu_kernel_checks_its_input():
     with pytest.raises(RuntimeError, match="indices must lie in \\[0, 49\\)"):
         torch.ops.fastnst.style_swap_reconstruct(torch.rand(1, 8, 9, 9),
                                                  torch.full((1, 8, 8), 60, dtype=torch.int64), 3, 1, 10, 10)
+
+
+def test_backend_named_but_unable_raises():
+    c, s = torch.rand(1, 4, 8, 8), torch.rand(1, 4, 8, 8)
+    with pytest.raises(fastnst.BackendError) as e:
+        fastnst.style_swap(c, s, backend="cuda")
+    assert str(e.value) == ("fastnst.style_swap: backend 'cuda' cannot serve this input: the cuda "
+                            "backend runs CUDA tensors, got a tensor on cpu")

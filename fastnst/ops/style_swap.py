@@ -128,7 +128,7 @@ def style_swap(content: torch.Tensor, style: torch.Tensor, patch_size: int = 3, 
     if not isinstance(eps, (int, float)) or eps != eps or eps < 0:
         raise ValueError(f"{_OP}: eps must be a number >= 0, got {eps!r}")
     content, style = content.detach(), style.detach()
-    name = resolve("style_swap_match", content, backend)
+    name = resolve("style_swap_match", content, backend, label=_OP)
     if name == "reference":
         out, idx = reference.style_swap(content, style, patch_size, stride, float(eps))
     else:
@@ -172,7 +172,7 @@ def style_swap_reconstruct(style: torch.Tensor, indices: torch.Tensor, out_size:
         raise ValueError(f"{_OP}: indices must lie in [0, {n_style}) (the style's patches), got "
                          f"values in [{int(indices.min())}, {int(indices.max())}]")
     style = style.detach()
-    name = resolve("style_swap_match", style, backend)
+    name = resolve("style_swap_match", style, backend, label="style_swap_reconstruct")
     if name == "reference":
         return reference.style_swap_paste(style, indices, patch_size, stride, out_h, out_w)
     op = torch.ops.fastnst.style_swap_reconstruct_triton if name == "triton" else torch.ops.fastnst.style_swap_reconstruct
