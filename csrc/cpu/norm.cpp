@@ -38,6 +38,7 @@ namespace cpu {
 namespace {
 
 constexpr int64_t kBlock = 512;  // fp32 partial sums per block, then fp64 totals
+constexpr int64_t kStreamBytes = int64_t{16} << 20;  // outputs this large bypass the caches
 
 at::Tensor empty_rule(const at::Tensor& x, at::ScalarType dtype) {
   const int64_t B = x.size(0), C = x.size(1), L = x.size(2);
@@ -107,6 +108,93 @@ void shifted_sums(const T* p, int64_t n, A K, A& s1, A& s2) {
   }
 }
 
+#if defined(FASTNST_X86)
+// float32 rows on AVX-512: the same blocked shifted sums with four independent fp32 vector
+// accumulators per sum (a single one would wait on the add latency: ~1 element per cycle).
+__attribute__((target("avx512f"))) float block_mean_avx512(const float* p, int64_t n) {
+  __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    a0 = _mm512_add_ps(a0, _mm512_loadu_ps(p + i));
+    a1 = _mm512_add_ps(a1, _mm512_loadu_ps(p + i + 16));
+  }
+  for (; i < n; i += 16) {
+    const __mmask16 t = i + 16 <= n ? 0xFFFF : static_cast<__mmask16>((1u << (n - i)) - 1u);
+    a0 = _mm512_add_ps(a0, _mm512_maskz_loadu_ps(t, p + i));
+  }
+  return _mm512_reduce_add_ps(_mm512_add_ps(a0, a1)) / static_cast<float>(n);
+}
+
+__attribute__((target("avx512f"))) void shifted_sums_avx512(const float* p, int64_t n, float K,
+                                                           double& s1, double& s2) {
+  const __m512 k = _mm512_set1_ps(K), zero = _mm512_setzero_ps();
+  for (int64_t i0 = 0; i0 < n; i0 += kBlock) {
+    const int64_t i1 = std::min(n, i0 + kBlock);
+    __m512 a[4] = {zero, zero, zero, zero}, b[4] = {zero, zero, zero, zero};
+    int64_t i = i0;
+    for (; i + 64 <= i1; i += 64) {
+#pragma GCC unroll 4
+      for (int u = 0; u < 4; ++u) {
+        const __m512 d = _mm512_sub_ps(_mm512_loadu_ps(p + i + 16 * u), k);
+        a[u] = _mm512_add_ps(a[u], d);
+        b[u] = _mm512_fmadd_ps(d, d, b[u]);
+      }
+    }
+    for (; i < i1; i += 16) {
+      const __mmask16 t = i + 16 <= i1 ? 0xFFFF : static_cast<__mmask16>((1u << (i1 - i)) - 1u);
+      const __m512 d = _mm512_maskz_sub_ps(t, _mm512_maskz_loadu_ps(t, p + i), k);
+      a[0] = _mm512_add_ps(a[0], d);
+      b[0] = _mm512_fmadd_ps(d, d, b[0]);
+    }
+    s1 += _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a[0], a[1]), _mm512_add_ps(a[2], a[3])));
+    s2 += _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(b[0], b[1]), _mm512_add_ps(b[2], b[3])));
+  }
+}
+
+// y = act(q x + s) over a float32 row. STREAM: non-temporal stores (for outputs larger than
+// the caches: no read-for-ownership of y's lines, ~1/3 less memory traffic); the caller
+// issues the store fence.
+template <bool RELU, bool STREAM>
+__attribute__((target("avx512f"))) void map_row_avx512(const float* x, float* o, int64_t n, float q, float s) {
+  const __m512 vq = _mm512_set1_ps(q), vs = _mm512_set1_ps(s), zero = _mm512_setzero_ps();
+  int64_t i = 0;
+  if (STREAM) {
+    // Unaligned head with ordinary stores, then 64-byte aligned streaming stores.
+    const int64_t head = std::min<int64_t>(n, ((64 - reinterpret_cast<uintptr_t>(o) % 64) % 64) / 4);
+    if (head > 0) {
+      const __mmask16 t = static_cast<__mmask16>((1u << head) - 1u);
+      __m512 v = _mm512_fmadd_ps(vq, _mm512_maskz_loadu_ps(t, x), vs);
+      if (RELU) v = _mm512_max_ps(v, zero);
+      _mm512_mask_storeu_ps(o, t, v);
+      i = head;
+    }
+    if (reinterpret_cast<uintptr_t>(o + i) % 64 == 0) {
+      for (; i + 16 <= n; i += 16) {
+        __m512 v = _mm512_fmadd_ps(vq, _mm512_loadu_ps(x + i), vs);
+        if (RELU) v = _mm512_max_ps(v, zero);
+        _mm512_stream_ps(o + i, v);
+      }
+    }
+  }
+  for (; i + 32 <= n; i += 32) {
+    __m512 v0 = _mm512_fmadd_ps(vq, _mm512_loadu_ps(x + i), vs);
+    __m512 v1 = _mm512_fmadd_ps(vq, _mm512_loadu_ps(x + i + 16), vs);
+    if (RELU) {
+      v0 = _mm512_max_ps(v0, zero);
+      v1 = _mm512_max_ps(v1, zero);
+    }
+    _mm512_storeu_ps(o + i, v0);
+    _mm512_storeu_ps(o + i + 16, v1);
+  }
+  for (; i < n; i += 16) {
+    const __mmask16 t = i + 16 <= n ? 0xFFFF : static_cast<__mmask16>((1u << (n - i)) - 1u);
+    __m512 v = _mm512_fmadd_ps(vq, _mm512_maskz_loadu_ps(t, x + i), vs);
+    if (RELU) v = _mm512_max_ps(v, zero);
+    _mm512_mask_storeu_ps(o + i, t, v);
+  }
+}
+#endif
+
 // mean and M2 (sum of squared deviations) of one contiguous row. Narrow inputs: shifted by the
 // mean of the first block, so (K - mean)^2 is ~var / 512 and s2 - s1^2 / L loses nothing.
 // float64: two exact passes.
@@ -121,6 +209,18 @@ void one_row_stats(const T* p, int64_t L, double& mean, double& m2) {
     m2 = q;
   } else {
     const int64_t n0 = std::min<int64_t>(L, kBlock);
+#if defined(FASTNST_X86)
+    if constexpr (std::is_same<T, float>::value) {
+      if (has_avx512()) {
+        const float K = block_mean_avx512(p, n0);
+        double s1 = 0, s2 = 0;
+        shifted_sums_avx512(p, L, K, s1, s2);
+        mean = K + s1 / L;
+        m2 = std::max(0.0, s2 - s1 * s1 / L);
+        return;
+      }
+    }
+#endif
     double K = 0;
     for (int64_t i = 0; i < n0; ++i) K += static_cast<double>(p[i]);
     K = static_cast<float>(K / n0);
@@ -345,6 +445,11 @@ void norm_rows_fused(const at::Tensor& x, const double* wp, const double* bp, do
   const T* X = x.data_ptr<T>();
   T* Y = y.data_ptr<T>();
   using A = at::opmath_type<T>;
+  const bool use_avx512 = has_avx512();
+  // Outputs that cannot stay in the caches are written with streaming stores.
+  const bool stream = static_cast<int64_t>(sizeof(T)) * B * C * L >= kStreamBytes;
+  (void)use_avx512;
+  (void)stream;
   at::parallel_for(0, B * C, 1, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       double mean, m2;
@@ -352,9 +457,20 @@ void norm_rows_fused(const at::Tensor& x, const double* wp, const double* bp, do
       const double rstd = 1.0 / std::sqrt(m2 / n + eps);
       mean_out[r] = static_cast<float>(mean);
       rstd_out[r] = static_cast<float>(rstd);
-      map_row<T, false, false, RELU>(X + r * L, nullptr, nullptr, Y + r * L, L, A(0),
-                                     static_cast<A>(wp[r] * rstd + x_scale),
-                                     static_cast<A>(bp[r] - wp[r] * mean * rstd));
+      const A q = static_cast<A>(wp[r] * rstd + x_scale), sh = static_cast<A>(bp[r] - wp[r] * mean * rstd);
+#if defined(FASTNST_X86)
+      if constexpr (std::is_same<T, float>::value) {
+        if (use_avx512) {
+          if (stream)
+            map_row_avx512<RELU, true>(X + r * L, Y + r * L, L, q, sh);
+          else
+            map_row_avx512<RELU, false>(X + r * L, Y + r * L, L, q, sh);
+          if (stream && r + 1 == r1) _mm_sfence();
+          continue;
+        }
+      }
+#endif
+      map_row<T, false, false, RELU>(X + r * L, nullptr, nullptr, Y + r * L, L, A(0), q, sh);
     }
   });
 }
@@ -367,18 +483,19 @@ __attribute__((target("avx512f"))) void masked_sums_avx512(const float* G, const
   const __m512 vmu = _mm512_set1_ps(mu), zero = _mm512_setzero_ps();
   for (int64_t i0 = 0; i0 < L; i0 += kBlock) {
     const int64_t i1 = std::min(L, i0 + kBlock);
-    __m512 a = zero, b = zero;
-    for (int64_t l = i0; l < i1; l += 16) {
+    __m512 a[2] = {zero, zero}, b[2] = {zero, zero};  // two chains hide the add latency
+    int u = 0;
+    for (int64_t l = i0; l < i1; l += 16, u ^= 1) {
       const __mmask16 tail = l + 16 <= i1 ? 0xFFFF : static_cast<__mmask16>((1u << (i1 - l)) - 1u);
       const __m512 m = _mm512_maskz_loadu_ps(tail, M + l);
       const __mmask16 k = _mm512_mask_cmp_ps_mask(tail, m, zero, _CMP_GT_OQ);
       const __m512 g = _mm512_maskz_loadu_ps(k, G + l);
       const __m512 x = _mm512_maskz_loadu_ps(k, X + l);
-      a = _mm512_add_ps(a, g);
-      b = _mm512_fmadd_ps(g, _mm512_maskz_sub_ps(k, x, vmu), b);
+      a[u] = _mm512_add_ps(a[u], g);
+      b[u] = _mm512_fmadd_ps(g, _mm512_maskz_sub_ps(k, x, vmu), b[u]);
     }
-    t1 += _mm512_reduce_add_ps(a);
-    t2 += _mm512_reduce_add_ps(b);
+    t1 += _mm512_reduce_add_ps(_mm512_add_ps(a[0], a[1]));
+    t2 += _mm512_reduce_add_ps(_mm512_add_ps(b[0], b[1]));
   }
 }
 
