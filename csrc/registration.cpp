@@ -60,8 +60,10 @@ TORCH_LIBRARY(fastnst, m) {
   // Matching: content [B, C, Hc, Wc], style [Bs, C, Hs, Ws] (Bs = 1 or B; any strides; same
   // float dtype). For every content patch p, the q maximising
   //   score(p, q) = <content patch p, style patch q> / (||style patch q||_2 + eps)
-  // (norm over C x k x k; products accumulated in fp32, fp64 for fp64 input); ties go to the
-  // lowest q. Never forms the nh nw x mh mw score matrix. Returns int64 [B, nh, nw].
+  // (norm over C x k x k; products accumulated in fp32, fp64 for fp64 input), and score 0 for
+  // an all-zero style patch (no NaN, even with eps = 0); ties go to the lowest q; a NaN score
+  // never wins (all NaN: q = 0). Never forms the nh nw x mh mw score matrix. Returns int64
+  // [B, nh, nw].
   m.def("style_swap_match(Tensor content, Tensor style, int patch_size, int stride, float eps) "
         "-> Tensor");
   // Reconstruction: out[b, c, y, x] = (sum over the content patches p = (i, j) that cover
@@ -69,7 +71,8 @@ TORCH_LIBRARY(fastnst, m) {
   // n(y, x) the number of such patches; 0 where no patch covers (y, x) (possible when s > 1).
   // style [Bs, C, Hs, Ws] any strides, indices int64 [B, nh, nw] with nh = (out_h - k) / s + 1,
   // nw = (out_w - k) / s + 1. Returns a contiguous [B, C, out_h, out_w] in style's dtype
-  // (accumulated in fp32, fp64 for fp64).
+  // (accumulated in fp32, fp64 for fp64). Indices outside [0, mh mw): the CPU kernel raises;
+  // the GPU kernels (which cannot check without a sync) write NaN where they are used.
   m.def("style_swap_reconstruct(Tensor style, Tensor indices, int patch_size, int stride, "
         "int out_h, int out_w) -> Tensor");
 }

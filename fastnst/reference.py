@@ -96,7 +96,8 @@ def style_swap(content: torch.Tensor, style: torch.Tensor, patch_size: int = 3, 
 
     Two n_style × nh × nw tensors (scores, one-hot) are materialised: this is the baseline
     fastnst's kernels avoid. Beyond the ports: a style batch of 1 or B, the output padded to
-    the content's size, and 0 (not 0/0) where no patch covers a pixel.
+    the content's size, 0 (not 0/0) where no patch covers a pixel, and an all-zero style patch
+    left at zero (not 0/0 when eps = 0).
 
     Returns (output [B, C, Hc, Wc], indices int64 [B, nh, nw]).
     """
@@ -107,7 +108,8 @@ def style_swap(content: torch.Tensor, style: torch.Tensor, patch_size: int = 3, 
     for b in range(content.shape[0]):
         patches = _style_patches(style[b if style.shape[0] > 1 else 0].unsqueeze(0), k, s)
         norm = patches.reshape(patches.shape[0], -1).norm(dim=1).reshape(-1, 1, 1, 1)
-        scores = F.conv2d(content[b:b + 1], patches / (norm + eps), stride=s)
+        normalized = torch.where(norm > 0, patches / (norm + eps), torch.zeros_like(patches))
+        scores = F.conv2d(content[b:b + 1], normalized, stride=s)
         best = scores.argmax(1, keepdim=True)
         one_hot = torch.zeros_like(scores).scatter_(1, best, 1)
         outs.append(_paste(patches, one_hot, s, content.shape[2], content.shape[3]))

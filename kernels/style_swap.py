@@ -105,10 +105,16 @@ def _block(n: int, cap: int) -> int:
     return max(16, min(cap, triton.next_power_of_2(n)))
 
 
+def _require(ok: bool, what: str) -> None:
+    # Explicit checks (not asserts, which python -O strips): these ops can be called directly.
+    if not ok:
+        raise ValueError(f"fastnst::style_swap (triton): {what}")
+
+
 def _check(x: torch.Tensor, name: str) -> None:
-    assert x.dim() == 4, f"style_swap (triton): {name} must be [B, C, H, W], got {list(x.shape)}"
-    assert x.dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64), \
-        f"style_swap (triton): {name} has unsupported dtype {x.dtype}"
+    _require(x.dim() == 4, f"{name} must be [B, C, H, W], got {list(x.shape)}")
+    _require(x.dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64),
+             f"{name} must be float32, float16, bfloat16 or float64, got {x.dtype}")
 
 
 @triton.jit
@@ -238,7 +244,7 @@ def _reconstruct_kernel(
     s_ptr,  # style [Bs, C, Hs, Ws]
     idx_ptr,  # int64 [B, nh, nw]
     out_ptr,  # [B, C, H, W]
-    C, H, W, NH, NW, MW, k, s,
+    C, H, W, NH, NW, MW, N_STYLE, k, s,
     stride_sb, stride_sc, stride_sh, stride_sw,
     stride_ib, stride_ih, stride_iw,
     stride_ob, stride_oc, stride_oh, stride_ow,
@@ -269,8 +275,13 @@ def _reconstruct_kernel(
             ok = mask_p & ok_y & (x >= dx) & (ox % s == 0) & (ox // s < NW)
             ix = (ox // s).to(tl.int64)
             q = tl.load(i_base + iy * stride_ih + ix * stride_iw, mask=ok, other=0)
+            # An index outside the style's patches is never read; it poisons the pixel with NaN
+            # (as the CUDA kernel does: a host-side check would need a device sync).
+            bad = ok & ((q < 0) | (q >= N_STYLE))
+            q = tl.where(bad, 0, q)
             soff = ((q // MW) * s + dy) * stride_sh + ((q % MW) * s + dx) * stride_sw
-            v = tl.load(s_base + soff[None, :], mask=mask_c[:, None] & ok[None, :], other=0.0)
+            v = tl.load(s_base + soff[None, :], mask=mask_c[:, None] & ok[None, :] & ~bad[None, :], other=0.0)
+            v = tl.where(bad[None, :], float("nan"), v.to(ACC_DTYPE))
             acc += v.to(ACC_DTYPE)
             cnt += ok.to(tl.int32)
 
@@ -318,8 +329,12 @@ def style_swap_match(content: torch.Tensor, style: torch.Tensor, patch_size: int
     b, c, hc, wc = content.shape
     bs, _, hs, ws = style.shape
     k, s = int(patch_size), int(stride)
-    assert style.shape[1] == c and bs in (1, b) and style.dtype == content.dtype
-    assert k >= 1 and s >= 1 and k <= min(hc, wc, hs, ws)
+    _require(style.shape[1] == c and bs in (1, b) and style.dtype == content.dtype,
+             f"style {list(style.shape)} {style.dtype} must match content {list(content.shape)} "
+             f"{content.dtype} in channels and dtype, with batch 1 or {b}")
+    _require(k >= 1 and s >= 1 and k <= min(hc, wc, hs, ws),
+             f"patch_size {k} and stride {s} must be >= 1, the patch no larger than either map")
+    _require(eps == eps and eps >= 0, f"eps must be >= 0, got {eps}")
     nh, nw = _grid(hc, k, s), _grid(wc, k, s)
     mw = _grid(ws, k, s)
     n_content, n_style = nh * nw, _grid(hs, k, s) * mw
@@ -361,13 +376,16 @@ def style_swap_reconstruct(style: torch.Tensor, indices: torch.Tensor, patch_siz
     overlaps; returns a contiguous [B, C, out_h, out_w] in the style's dtype, 0 where no patch
     covers a pixel."""
     _check(style, "style")
-    assert indices.dim() == 3 and indices.dtype == torch.int64
+    _require(indices.dim() == 3 and indices.dtype == torch.int64,
+             f"indices must be int64 [B, nh, nw], got {indices.dtype} {list(indices.shape)}")
     b = indices.shape[0]
     bs, c, hs, ws = style.shape
     k, s, h, w = int(patch_size), int(stride), int(out_h), int(out_w)
-    assert bs in (1, b) and k >= 1 and s >= 1 and k <= min(h, w, hs, ws)
+    _require(bs in (1, b) and k >= 1 and s >= 1 and k <= min(h, w, hs, ws),
+             f"style batch {bs} must be 1 or {b}; patch_size {k} and stride {s} >= 1, the patch "
+             f"no larger than the style or the output ({h} x {w})")
     nh, nw = _grid(h, k, s), _grid(w, k, s)
-    assert tuple(indices.shape[1:]) == (nh, nw)
+    _require(tuple(indices.shape[1:]) == (nh, nw), f"indices must be [B, {nh}, {nw}], got {list(indices.shape)}")
     out = torch.empty((b, c, h, w), dtype=style.dtype, device=style.device)
     if out.numel() == 0:
         return out
@@ -377,7 +395,7 @@ def style_swap_reconstruct(style: torch.Tensor, indices: torch.Tensor, patch_siz
     sb = style.stride(0) if bs > 1 else 0
     grid = (triton.cdiv(h * w, block_p), triton.cdiv(c, block_c), b)
     _reconstruct_kernel[grid](
-        style, indices, dst, c, h, w, nh, nw, _grid(ws, k, s), k, s,
+        style, indices, dst, c, h, w, nh, nw, _grid(ws, k, s), _grid(hs, k, s) * _grid(ws, k, s), k, s,
         sb, *style.stride()[1:], *indices.stride(), *dst.stride(),
         BLOCK_P=block_p, BLOCK_C=block_c, ACC_DTYPE=acc,
     )

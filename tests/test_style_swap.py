@@ -259,7 +259,8 @@ def test_bad_input_messages():
     assert _msg(lambda: f(c, s.to("meta"))) == \
         "style_swap: content and style must be on the same device, got cpu and meta"
     assert _msg(lambda: f(c[0], s)) == "style_swap: content must be [B, C, H, W], got [8, 10, 10]"
-    assert _msg(lambda: f(c, s, eps=-1.0)) == "style_swap: eps must be a number >= 0, got -1.0"
+    assert _msg(lambda: f(c, s, eps=-1.0)) == "style_swap: eps must be a finite number >= 0, got -1.0"
+    assert _msg(lambda: f(c, s, eps=float("inf"))) == "style_swap: eps must be a finite number >= 0, got inf"
     assert _msg(lambda: f(c.long(), s.long())).startswith("style_swap: content must be float32")
     idx = torch.zeros(2, 8, 8, dtype=torch.int64)
     r = fastnst.style_swap_reconstruct
@@ -290,3 +291,61 @@ def test_backend_named_but_unable_raises():
         fastnst.style_swap(c, s, backend="cuda")
     assert str(e.value) == ("fastnst.style_swap: backend 'cuda' cannot serve this input: the cuda "
                             "backend runs CUDA tensors, got a tensor on cpu")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_zero_patch_with_eps_zero(backend, dtype):
+    """An all-zero style patch scores 0 even with eps = 0 (not 0 * inf = NaN), on every backend."""
+    style = torch.tensor([[[[0.0, 1.0, 0.0]], [[0.0, 0.0, 1.0]]]], dtype=dtype)  # patches 0, e1, e2
+    content = torch.tensor([[[[-1.0]], [[-1.0]]]], dtype=dtype)  # scores: 0, -1, -1
+    _, idx = fastnst.style_swap(content, style, 1, 1, return_indices=True, eps=0.0, backend=backend)
+    assert idx.item() == 0
+    assert reference.style_swap(content, style, 1, 1, eps=0.0)[1].item() == 0
+    style2 = style[..., [1, 0, 2]]  # the zero patch second: still the best
+    _, idx = fastnst.style_swap(content, style2, 1, 1, return_indices=True, eps=0.0, backend=backend)
+    assert idx.item() == 1
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_large_patches(backend):
+    """Patches as large as the map and larger than the CPU's pixel blocks."""
+    if backend in SMALL:
+        cases = [((1, 2, 12, 12), (1, 2, 13, 12), 11, 1)]
+    else:
+        cases = [((1, 3, 40, 38), (1, 3, 36, 41), 25, 1), ((1, 2, 30, 30), (1, 2, 30, 30), 30, 1),
+                 ((1, 3, 41, 40), (1, 3, 38, 39), 24, 2)]
+    for cshape, sshape, k, s in cases:
+        content, style = _features(cshape), _features(sshape)
+        out, idx = fastnst.style_swap(content, style, k, s, return_indices=True, backend=backend)
+        ref_out, ref_idx = reference.style_swap(content, style, k, s)
+        assert torch.equal(idx, ref_idx)
+        torch.testing.assert_close(out, ref_out, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_single_channel_and_ties_across_style_blocks(backend):
+    # C = 1 and a style wide enough for several CPU blocks, made of one repeated 5 x 5 tile.
+    tile = _features((1, 1, 5, 5)) + 0.5
+    style = tile.repeat(1, 1, 4 if backend in SMALL else 12, 4 if backend in SMALL else 16)
+    content = _features((1, 1, 9, 10)) + 0.5
+    _, idx = fastnst.style_swap(content, style, 3, 1, return_indices=True, backend=backend)
+    scores = _scores(content, style, 3, 1)
+    best = scores.amax(1, keepdim=True)
+    q = torch.arange(scores.shape[1]).view(1, -1, 1, 1).expand_as(scores)
+    lowest = torch.where(scores >= best - 1e-9 * best.abs(), q, scores.shape[1]).amin(1)
+    assert torch.equal(idx, lowest)
+    mw = style.shape[3] - 2
+    assert ((idx // mw < 5) & (idx % mw < 5)).all()  # inside the first tile
+
+
+def test_gpu_kernels_poison_bad_indices_with_nan():
+    """The Triton reconstruction cannot check indices without a device sync: an index outside
+    the style's patches is never read and its pixels come out NaN."""
+    if "triton" not in BACKENDS:
+        pytest.skip("no Triton")
+    style = torch.rand(1, 2, 4, 4)
+    idx = torch.zeros(1, 2, 2, dtype=torch.int64)
+    idx[0, 1, 1] = 4  # 4 style patches: 0..3
+    out = torch.ops.fastnst.style_swap_reconstruct_triton(style, idx, 3, 1, 4, 4)
+    assert torch.isnan(out[..., 3, 3]).all() and torch.isfinite(out[..., 0, 0]).all()

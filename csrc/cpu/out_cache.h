@@ -20,6 +20,12 @@
 namespace fastnst {
 namespace cpu {
 
+// Smaller outputs are not worth a retained buffer... down to a point: glibc also returns the
+// top of its heap to the kernel once more than its trim threshold (twice the dynamic mmap
+// threshold) is free there, so a training step that frees two 8 MiB activations pays the
+// page faults again on the next step. 1 MiB and up are reused.
+constexpr int64_t kReuseMinBytes = int64_t{1} << 20;
+
 enum class OutSlot : int { kGramBackward = 0, kNormForward, kNormBackward, kMeanStdBackward, kCount };
 
 inline at::Tensor reusable_empty(OutSlot slot, at::IntArrayRef sizes, at::IntArrayRef strides,
@@ -34,7 +40,7 @@ inline at::Tensor reusable_empty(OutSlot slot, at::IntArrayRef sizes, at::IntArr
     span += (sizes[i] - 1) * strides[i];
   }
   const int64_t bytes = span * static_cast<int64_t>(c10::elementSize(c10::typeMetaToScalarType(opts.dtype())));
-  if (!enabled || numel == 0 || bytes < (int64_t{16} << 20) || !opts.device().is_cpu())
+  if (!enabled || numel == 0 || bytes < kReuseMinBytes || !opts.device().is_cpu())
     return at::empty_strided(sizes, strides, opts);
   static std::mutex mu;
   static std::array<c10::Storage, static_cast<size_t>(OutSlot::kCount)> cache;

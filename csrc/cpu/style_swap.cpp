@@ -18,15 +18,16 @@
 // microkernel (csrc/cpu/gemm_avx512.h), sums its diagonals into the block's scores (16-lane
 // vectors along a row of style patches at stride 1), scales them by the style patches'
 // inverse norms and folds them into a running (best score, lowest index) per content patch.
-// Only one G tile per thread exists at a time (576 x 816 fp32 at most): memory is
+// Only one G tile per thread exists at a time (576 x 832 fp32 for k <= 17): memory is
 // O(content + style). With 24 x 24 content and 24 x 34 style pixel blocks and 3 x 3 patches
 // the halo costs (24/22)^2 (24 * 34)/(22 * 32) = 1.38x, so the pixel GEMM does 6.5x fewer
 // flops than the patch GEMM; it runs at ~190 GFLOP/s on this project's 2-core machine.
 //
 // Ties. Every G entry is the same fp32 FMA chain over the channels and every score sums the
 // k*k diagonals in the same order, so equal style patches give bit-equal scores; the running
-// argmax keeps the lowest index among equal maxima. Inverse norms are 1 / (||q|| + eps):
-// a zero-norm patch scores 0, never NaN.
+// argmax keeps the lowest index among equal maxima; a NaN score never wins. Inverse norms are
+// 1 / (||q|| + eps), and 0 for an all-zero patch, which therefore scores 0 (never NaN, even
+// with eps = 0).
 //
 // float64 (gradcheck/tests) and CPUs without AVX-512 run the same tiling with scalar loops
 // (fp64 accumulation for fp64 input). float16/bfloat16 inputs are widened to fp32 when packed.
@@ -59,6 +60,7 @@ namespace {
 constexpr int64_t kContentBlock = 24;
 constexpr int64_t kStyleBlockRows = 24;
 constexpr int64_t kStyleBlockCols = 34;
+constexpr int64_t kMinPatches = 8;
 
 struct Grid {
   int64_t k, s;
@@ -72,7 +74,10 @@ struct Grid {
 
 Grid make_grid(int64_t size, int64_t k, int64_t s, int64_t block_pixels) {
   Grid g{k, s, (size - k) / s + 1, 1, 0};
-  g.per = std::max<int64_t>(1, (block_pixels - k) / s + 1);
+  // At least kMinPatches patches per side: for large patches a block of ~24 pixels would hold
+  // one patch and the pixel GEMM would cost k^2 times the patch GEMM; 8 keeps it cheaper up
+  // to k ~ 40 (the G tile then grows to ((7 s + k)^2)^2 floats per thread).
+  g.per = std::max<int64_t>(kMinPatches, (block_pixels - k) / s + 1);
   g.per = std::min(g.per, g.n);
   g.blocks = (g.n + g.per - 1) / g.per;
   return g;
@@ -115,8 +120,8 @@ void pack_block(const T* X, int64_t C, int64_t sc, int64_t sh, int64_t sw, const
   }
 }
 
-// inv[q] = 1 / (||style patch q|| + eps), computed from per-pixel squared norms so that equal
-// patches get bit-equal values.
+// inv[q] = 1 / (||style patch q|| + eps) (0 for an all-zero patch), computed from per-pixel
+// squared norms so that equal patches get bit-equal values.
 template <typename T, typename A>
 void inverse_norms(const T* S, int64_t C, int64_t Hs, int64_t Ws, int64_t sc, int64_t sh,
                    int64_t sw, const Grid& gy, const Grid& gx, double eps, A* inv) {
@@ -139,7 +144,7 @@ void inverse_norms(const T* S, int64_t C, int64_t Hs, int64_t Ws, int64_t sc, in
         A acc = 0;
         for (int64_t dy = 0; dy < k; ++dy)
           for (int64_t dx = 0; dx < k; ++dx) acc += sq[(qi * s + dy) * Ws + qj * s + dx];
-        inv[qi * gx.n + qj] = A(1) / (std::sqrt(acc) + static_cast<A>(eps));
+        inv[qi * gx.n + qj] = acc > A(0) ? A(1) / (std::sqrt(acc) + static_cast<A>(eps)) : A(0);
       }
   });
 }
@@ -240,20 +245,20 @@ void match_impl(const at::Tensor& content, const at::Tensor& style, int64_t k, i
   const int64_t n_sblk = sy.blocks * sx.blocks, n_cblk = cy.blocks * cx.blocks;
   const int64_t ldc = round16(cy.pixels(cy.per) * cx.pixels(cx.per));  // packed content row
   const int64_t lds = round16(sy.pixels(sy.per) * sx.pixels(sx.per));  // packed style row / G row
-  const int64_t ldg = lds + 16;  // slack: masked row reads may start up to 15 past the block
+  const int64_t ldg = lds + 16;  // G row stride (16 floats of padding between rows)
   const T* CX = content.data_ptr<T>();
   const T* SX = style.data_ptr<T>();
   int64_t* I = out.data_ptr<int64_t>();
 
   // Every buffer comes from the torch allocator (so profilers see it): the packed style
-  // blocks (~1.3x the style), its inverse norms, and per thread one packed content block, one
-  // G tile and the running best of a block (~0.6 MB for C = 256).
+  // blocks (~1.4x the style for 3 x 3 patches), its inverse norms, and per thread one packed
+  // content block, one G tile and the running best of a block (~2.5 MB for C = 256, k = 3).
   const auto aopts = content.options().dtype(std::is_same_v<A, double> ? at::kDouble : at::kFloat);
   at::Tensor packed_t = at::empty({n_sblk * C * lds}, aopts);
   at::Tensor inv_t = at::empty({n_style}, aopts);
   const int64_t nthreads = at::get_num_threads();
   const int64_t scratch = C * ldc + ldc * ldg + 16;
-  at::Tensor scratch_t = at::zeros({nthreads * scratch}, aopts);
+  at::Tensor scratch_t = at::empty({nthreads * scratch}, aopts);  // fully written before read
   at::Tensor best_t = at::empty({nthreads * cy.per * cx.per * static_cast<int64_t>(sizeof(Best<A>))},
                                 content.options().dtype(at::kByte));
   A* packed = packed_t.data_ptr<A>();
@@ -275,7 +280,8 @@ void match_impl(const at::Tensor& content, const at::Tensor& style, int64_t k, i
     const T* X = CX + b * content.stride(0);
     int64_t* Ib = I + b * cy.n * cx.n;
     at::parallel_for(0, n_cblk, 1, [&](int64_t t0, int64_t t1) {
-      const int64_t tid = std::min<int64_t>(at::get_thread_num(), nthreads - 1);
+      const int64_t tid = at::get_thread_num();
+      TORCH_INTERNAL_ASSERT(tid >= 0 && tid < nthreads, "style_swap_match: thread ", tid, " of ", nthreads);
       A* pa = scratch_t.data_ptr<A>() + tid * scratch;
       A* g = pa + C * ldc;
       Best<A>* best = reinterpret_cast<Best<A>*>(best_t.data_ptr<uint8_t>()) + tid * cy.per * cx.per;

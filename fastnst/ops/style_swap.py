@@ -106,13 +106,14 @@ def style_swap(content: torch.Tensor, style: torch.Tensor, patch_size: int = 3, 
         patch_size: k, the side of the square patches (default 3).
         stride: s, the step between patches of both maps (default 1), as in the public code.
         return_indices: also return the chosen style patch of every content patch.
-        eps: style patches are divided by (‖patch‖₂ + eps); 1e-8 as the Torch original. A
-            zero-norm style patch then scores 0: no NaN.
+        eps: style patches are divided by (‖patch‖₂ + eps); 1e-8 as the Torch original. An
+            all-zero style patch scores 0 (no NaN, also with eps = 0).
         backend: "auto", "cpu", "cuda", "triton" or "reference".
 
     Geometry: content patches sit at (i·s, j·s), i < nh = (Hc − k) // s + 1, j < nw likewise;
     style patches at (qi·s, qj·s), numbered q = qi·mw + qj with mw = (Ws − k) // s + 1.
-    Ties go to the lowest q.
+    Ties go to the lowest q. For finite inputs the indices are those of the conv-based
+    reference; a NaN score never wins (the reference's argmax would pick it).
 
     Returns:
         [B, C, Hc, Wc] (contiguous, the style's dtype): each pixel is the mean of the chosen
@@ -125,8 +126,10 @@ def style_swap(content: torch.Tensor, style: torch.Tensor, patch_size: int = 3, 
     O(content + style); no score matrix or one-hot tensor is formed.
     """
     _validate(content, style, patch_size, stride)
-    if not isinstance(eps, (int, float)) or eps != eps or eps < 0:
-        raise ValueError(f"{_OP}: eps must be a number >= 0, got {eps!r}")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)):
+        raise TypeError(f"{_OP}: eps must be a finite number >= 0, got {eps!r}")
+    if not (0 <= eps < float("inf")):
+        raise ValueError(f"{_OP}: eps must be a finite number >= 0, got {eps!r}")
     content, style = content.detach(), style.detach()
     name = resolve("style_swap_match", content, backend, label=_OP)
     if name == "reference":
