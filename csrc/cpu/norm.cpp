@@ -480,38 +480,70 @@ void norm_rows_fused(const at::Tensor& x, const double* wp, const double* bp, do
 #if defined(FASTNST_X86)
 __attribute__((target("avx512f"))) void masked_sums_avx512(const float* G, const float* M, const float* X,
                                                           int64_t L, float mu, double& t1, double& t2) {
+  // Full vectors use plain loads and a zero-masking move (masked memory operations are slower
+  // on some AVX-512 CPUs); only the row's tail is a masked load.
   const __m512 vmu = _mm512_set1_ps(mu), zero = _mm512_setzero_ps();
   for (int64_t i0 = 0; i0 < L; i0 += kBlock) {
     const int64_t i1 = std::min(L, i0 + kBlock);
     __m512 a[2] = {zero, zero}, b[2] = {zero, zero};  // two chains hide the add latency
-    int u = 0;
-    for (int64_t l = i0; l < i1; l += 16, u ^= 1) {
+    int64_t l = i0;
+    for (; l + 32 <= i1; l += 32) {
+#pragma GCC unroll 2
+      for (int u = 0; u < 2; ++u) {
+        const __mmask16 k = _mm512_cmp_ps_mask(_mm512_loadu_ps(M + l + 16 * u), zero, _CMP_GT_OQ);
+        const __m512 g = _mm512_maskz_mov_ps(k, _mm512_loadu_ps(G + l + 16 * u));
+        const __m512 d = _mm512_sub_ps(_mm512_loadu_ps(X + l + 16 * u), vmu);
+        a[u] = _mm512_add_ps(a[u], g);
+        b[u] = _mm512_fmadd_ps(g, d, b[u]);
+      }
+    }
+    for (; l < i1; l += 16) {
       const __mmask16 tail = l + 16 <= i1 ? 0xFFFF : static_cast<__mmask16>((1u << (i1 - l)) - 1u);
-      const __m512 m = _mm512_maskz_loadu_ps(tail, M + l);
-      const __mmask16 k = _mm512_mask_cmp_ps_mask(tail, m, zero, _CMP_GT_OQ);
+      const __mmask16 k = _mm512_mask_cmp_ps_mask(tail, _mm512_maskz_loadu_ps(tail, M + l), zero, _CMP_GT_OQ);
       const __m512 g = _mm512_maskz_loadu_ps(k, G + l);
       const __m512 x = _mm512_maskz_loadu_ps(k, X + l);
-      a[u] = _mm512_add_ps(a[u], g);
-      b[u] = _mm512_fmadd_ps(g, _mm512_maskz_sub_ps(k, x, vmu), b[u]);
+      a[0] = _mm512_add_ps(a[0], g);
+      b[0] = _mm512_fmadd_ps(g, _mm512_maskz_sub_ps(k, x, vmu), b[0]);
     }
     t1 += _mm512_reduce_add_ps(_mm512_add_ps(a[0], a[1]));
     t2 += _mm512_reduce_add_ps(_mm512_add_ps(b[0], b[1]));
   }
 }
 
+// p * (g where m > 0) + q * x + s for 16 elements.
+__attribute__((target("avx512f"), always_inline)) inline __m512 masked_affine16(
+    const float* G, const float* M, const float* X, __m512 vp, __m512 vq, __m512 vs) {
+  const __mmask16 k = _mm512_cmp_ps_mask(_mm512_loadu_ps(M), _mm512_setzero_ps(), _CMP_GT_OQ);
+  const __m512 g = _mm512_maskz_mov_ps(k, _mm512_loadu_ps(G));
+  return _mm512_fmadd_ps(vp, g, _mm512_fmadd_ps(vq, _mm512_loadu_ps(X), vs));
+}
+
+template <bool STREAM>
 __attribute__((target("avx512f"))) void masked_map_avx512(const float* G, const float* M, const float* X,
                                                          float* O, int64_t L, float p, float q, float s) {
   const __m512 vp = _mm512_set1_ps(p), vq = _mm512_set1_ps(q), vs = _mm512_set1_ps(s);
   const __m512 zero = _mm512_setzero_ps();
-  for (int64_t l = 0; l < L; l += 16) {
-    const __mmask16 tail = l + 16 <= L ? 0xFFFF : static_cast<__mmask16>((1u << (L - l)) - 1u);
-    const __m512 m = _mm512_maskz_loadu_ps(tail, M + l);
-    const __mmask16 k = _mm512_mask_cmp_ps_mask(tail, m, zero, _CMP_GT_OQ);
+#define one(l) masked_affine16(G + (l), M + (l), X + (l), vp, vq, vs)
+  int64_t l = 0;
+  if (STREAM) {
+    // Masked head up to a 64-byte boundary of O, then aligned streaming stores.
+    const int64_t head = std::min<int64_t>(L, ((64 - reinterpret_cast<uintptr_t>(O) % 64) % 64) / 4);
+    for (; l < head; ++l) {
+      const float g = M[l] > 0.f ? G[l] : 0.f;
+      O[l] = p * g + (q * X[l] + s);
+    }
+    if (reinterpret_cast<uintptr_t>(O + l) % 64 == 0)
+      for (; l + 16 <= L; l += 16) _mm512_stream_ps(O + l, one(l));
+  }
+  for (; l + 16 <= L; l += 16) _mm512_storeu_ps(O + l, one(l));
+  if (l < L) {
+    const __mmask16 tail = static_cast<__mmask16>((1u << (L - l)) - 1u);
+    const __mmask16 k = _mm512_mask_cmp_ps_mask(tail, _mm512_maskz_loadu_ps(tail, M + l), zero, _CMP_GT_OQ);
     const __m512 g = _mm512_maskz_loadu_ps(k, G + l);
     const __m512 x = _mm512_maskz_loadu_ps(tail, X + l);
-    const __m512 v = _mm512_fmadd_ps(vp, g, _mm512_fmadd_ps(vq, x, vs));
-    _mm512_mask_storeu_ps(O + l, tail, v);
+    _mm512_mask_storeu_ps(O + l, tail, _mm512_fmadd_ps(vp, g, _mm512_fmadd_ps(vq, x, vs)));
   }
+#undef one
 }
 #endif
 
@@ -526,7 +558,9 @@ void norm_rows_backward_fused(const at::Tensor& x, const at::Tensor& g, const T*
   T* D = dx.data_ptr<T>();
   using A = at::opmath_type<T>;
   const bool use_avx512 = has_avx512();
+  const bool stream = static_cast<int64_t>(sizeof(T)) * B * C * L >= kStreamBytes;
   (void)use_avx512;
+  (void)stream;
   at::parallel_for(0, B * C, 1, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const A mu = static_cast<A>(mean[r]);
@@ -560,9 +594,11 @@ void norm_rows_backward_fused(const at::Tensor& x, const at::Tensor& g, const T*
       const A pp = static_cast<A>(x_scale + rstd * wv), ss = static_cast<A>(-rstd * wv * dbv / L - q * mean[r]);
 #if defined(FASTNST_X86)
       if (kVec && use_avx512) {
-        masked_map_avx512(reinterpret_cast<const float*>(G + r * L), reinterpret_cast<const float*>(M + r * L),
-                          reinterpret_cast<const float*>(X + r * L), reinterpret_cast<float*>(D + r * L), L,
-                          static_cast<float>(pp), static_cast<float>(q), static_cast<float>(ss));
+        auto run = stream ? masked_map_avx512<true> : masked_map_avx512<false>;
+        run(reinterpret_cast<const float*>(G + r * L), reinterpret_cast<const float*>(M + r * L),
+            reinterpret_cast<const float*>(X + r * L), reinterpret_cast<float*>(D + r * L), L,
+            static_cast<float>(pp), static_cast<float>(q), static_cast<float>(ss));
+        if (stream && r + 1 == r1) _mm_sfence();
         continue;
       }
 #endif
