@@ -247,3 +247,19 @@ def test_large_outputs_reuse_only_free_buffers():
     y4 = fastnst.instance_norm(x, backend="cpu")
     assert y4.data_ptr() == ptr3  # free again: reused, no fresh page faults
     torch.testing.assert_close(y4, reference.instance_norm(x))
+
+
+def test_large_output_streaming_path():
+    """Outputs of >= 16 MiB take the CPU kernels' streaming-store path; rows of odd length start
+    at unaligned addresses (masked/scalar heads before the aligned stores)."""
+    if "cpu" not in BACKENDS:
+        pytest.skip("no CPU kernel")
+    x = (torch.randn(1, 3, 1187, 1181) * 2 + 0.5).requires_grad_()  # 16.04 MiB
+    w, b = torch.rand(3) + 0.5, torch.randn(3)
+    y = fastnst.instance_norm(x, w, b, activation="relu", backend="cpu")
+    g = torch.randn_like(y)
+    (dx,) = torch.autograd.grad(y, x, g)
+    x64 = x.detach().double().requires_grad_()
+    ry = reference.instance_norm(x64, w.double(), b.double(), activation="relu")
+    (rdx,) = torch.autograd.grad(ry, x64, g.double())
+    assert _close(y, ry, 1e-5) and _close(dx, rdx, 1e-4)
