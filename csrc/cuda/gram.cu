@@ -26,27 +26,10 @@
 //
 // Kernels run on the current CUDA stream of x's device, under a device guard.
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <cuda_runtime.h>
-
-#include <torch/csrc/inductor/aoti_torch/c/shim.h>
-#include <torch/csrc/stable/accelerator.h>
-#include <torch/csrc/stable/library.h>
-#include <torch/csrc/stable/ops.h>
-#include <torch/csrc/stable/tensor.h>
-#include <torch/headeronly/core/ScalarType.h>
-#include <torch/headeronly/util/Exception.h>
+#include "common.cuh"
 
 #include <algorithm>
 #include <cstdint>
-
-#ifndef USE_CUDA
-// shim.h declares this only when USE_CUDA is defined (torch's own build); the symbol is
-// exported by every CUDA build of libtorch.
-extern "C" AOTITorchError aoti_torch_get_current_cuda_stream(int32_t device_index,
-                                                             void** ret_stream);
-#endif
 
 namespace fastnst {
 namespace cuda {
@@ -65,22 +48,6 @@ static_assert(kSmem >= kTile * kPitch, "the output tile reuses the operand tiles
 constexpr int64_t kMinSplitCols = 512;  // fewest columns of L per block when L is split
 constexpr int64_t kMaxGridY = 65535;
 constexpr int64_t kMaxGridZ = 65535;
-
-// ---- element conversions -------------------------------------------------------------------
-__device__ __forceinline__ float to_float(float v) { return v; }
-__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <typename T>
-__device__ __forceinline__ T from_float(float v);
-template <>
-__device__ __forceinline__ float from_float<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
-  return __float2bfloat16_rn(v);
-}
 
 // ---- operand tiles -------------------------------------------------------------------------
 // One operand tile is tile[kk][r] = src[(row0 + r) * s_row + (k0 + kk) * s_k] for r < 64,
@@ -125,23 +92,6 @@ struct TileLoader {
     }
   }
 };
-
-// acc[m][n] += sum_kk a[kk][ty + 16 m] * b[kk][tx + 16 n]
-__device__ __forceinline__ void mma_tile(const float* a, const float* b, float (&acc)[4][4]) {
-  const int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
-#pragma unroll
-  for (int kk = 0; kk < kBK; ++kk) {
-    float av[4], bv[4];
-#pragma unroll
-    for (int m = 0; m < 4; ++m) av[m] = a[kk * kPitch + ty + 16 * m];
-#pragma unroll
-    for (int n = 0; n < 4; ++n) bv[n] = b[kk * kPitch + tx + 16 * n];
-#pragma unroll
-    for (int m = 0; m < 4; ++m)
-#pragma unroll
-      for (int n = 0; n < 4; ++n) acc[m][n] = fmaf(av[m], bv[n], acc[m][n]);
-  }
-}
 
 // Stage the block's 64 x 64 accumulators in shared memory: out[r * kPitch + c].
 __device__ __forceinline__ void stage_tile(const float (&acc)[4][4], float* out) {
@@ -208,7 +158,7 @@ gram_forward_kernel(const T* __restrict__ x,  // [B, C, L], strides (sb, sc, sl)
       la.load(ra, k0 + kBK, k_end);
       if (!diag) lb.load(rb, k0 + kBK, k_end);
     }
-    mma_tile(As, Bt, acc);
+    mma_tile<kBK, kPitch>(As, Bt, acc);
     __syncthreads();
   }
 
@@ -307,7 +257,7 @@ gram_backward_kernel(const float* __restrict__ S,  // [B, C, C] fp32 contiguous,
       la.load(ra, k0 + kBK, C);
       lb.load(rb, k0 + kBK, C);
     }
-    mma_tile(As, Bs, acc);
+    mma_tile<kBK, kPitch>(As, Bs, acc);
     __syncthreads();
   }
 
@@ -332,28 +282,9 @@ gram_backward_kernel(const float* __restrict__ S,  // [B, C, C] fp32 contiguous,
 }
 
 // ---- host side -----------------------------------------------------------------------------
-void check_launch(const char* op) {
-  const cudaError_t err = cudaGetLastError();
-  STD_TORCH_CHECK(err == cudaSuccess, op, " (cuda): kernel launch failed: ",
-                  cudaGetErrorString(err));
-}
-
 void check_cuda(cudaError_t err, const char* op, const char* what) {
   STD_TORCH_CHECK(err == cudaSuccess, op, " (cuda): ", what, " failed: ",
                   cudaGetErrorString(err));
-}
-
-cudaStream_t current_stream(int32_t device_index) {
-  void* stream = nullptr;
-  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_current_cuda_stream(device_index, &stream));
-  return static_cast<cudaStream_t>(stream);
-}
-
-int sm_count(int32_t device_index) {
-  int n = 0;
-  check_cuda(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device_index),
-             "fastnst::gram", "cudaDeviceGetAttribute");
-  return std::max(n, 1);
 }
 
 bool supported_dtype(ScalarType t) {
@@ -368,8 +299,6 @@ void check_input(const Tensor& x, const char* op) {
                   " (cuda): x must be float32, float16 or bfloat16, got ",
                   torch::headeronly::toString(x.scalar_type()));
 }
-
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 unsigned int elementwise_blocks(int64_t n) {
   return static_cast<unsigned int>(std::min<int64_t>(ceil_div(n, kThreads), 65535));
@@ -389,7 +318,7 @@ void launch_forward(const Tensor& x, double scale, Tensor& out, cudaStream_t str
 
   // Split L when the tiles alone would not give every SM a few blocks; keep each part at
   // least kMinSplitCols wide so the atomic epilogue stays small next to the loads.
-  const int64_t target = 4 * int64_t(sm_count(x.get_device_index()));
+  const int64_t target = 4 * int64_t(sm_count(x.get_device_index(), "fastnst::gram"));
   int64_t n_split = 1;
   if (B * n_tri < target) {
     n_split = std::min(ceil_div(target, B * n_tri), ceil_div(L, kMinSplitCols));

@@ -55,17 +55,7 @@
 //
 // Kernels run on the current CUDA stream of x's device, under a device guard.
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <cuda_runtime.h>
-
-#include <torch/csrc/inductor/aoti_torch/c/shim.h>
-#include <torch/csrc/stable/accelerator.h>
-#include <torch/csrc/stable/library.h>
-#include <torch/csrc/stable/ops.h>
-#include <torch/csrc/stable/tensor.h>
-#include <torch/headeronly/core/ScalarType.h>
-#include <torch/headeronly/util/Exception.h>
+#include "common.cuh"
 
 #include <algorithm>
 #include <climits>
@@ -74,13 +64,6 @@
 #include <string>
 #include <tuple>
 #include <type_traits>
-
-#ifndef USE_CUDA
-// shim.h declares this only when USE_CUDA is defined (torch's own build); the symbol is
-// exported by every CUDA build of libtorch.
-extern "C" AOTITorchError aoti_torch_get_current_cuda_stream(int32_t device_index,
-                                                             void** ret_stream);
-#endif
 
 namespace fastnst {
 namespace cuda {
@@ -101,22 +84,6 @@ enum Phase : int {
   kReduce = 1,  // write this block's partial reduction to the workspace
   kApply = 2,   // write the output from finalized per-row values
 };
-
-// ---- element conversions -------------------------------------------------------------------
-__device__ __forceinline__ float to_float(float v) { return v; }
-__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <typename T>
-__device__ __forceinline__ T from_float(float v);
-template <>
-__device__ __forceinline__ float from_float<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
-  return __float2bfloat16_rn(v);
-}
 
 // ---- per-row operands ([B, C] or [C], any float dtype, any strides) -----------------------
 enum RowDType : int { kF32 = 0, kF16 = 1, kBF16 = 2, kF64 = 3 };
@@ -559,29 +526,6 @@ sums_finalize_kernel(float2* __restrict__ ws,  // [splits, rows] (sg, sgx)
 }
 
 // ---- host side -----------------------------------------------------------------------------
-void check_launch(const char* op) {
-  const cudaError_t err = cudaGetLastError();
-  STD_TORCH_CHECK(err == cudaSuccess, op, " (cuda): kernel launch failed: ",
-                  cudaGetErrorString(err));
-}
-
-cudaStream_t current_stream(int32_t device_index) {
-  void* stream = nullptr;
-  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_current_cuda_stream(device_index, &stream));
-  return static_cast<cudaStream_t>(stream);
-}
-
-int sm_count(int32_t device_index, const char* op) {
-  int n = 0;
-  const cudaError_t err =
-      cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device_index);
-  STD_TORCH_CHECK(err == cudaSuccess, op, " (cuda): cudaDeviceGetAttribute failed: ",
-                  cudaGetErrorString(err));
-  return std::max(n, 1);
-}
-
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
 std::string shape_str(const Tensor& t) {
   std::string s = "[";
   for (int64_t i = 0; i < t.dim(); ++i) {

@@ -57,29 +57,12 @@
 //
 // Kernels run on the current CUDA stream of the inputs' device, under a device guard.
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <cuda_runtime.h>
-
-#include <torch/csrc/inductor/aoti_torch/c/shim.h>
-#include <torch/csrc/stable/accelerator.h>
-#include <torch/csrc/stable/library.h>
-#include <torch/csrc/stable/ops.h>
-#include <torch/csrc/stable/tensor.h>
-#include <torch/headeronly/core/ScalarType.h>
-#include <torch/headeronly/util/Exception.h>
+#include "common.cuh"
 
 #include <algorithm>
 #include <climits>
 #include <cstdint>
 #include <string>
-
-#ifndef USE_CUDA
-// shim.h declares this only when USE_CUDA is defined (torch's own build); the symbol is
-// exported by every CUDA build of libtorch.
-extern "C" AOTITorchError aoti_torch_get_current_cuda_stream(int32_t device_index,
-                                                             void** ret_stream);
-#endif
 
 namespace fastnst {
 namespace cuda {
@@ -98,22 +81,6 @@ constexpr int64_t kMinSplitTiles = 4;  // fewest style tiles per block when N is
 constexpr int64_t kMaxGridY = 65535;
 constexpr int64_t kMaxGridZ = 65535;
 static_assert(kThreads >= kTile + 2 * kBK, "threads 0..63 fill row tables, 64..127 K tables");
-
-// ---- element conversions -------------------------------------------------------------------
-__device__ __forceinline__ float to_float(float v) { return v; }
-__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <typename T>
-__device__ __forceinline__ T from_float(float v);
-template <>
-__device__ __forceinline__ float from_float<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
-  return __float2bfloat16_rn(v);
-}
 
 // (v, q) beats (best, best_q): a higher score, or the same score at a lower index. NaN never
 // beats anything; an initial (-inf, kNoIndex) loses to every non-NaN candidate.
@@ -288,23 +255,6 @@ __device__ __forceinline__ void store_tile(const float (&reg)[kLoads], float* ti
   }
 }
 
-// acc[m][n] += sum_kk a[kk][ty + 16 m] * b[kk][tx + 16 n], kk in order (one fmaf chain each).
-__device__ __forceinline__ void mma_tile(const float* a, const float* b, float (&acc)[4][4]) {
-  const int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
-#pragma unroll
-  for (int kk = 0; kk < kBK; ++kk) {
-    float av[4], bv[4];
-#pragma unroll
-    for (int m = 0; m < 4; ++m) av[m] = a[kk * kPitch + ty + 16 * m];
-#pragma unroll
-    for (int n = 0; n < 4; ++n) bv[n] = b[kk * kPitch + tx + 16 * n];
-#pragma unroll
-    for (int m = 0; m < 4; ++m)
-#pragma unroll
-      for (int n = 0; n < 4; ++n) acc[m][n] = fmaf(av[m], bv[n], acc[m][n]);
-  }
-}
-
 // grid: x = 64-patch content tile, y = range of style tiles, z = sample. Rows of a tile are
 // content patches p0 + r (thread rows ty + 16 m), columns style patches q0 + c (tx + 16 n).
 // With out != nullptr (no split) the block writes the final indices; otherwise its best
@@ -394,7 +344,7 @@ style_match_kernel(const T* __restrict__ content,  // sample 0 of this launch
         load_tile(ra, cbase, row_c, koff[nxt][0], c_kfast);
         load_tile(rb, sbase, row_s, koff[nxt][1], s_kfast);
       }
-      mma_tile(As, Bs, acc);
+      mma_tile<kBK, kPitch>(As, Bs, acc);
       __syncthreads();
     }
 
@@ -512,29 +462,6 @@ __global__ void reconstruct_kernel(const T* __restrict__ style,  // [Bs, C, Hs, 
 }
 
 // ---- host side -----------------------------------------------------------------------------
-void check_launch(const char* op) {
-  const cudaError_t err = cudaGetLastError();
-  STD_TORCH_CHECK(err == cudaSuccess, op, " (cuda): kernel launch failed: ",
-                  cudaGetErrorString(err));
-}
-
-cudaStream_t current_stream(int32_t device_index) {
-  void* stream = nullptr;
-  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_current_cuda_stream(device_index, &stream));
-  return static_cast<cudaStream_t>(stream);
-}
-
-int sm_count(int32_t device_index, const char* op) {
-  int n = 0;
-  const cudaError_t err =
-      cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device_index);
-  STD_TORCH_CHECK(err == cudaSuccess, op, " (cuda): cudaDeviceGetAttribute failed: ",
-                  cudaGetErrorString(err));
-  return std::max(n, 1);
-}
-
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
 unsigned int elementwise_blocks(int64_t n) {
   return static_cast<unsigned int>(std::min<int64_t>(ceil_div(n, kThreads), 65535));
 }
