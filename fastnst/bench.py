@@ -128,14 +128,22 @@ def percentile(sorted_vals: list[float], q: float) -> float:
 
 
 # ---- providers ------------------------------------------------------------------------------
-def gram_providers(device: torch.device, dtype: torch.dtype) -> dict[str, Callable | str]:
-    """name -> gram(x) callable, or a string saying why the provider is absent."""
+def kernel_providers(op: str, device: torch.device, dtype: torch.dtype,
+                     fn: Callable[..., object]) -> dict[str, Callable | str]:
+    """"fastnst-<backend>" -> fn(*args, backend=<backend>) for each kernel backend that serves
+    the registered op ``op`` on ``device``/``dtype``, or a string saying why it is absent."""
     out: dict[str, Callable | str] = {}
     for backend in ("cpu", "cuda", "triton"):
-        why = serves(backend, "gram", device, dtype)
+        why = serves(backend, op, device, dtype)
         if backend == "triton" and device.type == "cpu" and why is None:
             why = "the Triton interpreter is a correctness tool, not timed"
-        out[f"fastnst-{backend}"] = (lambda x, b=backend: fastnst.gram_matrix(x, backend=b)) if why is None else why
+        out[f"fastnst-{backend}"] = (lambda *a, b=backend: fn(*a, backend=b)) if why is None else why
+    return out
+
+
+def gram_providers(device: torch.device, dtype: torch.dtype) -> dict[str, Callable | str]:
+    """name -> gram(x) callable, or a string saying why the provider is absent."""
+    out = kernel_providers("gram", device, dtype, fastnst.gram_matrix)
 
     def ref(x):
         return reference.gram_matrix(x, float(x[0].numel()))
@@ -311,12 +319,7 @@ QUICK_ADAIN_SHAPES = [("AdaIN 512x32²", (1, 512, 32, 32))]
 
 
 def _norm_providers(device: torch.device, dtype: torch.dtype, op: str, fn_fast, fn_ref) -> dict:
-    out: dict[str, Callable | str] = {}
-    for backend in ("cpu", "cuda", "triton"):
-        why = serves(backend, "instance_norm", device, dtype)
-        if backend == "triton" and device.type == "cpu" and why is None:
-            why = "the Triton interpreter is a correctness tool, not timed"
-        out[f"fastnst-{backend}"] = (lambda *a, b=backend: fn_fast(*a, backend=b)) if why is None else why
+    out = kernel_providers("instance_norm", device, dtype, fn_fast)
     out["reference"] = fn_ref
     out["reference-compile"] = torch.compile(fn_ref, dynamic=False)
     return out
@@ -626,13 +629,8 @@ def bench_style_swap(sizes=STYLE_SWAP_SIZES, device: str = "cpu", repeat: int = 
         flops = style_swap_flops(256, n, n)
         patches = (n - 2) ** 2
         need_gb = 2 * patches * patches * 4 / 2**30  # scores + one-hot, float32
-        provs: dict[str, Callable | str] = {}
-        for backend in ("cpu", "cuda", "triton"):
-            why = serves(backend, "style_swap_match", dev, torch.float32)
-            if backend == "triton" and dev.type == "cpu" and why is None:
-                why = "the Triton interpreter is a correctness tool, not timed"
-            provs[f"fastnst-{backend}"] = (lambda b=backend: fastnst.style_swap(content, style, backend=b)) \
-                if why is None else why
+        provs = kernel_providers("style_swap_match", dev, torch.float32,
+                                 lambda backend: fastnst.style_swap(content, style, backend=backend))
         provs["reference"] = (lambda: reference.style_swap(content, style)) if need_gb < mem_limit_gb else \
             f"at {size}² its scores and one-hot alone need {need_gb:.0f} GB (limit {mem_limit_gb:.0f} GB)"
         ref_ms = float("nan")
@@ -649,10 +647,15 @@ def bench_style_swap(sizes=STYLE_SWAP_SIZES, device: str = "cpu", repeat: int = 
             case.median_ms = statistics.median(ts) * 1e3
             case.p20_ms, case.p80_ms = percentile(ts, 0.2) * 1e3, percentile(ts, 0.8) * 1e3
             case.gflops = flops / (case.median_ms * 1e-3) / 1e9
-            # CPU: the larger of the resident-memory high-water mark and the torch allocator's
-            # peak (freed heap memory reused without growing RSS hides small allocations).
-            case.peak_mem_mb = (max(peak_rss_mb(fn), peak_memory_mb(fn, dev)) if dev.type == "cpu"
-                                else peak_memory_mb(fn, dev))
+            if dev.type == "cpu":
+                # One more call (already warm): the larger of the resident-memory high-water
+                # mark and the torch allocator's peak, both taken from it (freed heap memory
+                # reused without growing RSS hides small allocations).
+                tensor_peak: list[float] = []
+                rss = peak_rss_mb(lambda: tensor_peak.append(_cpu_peak_bytes(fn)))
+                case.peak_mem_mb = max(rss, tensor_peak[0] / 2**20)
+            else:
+                case.peak_mem_mb = peak_memory_mb(fn, dev)
             if pname == "reference":
                 ref_ms = case.median_ms
             if log:

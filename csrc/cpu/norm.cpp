@@ -151,6 +151,14 @@ __attribute__((target("avx512f"))) void shifted_sums_avx512(const float* p, int6
   }
 }
 
+// Elements of a float row at o to store before o is 64-byte aligned (streaming stores need
+// it): 0..15, or -1 when o is not even 4-byte aligned (then no streaming).
+inline int64_t stream_head(const float* o, int64_t n) {
+  const uintptr_t a = reinterpret_cast<uintptr_t>(o);
+  if (a % 4 != 0) return -1;
+  return std::min<int64_t>(n, static_cast<int64_t>((64 - a % 64) % 64) / 4);
+}
+
 // y = act(q x + s) over a float32 row. STREAM: non-temporal stores (for outputs larger than
 // the caches: no read-for-ownership of y's lines, ~1/3 less memory traffic); the caller
 // issues the store fence.
@@ -158,9 +166,9 @@ template <bool RELU, bool STREAM>
 __attribute__((target("avx512f"))) void map_row_avx512(const float* x, float* o, int64_t n, float q, float s) {
   const __m512 vq = _mm512_set1_ps(q), vs = _mm512_set1_ps(s), zero = _mm512_setzero_ps();
   int64_t i = 0;
-  if (STREAM) {
-    // Unaligned head with ordinary stores, then 64-byte aligned streaming stores.
-    const int64_t head = std::min<int64_t>(n, ((64 - reinterpret_cast<uintptr_t>(o) % 64) % 64) / 4);
+  const int64_t head = STREAM ? stream_head(o, n) : -1;
+  if (head >= 0) {
+    // Unaligned head with a masked store, then 64-byte aligned streaming stores.
     if (head > 0) {
       const __mmask16 t = static_cast<__mmask16>((1u << head) - 1u);
       __m512 v = _mm512_fmadd_ps(vq, _mm512_maskz_loadu_ps(t, x), vs);
@@ -168,12 +176,10 @@ __attribute__((target("avx512f"))) void map_row_avx512(const float* x, float* o,
       _mm512_mask_storeu_ps(o, t, v);
       i = head;
     }
-    if (reinterpret_cast<uintptr_t>(o + i) % 64 == 0) {
-      for (; i + 16 <= n; i += 16) {
-        __m512 v = _mm512_fmadd_ps(vq, _mm512_loadu_ps(x + i), vs);
-        if (RELU) v = _mm512_max_ps(v, zero);
-        _mm512_stream_ps(o + i, v);
-      }
+    for (; i + 16 <= n; i += 16) {
+      __m512 v = _mm512_fmadd_ps(vq, _mm512_loadu_ps(x + i), vs);
+      if (RELU) v = _mm512_max_ps(v, zero);
+      _mm512_stream_ps(o + i, v);
     }
   }
   for (; i + 32 <= n; i += 32) {
@@ -518,32 +524,29 @@ __attribute__((target("avx512f"), always_inline)) inline __m512 masked_affine16(
   return _mm512_fmadd_ps(vp, g, _mm512_fmadd_ps(vq, _mm512_loadu_ps(X), vs));
 }
 
+// The same for the first n < 16 elements (masked loads and store).
+__attribute__((target("avx512f"), always_inline)) inline void masked_affine_part(
+    const float* G, const float* M, const float* X, float* O, int64_t n, __m512 vp, __m512 vq, __m512 vs) {
+  const __mmask16 t = static_cast<__mmask16>((1u << n) - 1u);
+  const __mmask16 k = _mm512_mask_cmp_ps_mask(t, _mm512_maskz_loadu_ps(t, M), _mm512_setzero_ps(), _CMP_GT_OQ);
+  const __m512 g = _mm512_maskz_loadu_ps(k, G);
+  const __m512 x = _mm512_maskz_loadu_ps(t, X);
+  _mm512_mask_storeu_ps(O, t, _mm512_fmadd_ps(vp, g, _mm512_fmadd_ps(vq, x, vs)));
+}
+
 template <bool STREAM>
 __attribute__((target("avx512f"))) void masked_map_avx512(const float* G, const float* M, const float* X,
                                                          float* O, int64_t L, float p, float q, float s) {
   const __m512 vp = _mm512_set1_ps(p), vq = _mm512_set1_ps(q), vs = _mm512_set1_ps(s);
-  const __m512 zero = _mm512_setzero_ps();
-#define one(l) masked_affine16(G + (l), M + (l), X + (l), vp, vq, vs)
   int64_t l = 0;
-  if (STREAM) {
+  const int64_t head = STREAM ? stream_head(O, L) : -1;
+  if (head >= 0) {
     // Masked head up to a 64-byte boundary of O, then aligned streaming stores.
-    const int64_t head = std::min<int64_t>(L, ((64 - reinterpret_cast<uintptr_t>(O) % 64) % 64) / 4);
-    for (; l < head; ++l) {
-      const float g = M[l] > 0.f ? G[l] : 0.f;
-      O[l] = p * g + (q * X[l] + s);
-    }
-    if (reinterpret_cast<uintptr_t>(O + l) % 64 == 0)
-      for (; l + 16 <= L; l += 16) _mm512_stream_ps(O + l, one(l));
+    if (head > 0) masked_affine_part(G, M, X, O, head, vp, vq, vs);
+    for (l = head; l + 16 <= L; l += 16) _mm512_stream_ps(O + l, masked_affine16(G + l, M + l, X + l, vp, vq, vs));
   }
-  for (; l + 16 <= L; l += 16) _mm512_storeu_ps(O + l, one(l));
-  if (l < L) {
-    const __mmask16 tail = static_cast<__mmask16>((1u << (L - l)) - 1u);
-    const __mmask16 k = _mm512_mask_cmp_ps_mask(tail, _mm512_maskz_loadu_ps(tail, M + l), zero, _CMP_GT_OQ);
-    const __m512 g = _mm512_maskz_loadu_ps(k, G + l);
-    const __m512 x = _mm512_maskz_loadu_ps(tail, X + l);
-    _mm512_mask_storeu_ps(O + l, tail, _mm512_fmadd_ps(vp, g, _mm512_fmadd_ps(vq, x, vs)));
-  }
-#undef one
+  for (; l + 16 <= L; l += 16) _mm512_storeu_ps(O + l, masked_affine16(G + l, M + l, X + l, vp, vq, vs));
+  if (l < L) masked_affine_part(G + l, M + l, X + l, O + l, L - l, vp, vq, vs);
 }
 #endif
 

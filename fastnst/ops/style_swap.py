@@ -66,6 +66,14 @@ if _ext.available():
     torch.library.register_fake("fastnst::style_swap_reconstruct")(_reconstruct_fake)
 
 
+def _kernels(backend: str):
+    """(match, reconstruct) registered ops of a kernel backend."""
+    ops = torch.ops.fastnst
+    if backend == "triton":
+        return ops.style_swap_match_triton, ops.style_swap_reconstruct_triton
+    return ops.style_swap_match, ops.style_swap_reconstruct
+
+
 # ---- public API -----------------------------------------------------------------------------
 def _check_int(name: str, v, lo: int) -> int:
     if isinstance(v, bool) or not isinstance(v, int):
@@ -135,9 +143,7 @@ def style_swap(content: torch.Tensor, style: torch.Tensor, patch_size: int = 3, 
     if name == "reference":
         out, idx = reference.style_swap(content, style, patch_size, stride, float(eps))
     else:
-        triton = name == "triton"
-        match = torch.ops.fastnst.style_swap_match_triton if triton else torch.ops.fastnst.style_swap_match
-        rec = torch.ops.fastnst.style_swap_reconstruct_triton if triton else torch.ops.fastnst.style_swap_reconstruct
+        match, rec = _kernels(name)
         idx = match(content, style, patch_size, stride, float(eps))
         out = rec(style, idx, patch_size, stride, content.shape[2], content.shape[3])
     return (out, idx) if return_indices else out
@@ -171,12 +177,13 @@ def style_swap_reconstruct(style: torch.Tensor, indices: torch.Tensor, out_size:
                          f"patch_size {patch_size}, stride {stride} (style batch 1 or B), got "
                          f"{shape_str(indices)} with style {shape_str(style)}")
     n_style = _grid(style.shape[2], patch_size, stride) * _grid(style.shape[3], patch_size, stride)
-    if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= n_style):
-        raise ValueError(f"{_OP}: indices must lie in [0, {n_style}) (the style's patches), got "
-                         f"values in [{int(indices.min())}, {int(indices.max())}]")
+    if indices.numel():
+        lo, hi = (int(v) for v in torch.aminmax(indices))
+        if lo < 0 or hi >= n_style:
+            raise ValueError(f"{_OP}: indices must lie in [0, {n_style}) (the style's patches), got "
+                             f"values in [{lo}, {hi}]")
     style = style.detach()
     name = resolve("style_swap_match", style, backend, label="style_swap_reconstruct")
     if name == "reference":
         return reference.style_swap_paste(style, indices, patch_size, stride, out_h, out_w)
-    op = torch.ops.fastnst.style_swap_reconstruct_triton if name == "triton" else torch.ops.fastnst.style_swap_reconstruct
-    return op(style, indices, patch_size, stride, out_h, out_w)
+    return _kernels(name)[1](style, indices, patch_size, stride, out_h, out_w)
