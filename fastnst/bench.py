@@ -362,7 +362,7 @@ def bench_norm(quick: bool = False, device: str = "cpu", repeat: int = 15, log=N
         n = x.numel() * x.element_size()
         provs = _norm_providers(dev, x.dtype, "instance_norm",
                                 lambda x, backend: fastnst.instance_norm(x, w, b, activation="relu", backend=backend),
-                                lambda x: reference.instance_norm(x, w, b, activation="relu"))
+                                lambda x: reference.instance_norm_torch(x, w, b, activation="relu"))
         run("instance_norm", name, shape, "fwd", provs, lambda fn: (lambda: fn(x)), 2 * n)
         xg = x.detach().requires_grad_()
         g = torch.randn_like(x)

@@ -35,10 +35,40 @@ def mean_std(x: torch.Tensor, eps: float = 1e-5, unbiased: bool = True) -> tuple
     return flat.mean(dim=2).view(view), std
 
 
+def inv_std(var: torch.Tensor, eps: float) -> torch.Tensor:
+    """1 / sqrt(var + eps), and 0 where var + eps = 0 (eps = 0 on a constant channel), as
+    PyTorch's batch/instance norm kernels: the normalised value is then 0, not 0 / 0. Written
+    so that autograd through it stays finite there too."""
+    v = var + eps
+    zero = v == 0
+    return torch.where(zero, torch.zeros_like(v), torch.where(zero, torch.ones_like(v), v).rsqrt())
+
+
 def instance_norm(x: torch.Tensor, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None,
                   eps: float = 1e-5, activation: str | None = None) -> torch.Tensor:
-    """nn.InstanceNorm2d (affine [C] weights) or conditional instance norm ([B, C] weights,
-    applied after a plain instance norm), then an optional ReLU."""
+    """Instance norm in plain formulas, whose autograd is right in every layout: per (b, c)
+    the mean and the biased variance over the spatial dims, normalise, then the affine
+    weight/bias ([C] as nn.InstanceNorm2d, [B, C] per sample for conditional instance norm)
+    and an optional ReLU. (torch 2.13's ``F.instance_norm`` returns a wrong input gradient for
+    batch 1 with a channels_last upstream gradient, so it is only a benchmark provider:
+    :func:`instance_norm_torch`.)"""
+    b, c = x.shape[0], x.shape[1]
+    flat = x.reshape(b, c, -1)
+    centred = flat - flat.mean(dim=2, keepdim=True)
+    var = centred.square().mean(dim=2, keepdim=True)
+    y = centred * inv_std(var, eps)
+    if weight is not None:
+        y = y * weight.reshape(-1, c, 1)
+    if bias is not None:
+        y = y + bias.reshape(-1, c, 1)
+    y = y.reshape(x.shape)
+    return torch.relu(y) if activation == "relu" else y
+
+
+def instance_norm_torch(x: torch.Tensor, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None,
+                        eps: float = 1e-5, activation: str | None = None) -> torch.Tensor:
+    """The same as public code writes it: ``F.instance_norm`` (nn.InstanceNorm2d), per-sample
+    weights applied after it, then ReLU. A benchmark baseline, not a test oracle."""
     import torch.nn.functional as F
 
     per_channel = lambda t: t is None or t.dim() == 1  # noqa: E731
@@ -61,8 +91,11 @@ def adain(content: torch.Tensor, styles, alpha: float = 1.0, eps: float = 1e-5, 
     if isinstance(styles, torch.Tensor):
         styles = [styles]
     weights = style_weights or [1.0 / len(styles)] * len(styles)
-    c_mean, c_std = mean_std(content, eps, unbiased)
-    normalized = (content - c_mean) / c_std
+    b, c = content.shape[0], content.shape[1]
+    flat = content.reshape(b, c, -1)
+    c_mean = flat.mean(dim=2, keepdim=True)
+    # (c - μ) / σ with σ = sqrt(var + eps); 0 where var + eps = 0 (see inv_std).
+    normalized = ((flat - c_mean) * inv_std(flat.var(dim=2, unbiased=unbiased, keepdim=True), eps)).reshape(content.shape)
     out = 0
     for s, w in zip(styles, weights):
         s_mean, s_std = mean_std(s, eps if style_eps is None else style_eps, unbiased)

@@ -157,10 +157,10 @@ def _affine_strides(op: str, name: str, t: torch.Tensor | None, x: torch.Tensor)
 def _row_moments(
     x_rows,  # [BLOCK_C] pointers to x[b, c, 0]
     mask_c,  # [BLOCK_C] rows that exist
-    L, stride_xl,
+    L, stride_xl, n_var,
     BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr, ACC_DTYPE: tl.constexpr,
 ):
-    """Per row: (shift K, mean - K, M2 = Σ_l (x - mean)²), in ACC_DTYPE."""
+    """Per row: (shift K, mean - K, var = Σ_l (x - mean)² / n_var), in ACC_DTYPE."""
     ar_l = tl.arange(0, BLOCK_L).to(tl.int64)
 
     # Shift: the mean of the first BLOCK_L elements, close to the row's mean for any data
@@ -168,11 +168,16 @@ def _row_moments(
     mask0 = mask_c[:, None] & (ar_l < L)[None, :]
     x0 = tl.load(x_rows[:, None] + ar_l[None, :] * stride_xl, mask=mask0, other=0.0).to(ACC_DTYPE)
     shift = tl.sum(x0, axis=1) / tl.maximum(tl.sum(mask0.to(ACC_DTYPE), axis=1), 1.0)
+    # Deviations are scaled by 1 / sqrt(L), so the lanes' sums of squares stay near the
+    # variance: unscaled, a row of values ~1e18 would pass FLT_MAX although its variance fits.
+    rs_l = 1.0 / _sqrt((L * 1.0).to(ACC_DTYPE), ACC_DTYPE)
 
-    # Per-lane Welford on x - K. Lane j meets its k-th element at step k - 1 (only the last
-    # step is partial), so 1/k is a scalar.
+    # Per-lane Welford on (x - K) / sqrt(L). Lane j meets its k-th element at step k - 1 (only
+    # the last step is partial), so 1/k is a scalar. The lanes' min and max find constant rows.
     mean = tl.zeros((BLOCK_C, BLOCK_L), dtype=ACC_DTYPE)
     m2 = tl.zeros((BLOCK_C, BLOCK_L), dtype=ACC_DTYPE)
+    lo = tl.full((BLOCK_C, BLOCK_L), float("inf"), ACC_DTYPE)
+    hi = tl.full((BLOCK_C, BLOCK_L), float("-inf"), ACC_DTYPE)
     k = tl.zeros((BLOCK_C,), dtype=ACC_DTYPE)
     for l0 in range(0, L, BLOCK_L):
         offs_l = l0 + ar_l
@@ -180,10 +185,12 @@ def _row_moments(
         x = tl.load(x_rows[:, None] + offs_l[None, :] * stride_xl, mask=mask, other=0.0).to(ACC_DTYPE)
         k += 1.0
         rcp = (1.0 / k)[:, None]
-        d = x - shift[:, None]
+        d = (x - shift[:, None]) * rs_l
         delta = d - mean
         mean += tl.where(mask, delta * rcp, 0.0)
         m2 += tl.where(mask, delta * (d - mean), 0.0)
+        lo = tl.where(mask, tl.minimum(lo, x), lo)
+        hi = tl.where(mask, tl.maximum(hi, x), hi)
 
     # Merge the lanes (Chan et al.): lane j holds n_j = ceil((L - j) / BLOCK_L) elements.
     n_j = tl.where(ar_l < L, (L - ar_l + BLOCK_L - 1) // BLOCK_L, 0).to(ACC_DTYPE)[None, :]
@@ -191,7 +198,13 @@ def _row_moments(
     mean_s = tl.sum(n_j * mean, axis=1) / (L * 1.0)
     dev = mean - mean_s[:, None]
     m2_row = tl.sum(m2, axis=1) + tl.sum(n_j * dev * dev, axis=1)
-    return shift, mean_s, m2_row
+    # A constant row has exactly its value as the mean and variance 0 (a rounded mean would
+    # leave a spurious variance that 1 / sqrt(var) blows up when eps = 0).
+    lo_r = tl.min(lo, axis=1)
+    is_const = (lo_r == tl.max(hi, axis=1)) & (mean_s == mean_s)
+    mean_off = tl.where(is_const, lo_r - shift, mean_s / rs_l)
+    var = tl.where(is_const, 0.0, m2_row / ((rs_l * rs_l) * n_var))
+    return shift, mean_off, var
 
 
 @triton.jit
@@ -221,10 +234,10 @@ def _mean_std_fwd_kernel(
     mask_c = offs_c < C
 
     x_rows = x_ptr + pid_b * stride_xb + offs_c * stride_xc
-    shift, mean_s, m2 = _row_moments(x_rows, mask_c, L, stride_xl, BLOCK_C, BLOCK_L, ACC_DTYPE)
-    std = _sqrt(m2 / n_var + eps, ACC_DTYPE)
+    shift, mean_off, var = _row_moments(x_rows, mask_c, L, stride_xl, n_var, BLOCK_C, BLOCK_L, ACC_DTYPE)
+    std = _sqrt(var + eps, ACC_DTYPE)
     tl.store(mean_ptr + pid_b * stride_mb + offs_c * stride_mc,
-             (shift + mean_s).to(mean_ptr.dtype.element_ty), mask=mask_c)
+             (shift + mean_off).to(mean_ptr.dtype.element_ty), mask=mask_c)
     tl.store(std_ptr + pid_b * stride_sb + offs_c * stride_sc, std.to(std_ptr.dtype.element_ty), mask=mask_c)
 
 
@@ -260,8 +273,11 @@ def _mean_std_bwd_kernel(
     gs = tl.load(gs_ptr + pid_b * stride_gsb + offs_c * stride_gsc, mask=mask_c, other=0.0).to(ACC_DTYPE)
     mean = tl.load(mean_ptr + pid_b * stride_mb + offs_c * stride_mc, mask=mask_c, other=0.0).to(ACC_DTYPE)
     std = tl.load(std_ptr + pid_b * stride_sb + offs_c * stride_sc, mask=mask_c, other=1.0).to(ACC_DTYPE)
+    # A zero grad_std contributes nothing, also where std = 0 or x holds a NaN/Inf (0 / 0,
+    # 0 * Inf): such rows are grad_mean / L exactly, as autograd of the reference gives.
+    gs_zero = (gs == 0.0)[:, None]
     c0 = (gm / (L * 1.0))[:, None]
-    c1 = (gs / (std * n_var))[:, None]
+    c1 = tl.where(gs_zero, 0.0, (gs / (std * n_var))[:, None])
 
     x_rows = x_ptr + pid_b * stride_xb + offs_c * stride_xc
     o_rows = out_ptr + pid_b * stride_ob + offs_c * stride_oc
@@ -272,7 +288,7 @@ def _mean_std_bwd_kernel(
         offs_l = l0 + ar_l
         mask = mask_c[:, None] & (offs_l < L)[None, :]  # a span ends at L or on a step boundary
         x = tl.load(x_rows[:, None] + offs_l[None, :] * stride_xl, mask=mask, other=0.0).to(ACC_DTYPE)
-        out = c0 + c1 * (x - mean[:, None])
+        out = tl.where(gs_zero, c0, c0 + c1 * (x - mean[:, None]))
         tl.store(o_rows[:, None] + offs_l[None, :] * stride_ol, out.to(out_ptr.dtype.element_ty), mask=mask)
 
 
@@ -301,8 +317,10 @@ def _instance_norm_fwd_kernel(
     mask_c = offs_c < C
 
     x_rows = x_ptr + pid_b * stride_xb + offs_c * stride_xc
-    shift, mean_s, m2 = _row_moments(x_rows, mask_c, L, stride_xl, BLOCK_C, BLOCK_L, ACC_DTYPE)
-    rstd = 1.0 / _sqrt(m2 / n_var + eps, ACC_DTYPE)
+    shift, mean_off, var = _row_moments(x_rows, mask_c, L, stride_xl, n_var, BLOCK_C, BLOCK_L, ACC_DTYPE)
+    # 1 / sqrt(var + eps), and 0 where var + eps = 0 (eps = 0, constant row), as PyTorch.
+    v = var + eps
+    rstd = tl.where(v == 0.0, 0.0, 1.0 / _sqrt(tl.where(v == 0.0, 1.0, v), ACC_DTYPE))
 
     if HAS_W:
         w = tl.load(w_ptr + pid_b * stride_wb + offs_c * stride_wc, mask=mask_c, other=0.0).to(ACC_DTYPE)
@@ -314,7 +332,7 @@ def _instance_norm_fwd_kernel(
         bias = tl.zeros((BLOCK_C,), ACC_DTYPE)
     scale = (w * rstd)[:, None]
     shift_2 = shift[:, None]
-    mean_s2 = mean_s[:, None]
+    mean_s2 = mean_off[:, None]
     bias_2 = bias[:, None]
 
     y_rows = y_ptr + pid_b * stride_yb + offs_c * stride_yc
@@ -329,7 +347,7 @@ def _instance_norm_fwd_kernel(
         tl.store(y_rows[:, None] + offs_l[None, :] * stride_yl, z.to(y_ptr.dtype.element_ty), mask=mask)
 
     tl.store(mean_ptr + pid_b * stride_mb + offs_c * stride_mc,
-             (shift + mean_s).to(mean_ptr.dtype.element_ty), mask=mask_c)
+             (shift + mean_off).to(mean_ptr.dtype.element_ty), mask=mask_c)
     tl.store(rstd_ptr + pid_b * stride_rb + offs_c * stride_rc,
              rstd.to(rstd_ptr.dtype.element_ty), mask=mask_c)
 

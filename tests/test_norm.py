@@ -198,12 +198,12 @@ def test_bad_input_messages():
         "instance_norm: weight must be [C] = [4] or [B, C] = [2, 4], got [3]"
     assert _err(lambda: fastnst.instance_norm(x, bias=torch.randn(4, 4))) == \
         "instance_norm: bias must be [C] = [4] or [B, C] = [2, 4], got [4, 4]"
-    assert _err(lambda: fastnst.instance_norm(x, eps=-1e-5)) == "instance_norm: eps must be a number >= 0, got -1e-05"
-    assert _err(lambda: fastnst.adain(x, x, eps=-1)) == "adain: eps must be a number >= 0, got -1"
+    assert _err(lambda: fastnst.instance_norm(x, eps=-1e-5)) == "instance_norm: eps must be a finite number >= 0, got -1e-05"
+    assert _err(lambda: fastnst.adain(x, x, eps=-1)) == "adain: eps must be a finite number >= 0, got -1"
     assert _err(lambda: fastnst.adain(x, [x, x], style_weights=[1.0])) == \
         "adain: style_weights must have one weight per style (2), got 1"
     assert _err(lambda: fastnst.adain(x, [x, x], style_weights=[1.0, -1.0])) == \
-        "adain: style_weights must be >= 0 with a positive sum, got [1.0, -1.0]"
+        "adain: style_weights must be finite and >= 0 with a finite positive sum, got [1.0, -1.0]"
     assert _err(lambda: fastnst.adain(x, x, alpha=1.5)) == "adain: alpha must be in [0, 1], got 1.5"
     assert _err(lambda: fastnst.instance_norm(x, activation="gelu")) == \
         "instance_norm: activation must be None or 'relu', got 'gelu'"

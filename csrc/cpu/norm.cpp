@@ -75,12 +75,19 @@ void check_x(const at::Tensor& x, const char* op) {
   TORCH_CHECK(x.size(2) > 0, "fastnst::", op, ": x must have L > 0");
 }
 
+// Every tensor argument must be on the CPU (the dispatcher sends a call that mixes in a meta
+// tensor to the fake kernel, which checks the same).
+void check_cpu(const at::Tensor& t, const char* name, const char* op) {
+  TORCH_CHECK(!t.defined() || t.device().is_cpu(), "fastnst::", op, " (cpu): ", name,
+              " must be a CPU tensor like x, got ", t.device());
+}
+
 // Per-(b, c) weight/bias as a [B, C] fp32/fp64 tensor (w = fill when absent).
 at::Tensor per_sample(const c10::optional<at::Tensor>& t, int64_t B, int64_t C, double fill,
                       at::ScalarType acc, const char* name, const char* op) {
   if (!t.has_value() || !t->defined()) return at::full({B, C}, fill, at::TensorOptions().dtype(acc));
   const at::Tensor& v = *t;
-  TORCH_CHECK(v.device().is_cpu(), "fastnst::", op, ": ", name, " must be a CPU tensor");
+  check_cpu(v, name, op);
   TORCH_CHECK((v.dim() == 1 && v.size(0) == C) || (v.dim() == 2 && v.size(0) == B && v.size(1) == C),
               "fastnst::", op, ": ", name, " must be [C] or [B, C] = [", C, "] or [", B, ", ", C,
               "], got ", v.sizes());
@@ -88,6 +95,53 @@ at::Tensor per_sample(const c10::optional<at::Tensor>& t, int64_t B, int64_t C, 
 }
 
 // ---- statistics -----------------------------------------------------------------------------
+// A block's shifted sums in fp64: taken when the fp32 lanes overflowed (|x - K| beyond ~1e17:
+// a block of 512 squares passes FLT_MAX although the variance itself fits in fp32).
+template <typename T>
+void block_sums_fp64(const T* p, int64_t n, double K, double& s1, double& s2) {
+  for (int64_t i = 0; i < n; ++i) {
+    const double d = static_cast<double>(p[i]) - K;
+    s1 += d;
+    s2 += d * d;
+  }
+}
+
+// Exact statistics in fp64 (x at p[i * stride]): two passes, and exactly (x, 0) for a constant
+// row, where a rounded mean would leave a spurious variance that 1 / sqrt(var) blows up when
+// eps = 0. Rows with a NaN or Inf give NaN/Inf statistics, as torch.var.
+template <typename T>
+void exact_stats(const T* p, int64_t L, int64_t stride, double& mean, double& m2) {
+  double s = 0, lo = static_cast<double>(p[0]), hi = lo;
+  for (int64_t i = 0; i < L; ++i) {
+    const double v = static_cast<double>(p[i * stride]);
+    s += v;
+    lo = std::min(lo, v);
+    hi = std::max(hi, v);
+  }
+  if (lo == hi && std::isfinite(s)) {
+    mean = lo;
+    m2 = 0;
+    return;
+  }
+  const double mu = s / L;
+  double q = 0;
+  for (int64_t i = 0; i < L; ++i) {
+    const double d = static_cast<double>(p[i * stride]) - mu;
+    q += d * d;
+  }
+  mean = mu;
+  m2 = q;
+}
+
+// Whether shifted sums lost too much to cancellation (M2 below 2^-16 of the shifted sum of
+// squares: a near-constant row whose shift K missed its mean), or saw a NaN/Inf: such rows
+// are recomputed by exact_stats.
+inline bool needs_exact(double m2, double s2) { return !(m2 >= s2 * 0x1p-16) || !std::isfinite(s2); }
+
+// 1 / sqrt(v), v = var + eps, and 0 where v = 0 (eps = 0 on a constant channel), as PyTorch's
+// batch and instance norm kernels: the normalised value is then 0 and the output the bias.
+inline double inv_std(double v) { return v == 0 ? 0.0 : 1.0 / std::sqrt(v); }
+
 // Shifted sums of n elements of p (stride 1), shift K.
 template <typename T, typename A>
 void shifted_sums(const T* p, int64_t n, A K, A& s1, A& s2) {
@@ -103,8 +157,12 @@ void shifted_sums(const T* p, int64_t n, A K, A& s1, A& s2) {
       a += d;
       b += d * d;
     }
-    s1 += a;
-    s2 += b;
+    if (std::isfinite(static_cast<double>(b))) {
+      s1 += a;
+      s2 += b;
+    } else {
+      block_sums_fp64(p + i0, i1 - i0, static_cast<double>(K), s1, s2);
+    }
   }
 }
 
@@ -146,8 +204,14 @@ __attribute__((target("avx512f"))) void shifted_sums_avx512(const float* p, int6
       a[0] = _mm512_add_ps(a[0], d);
       b[0] = _mm512_fmadd_ps(d, d, b[0]);
     }
-    s1 += _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a[0], a[1]), _mm512_add_ps(a[2], a[3])));
-    s2 += _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(b[0], b[1]), _mm512_add_ps(b[2], b[3])));
+    const float ta = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a[0], a[1]), _mm512_add_ps(a[2], a[3])));
+    const float tb = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(b[0], b[1]), _mm512_add_ps(b[2], b[3])));
+    if (std::isfinite(tb)) {
+      s1 += ta;
+      s2 += tb;
+    } else {
+      block_sums_fp64(p + i0, i1 - i0, static_cast<double>(K), s1, s2);
+    }
   }
 }
 
@@ -202,38 +266,37 @@ __attribute__((target("avx512f"))) void map_row_avx512(const float* x, float* o,
 #endif
 
 // mean and M2 (sum of squared deviations) of one contiguous row. Narrow inputs: shifted by the
-// mean of the first block, so (K - mean)^2 is ~var / 512 and s2 - s1^2 / L loses nothing.
-// float64: two exact passes.
+// mean of the first block, so (K - mean)^2 is ~var / 512 and s2 - s1^2 / L loses nothing;
+// rows where it would (near-constant rows, overflowed or non-finite values) are recomputed
+// exactly. float64: two exact passes.
 template <typename T>
 void one_row_stats(const T* p, int64_t L, double& mean, double& m2) {
   if constexpr (std::is_same<T, double>::value) {
-    double s = 0, q = 0;
-    for (int64_t i = 0; i < L; ++i) s += p[i];
-    const double mu = s / L;
-    for (int64_t i = 0; i < L; ++i) q += (p[i] - mu) * (p[i] - mu);
-    mean = mu;
-    m2 = q;
+    exact_stats<T>(p, L, 1, mean, m2);
   } else {
     const int64_t n0 = std::min<int64_t>(L, kBlock);
+    double s1 = 0, s2 = 0, K = 0;
+    bool done = false;
 #if defined(FASTNST_X86)
     if constexpr (std::is_same<T, float>::value) {
       if (has_avx512()) {
-        const float K = block_mean_avx512(p, n0);
-        double s1 = 0, s2 = 0;
-        shifted_sums_avx512(p, L, K, s1, s2);
-        mean = K + s1 / L;
-        m2 = std::max(0.0, s2 - s1 * s1 / L);
-        return;
+        const float Kf = block_mean_avx512(p, n0);
+        if (std::isfinite(Kf)) {
+          K = Kf;
+          shifted_sums_avx512(p, L, Kf, s1, s2);
+          done = true;
+        }
       }
     }
 #endif
-    double K = 0;
-    for (int64_t i = 0; i < n0; ++i) K += static_cast<double>(p[i]);
-    K = static_cast<float>(K / n0);
-    double s1 = 0, s2 = 0;
-    shifted_sums<T, double>(p, L, K, s1, s2);
+    if (!done) {
+      for (int64_t i = 0; i < n0; ++i) K += static_cast<double>(p[i]);
+      K = static_cast<float>(K / n0);
+      shifted_sums<T, double>(p, L, K, s1, s2);
+    }
     mean = K + s1 / L;
     m2 = std::max(0.0, s2 - s1 * s1 / L);
+    if (needs_exact(m2, s2)) exact_stats<T>(p, L, 1, mean, m2);
   }
 }
 
@@ -288,8 +351,16 @@ void row_stats(const at::Tensor& x0, bool channels, std::vector<double>& mean, s
           }
         }
         for (int64_t c = 0; c < C; ++c) {
-          S1[c] += a[c];
-          S2[c] += q[c];
+          if (std::isfinite(q[c])) {
+            S1[c] += a[c];
+            S2[c] += q[c];
+          } else {  // fp32 overflow (see block_sums_fp64): this block of channel c in fp64
+            for (int64_t l = i0; l < i1; ++l) {
+              const double d = static_cast<double>(base[l * C + c]) - static_cast<double>(k[c]);
+              S1[c] += d;
+              S2[c] += d * d;
+            }
+          }
         }
       }
     }
@@ -304,6 +375,7 @@ void row_stats(const at::Tensor& x0, bool channels, std::vector<double>& mean, s
       const double K = K0[b * C + c];
       mean[b * C + c] = K + t1 / L;
       m2[b * C + c] = std::max(0.0, t2 - t1 * t1 / L);
+      if (needs_exact(m2[b * C + c], t2)) exact_stats<T>(X + b * L * C + c, L, C, mean[b * C + c], m2[b * C + c]);
     }
 }
 
@@ -444,9 +516,9 @@ inline void map_row(const T* xr, const T* gr, const T* mr, T* orow, int64_t n,
 }
 
 // Forward, row layout: per row, statistics then y = act(a x + c), one parallel pass.
-template <typename T, bool RELU>
+template <typename T, bool RELU, typename S>
 void norm_rows_fused(const at::Tensor& x, const double* wp, const double* bp, double eps, double n,
-                     double x_scale, float* mean_out, float* rstd_out, at::Tensor& y) {
+                     double x_scale, S* mean_out, S* rstd_out, at::Tensor& y) {
   const int64_t B = x.size(0), C = x.size(1), L = x.size(2);
   const T* X = x.data_ptr<T>();
   T* Y = y.data_ptr<T>();
@@ -460,9 +532,9 @@ void norm_rows_fused(const at::Tensor& x, const double* wp, const double* bp, do
     for (int64_t r = r0; r < r1; ++r) {
       double mean, m2;
       one_row_stats<T>(X + r * L, L, mean, m2);
-      const double rstd = 1.0 / std::sqrt(m2 / n + eps);
-      mean_out[r] = static_cast<float>(mean);
-      rstd_out[r] = static_cast<float>(rstd);
+      const double rstd = inv_std(m2 / n + eps);
+      mean_out[r] = static_cast<S>(mean);
+      rstd_out[r] = static_cast<S>(rstd);
       const A q = static_cast<A>(wp[r] * rstd + x_scale), sh = static_cast<A>(bp[r] - wp[r] * mean * rstd);
 #if defined(FASTNST_X86)
       if constexpr (std::is_same<T, float>::value) {
@@ -551,10 +623,10 @@ __attribute__((target("avx512f"))) void masked_map_avx512(const float* G, const 
 #endif
 
 // Backward, row layout: per row, the two gradient sums then dx = p g' + q x + s.
-template <typename T, bool RELU>
+template <typename T, bool RELU, typename S>
 void norm_rows_backward_fused(const at::Tensor& x, const at::Tensor& g, const T* M, const double* wp,
                               const double* mean, const double* rs, double n, double x_scale,
-                              float* dw, float* db, at::Tensor& dx) {
+                              S* dw, S* db, at::Tensor& dx) {
   const int64_t B = x.size(0), C = x.size(1), L = x.size(2);
   const T* X = x.data_ptr<T>();
   const T* G = g.data_ptr<T>();
@@ -594,8 +666,8 @@ void norm_rows_backward_fused(const at::Tensor& x, const at::Tensor& g, const T*
       const double rstd = rs[r], wv = wp[r], dwv = t2 * rstd, dbv = t1;
       const double q = -rstd * rstd * wv * dwv / n;
       if (dw) {
-        dw[r] = static_cast<float>(dwv);
-        db[r] = static_cast<float>(dbv);
+        dw[r] = static_cast<S>(dwv);
+        db[r] = static_cast<S>(dbv);
       }
       const A pp = static_cast<A>(x_scale + rstd * wv), ss = static_cast<A>(-rstd * wv * dbv / L - q * mean[r]);
 #if defined(FASTNST_X86)
@@ -623,6 +695,10 @@ void dispatch(at::ScalarType t, F&& f) {
     default: f(c10::BFloat16()); break;
   }
 }
+
+// Statistics and weight gradients: fp32, fp64 for fp64 input (a float64 gradcheck must be
+// float64 all the way).
+at::ScalarType stats_dtype(const at::Tensor& x) { return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
 
 }  // namespace
 
@@ -653,6 +729,7 @@ at::Tensor mean_std_backward_cpu(const at::Tensor& gm, const at::Tensor& gs, con
   const bool channels = channels_innermost(x0);
   const at::Tensor x = canonical(x0, channels);
   auto d = [&](const at::Tensor& t, const char* name) {
+    check_cpu(t, name, "mean_std_backward");
     TORCH_CHECK(t.numel() == B * C, "fastnst::mean_std_backward: ", name, " must be [B, C] = [", B,
                 ", ", C, "], got ", t.sizes());
     at::Tensor v = t.to(at::kDouble).contiguous();
@@ -662,15 +739,33 @@ at::Tensor mean_std_backward_cpu(const at::Tensor& gm, const at::Tensor& gs, con
                             sd = d(std_, "std");
   const double n = static_cast<double>(L - (unbiased ? 1 : 0));
   std::vector<double> P(B * C, 0.0), Q(B * C), R(B * C);
+  // A zero grad_std contributes nothing, also where std = 0 or the row holds a NaN/Inf (the
+  // term would be 0 / 0 or 0 * Inf): such rows are grad_mean / L exactly, as autograd of the
+  // reference gives.
+  int64_t n_zero = 0;
   for (int64_t r = 0; r < B * C; ++r) {
-    Q[r] = g2[r] / (sd[r] * n);
-    R[r] = g1[r] / L - Q[r] * mu[r];
+    const bool zero = g2[r] == 0;
+    n_zero += zero;
+    Q[r] = zero ? 0.0 : g2[r] / (sd[r] * n);
+    R[r] = zero ? g1[r] / L : g1[r] / L - Q[r] * mu[r];
   }
   at::Tensor out = output_rule(x0, OutSlot::kMeanStdBackward);
+  auto opts = at::TensorOptions().dtype(at::kDouble);
+  if (n_zero == B * C) {  // e.g. only the mean is used: no pass over x at all
+    out.view({B, C, L}).copy_(at::from_blob(R.data(), {B, C, 1}, opts).expand({B, C, L}));
+    return out;
+  }
   dispatch(x.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
     affine_map<T>(x, nullptr, nullptr, false, channels, P, Q, R, out);
   });
+  if (n_zero > 0) {
+    std::vector<uint8_t> zero(B * C);
+    for (int64_t r = 0; r < B * C; ++r) zero[r] = Q[r] == 0;
+    const at::Tensor mask = at::from_blob(zero.data(), {B, C, 1}, at::TensorOptions().dtype(at::kBool));
+    const at::Tensor rows = at::from_blob(R.data(), {B, C, 1}, opts).to(out.scalar_type());
+    out.copy_(at::where(mask, rows, out));
+  }
   return out;
 }
 
@@ -686,34 +781,35 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_cpu(
   const at::Tensor x = canonical(x0, channels);
   const at::Tensor w = per_sample(weight, B, C, 1.0, at::kDouble, "weight", "instance_norm");
   const at::Tensor bb = per_sample(bias, B, C, 0.0, at::kDouble, "bias", "instance_norm");
+  const auto sopts = at::TensorOptions().dtype(stats_dtype(x0));
   if (!channels) {
-    at::Tensor mean_t = at::empty({B, C}, at::TensorOptions().dtype(at::kFloat));
-    at::Tensor rstd_t = at::empty({B, C}, at::TensorOptions().dtype(at::kFloat));
+    at::Tensor mean_t = at::empty({B, C}, sopts);
+    at::Tensor rstd_t = at::empty({B, C}, sopts);
     at::Tensor y = output_rule(x0, OutSlot::kNormForward);
     const double n = static_cast<double>(L - (unbiased ? 1 : 0));
     dispatch(x.scalar_type(), [&](auto tag) {
       using T = decltype(tag);
-      auto run = activation == 1 ? norm_rows_fused<T, true> : norm_rows_fused<T, false>;
-      run(x, w.data_ptr<double>(), bb.data_ptr<double>(), eps, n, x_scale, mean_t.data_ptr<float>(),
-          rstd_t.data_ptr<float>(), y);
+      using S = typename std::conditional<std::is_same<T, double>::value, double, float>::type;
+      auto run = activation == 1 ? norm_rows_fused<T, true, S> : norm_rows_fused<T, false, S>;
+      run(x, w.data_ptr<double>(), bb.data_ptr<double>(), eps, n, x_scale, mean_t.data_ptr<S>(),
+          rstd_t.data_ptr<S>(), y);
     });
     return {y, mean_t, rstd_t};
   }
   std::vector<double> mean, m2;
   dispatch(x.scalar_type(), [&](auto tag) { row_stats<decltype(tag)>(x, channels, mean, m2); });
   const double n = static_cast<double>(L - (unbiased ? 1 : 0));
-  at::Tensor mean_t = at::empty({B, C}, at::TensorOptions().dtype(at::kFloat));
-  at::Tensor rstd_t = at::empty({B, C}, at::TensorOptions().dtype(at::kFloat));
-  std::vector<double> P(B * C, 0.0), Q(B * C), R(B * C);
+  std::vector<double> P(B * C, 0.0), Q(B * C), R(B * C), rstd(B * C);
   const double* wp = w.data_ptr<double>();
   const double* bp = bb.data_ptr<double>();
   for (int64_t r = 0; r < B * C; ++r) {
-    const double rstd = 1.0 / std::sqrt(m2[r] / n + eps);
-    Q[r] = wp[r] * rstd + x_scale;
-    R[r] = bp[r] - wp[r] * mean[r] * rstd;
-    mean_t.data_ptr<float>()[r] = static_cast<float>(mean[r]);
-    rstd_t.data_ptr<float>()[r] = static_cast<float>(rstd);
+    rstd[r] = inv_std(m2[r] / n + eps);
+    Q[r] = wp[r] * rstd[r] + x_scale;
+    R[r] = bp[r] - wp[r] * mean[r] * rstd[r];
   }
+  auto dopts = at::TensorOptions().dtype(at::kDouble);
+  at::Tensor mean_t = at::from_blob(mean.data(), {B, C}, dopts).to(sopts.dtype(), false, /*copy=*/true);
+  at::Tensor rstd_t = at::from_blob(rstd.data(), {B, C}, dopts).to(sopts.dtype(), false, /*copy=*/true);
   at::Tensor y = output_rule(x0, OutSlot::kNormForward);
   dispatch(x.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
@@ -727,6 +823,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_backward_cpu(
     const c10::optional<at::Tensor>& weight, const at::Tensor& mean_t, const at::Tensor& rstd_t,
     bool unbiased, double x_scale, int64_t activation, bool weight_grads) {
   check_x(x0, "instance_norm_backward");
+  check_cpu(grad0, "grad", "instance_norm_backward");
+  check_cpu(y0, "y", "instance_norm_backward");
+  check_cpu(mean_t, "mean", "instance_norm_backward");
+  check_cpu(rstd_t, "rstd", "instance_norm_backward");
   const int64_t B = x0.size(0), C = x0.size(1), L = x0.size(2);
   TORCH_CHECK(grad0.sizes() == x0.sizes() && y0.sizes() == x0.sizes(),
               "fastnst::instance_norm_backward: grad and y must be shaped like x ", x0.sizes());
@@ -743,8 +843,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_backward_cpu(
   const double* wp = w.data_ptr<double>();
   const double n = static_cast<double>(L - (unbiased ? 1 : 0));
   if (!channels) {
-    at::Tensor dw = at::empty({weight_grads ? B : 0, weight_grads ? C : 0}, at::TensorOptions().dtype(at::kFloat));
-    at::Tensor db = at::empty({weight_grads ? B : 0, weight_grads ? C : 0}, at::TensorOptions().dtype(at::kFloat));
+    const auto sopts = at::TensorOptions().dtype(stats_dtype(x0));
+    at::Tensor dw = at::empty({weight_grads ? B : 0, weight_grads ? C : 0}, sopts);
+    at::Tensor db = at::empty({weight_grads ? B : 0, weight_grads ? C : 0}, sopts);
     if (!weight_grads) {
       dw = dw.view({0});
       db = db.view({0});
@@ -752,9 +853,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_backward_cpu(
     at::Tensor dx = output_rule(x0, OutSlot::kNormBackward);
     dispatch(x.scalar_type(), [&](auto tag) {
       using T = decltype(tag);
-      auto run = activation == 1 ? norm_rows_backward_fused<T, true> : norm_rows_backward_fused<T, false>;
+      using S = typename std::conditional<std::is_same<T, double>::value, double, float>::type;
+      auto run = activation == 1 ? norm_rows_backward_fused<T, true, S> : norm_rows_backward_fused<T, false, S>;
       run(x, g, activation == 1 ? y.data_ptr<T>() : nullptr, wp, mean.data(), rs, n, x_scale,
-          weight_grads ? dw.data_ptr<float>() : nullptr, weight_grads ? db.data_ptr<float>() : nullptr, dx);
+          weight_grads ? dw.data_ptr<S>() : nullptr, weight_grads ? db.data_ptr<S>() : nullptr, dx);
     });
     return {dx, dw, db};
   }
@@ -764,14 +866,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_backward_cpu(
     grad_sums<T>(x, g, activation == 1 ? y.data_ptr<T>() : nullptr, mean, sg, sgx);
   });
   std::vector<double> P(B * C), Q(B * C), R(B * C);
-  at::Tensor dw, db;
-  if (weight_grads) {
-    dw = at::empty({B, C}, at::TensorOptions().dtype(at::kFloat));
-    db = at::empty({B, C}, at::TensorOptions().dtype(at::kFloat));
-  } else {
-    dw = at::empty({0}, at::TensorOptions().dtype(at::kFloat));
-    db = at::empty({0}, at::TensorOptions().dtype(at::kFloat));
-  }
+  std::vector<double> dwv_all(weight_grads ? B * C : 0), dbv_all(weight_grads ? B * C : 0);
   for (int64_t r = 0; r < B * C; ++r) {
     const double rstd = rs[r], wv = wp[r];
     const double dwv = sgx[r] * rstd;  // sum g' xhat
@@ -780,10 +875,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_backward_cpu(
     Q[r] = -rstd * rstd * wv * dwv / n;
     R[r] = -rstd * wv * dbv / L - Q[r] * mean[r];
     if (weight_grads) {
-      dw.data_ptr<float>()[r] = static_cast<float>(dwv);
-      db.data_ptr<float>()[r] = static_cast<float>(dbv);
+      dwv_all[r] = dwv;
+      dbv_all[r] = dbv;
     }
   }
+  const auto sd = stats_dtype(x0);
+  const auto dopts = at::TensorOptions().dtype(at::kDouble);
+  at::Tensor dw = weight_grads ? at::from_blob(dwv_all.data(), {B, C}, dopts).to(sd, false, true)
+                               : at::empty({0}, at::TensorOptions().dtype(sd));
+  at::Tensor db = weight_grads ? at::from_blob(dbv_all.data(), {B, C}, dopts).to(sd, false, true)
+                               : at::empty({0}, at::TensorOptions().dtype(sd));
   at::Tensor dx = output_rule(x0, OutSlot::kNormBackward);
   dispatch(x.scalar_type(), [&](auto tag) {
     using T = decltype(tag);

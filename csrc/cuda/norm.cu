@@ -218,17 +218,28 @@ __device__ __forceinline__ A block_reduce(A v, A* part, int wpr) {
   return r;
 }
 
-// Welford over xr[l * sl] - K for l = l0, l0 + step, ... < l_end, kUnroll loads in flight.
+// Deviations enter Welford scaled by rs = 1 / sqrt(L) (the same value in every kernel), so M2
+// stays near the variance: unscaled, a row of values ~1e18 passes FLT_MAX although its variance
+// fits. mean_dev and variance undo the scale.
+__device__ __forceinline__ float row_rs(int64_t L) { return rsqrtf(static_cast<float>(L)); }
+__device__ __forceinline__ float mean_dev(const Welford& w, float rs) { return w.mean / rs; }
+__device__ __forceinline__ float variance(const Welford& w, float rs, float inv_np) {
+  return fmaxf(w.m2, 0.f) * inv_np / (rs * rs);
+}
+// 1 / sqrt(v), and 0 where v = var + eps = 0 (eps = 0, constant row), as PyTorch.
+__device__ __forceinline__ float inv_std(float v) { return v == 0.f ? 0.f : 1.f / sqrtf(v); }
+
+// Welford over (xr[l * sl] - K) * rs for l = l0, l0 + step, ... < l_end, kUnroll loads in flight.
 template <typename T>
 __device__ __forceinline__ Welford welford_range(const T* __restrict__ xr, int64_t sl, int64_t l0,
-                                                 int64_t l_end, int step, float K) {
+                                                 int64_t l_end, int step, float K, float rs) {
   Welford w = {0.f, 0.f, 0};
   for (int64_t l = l0; l < l_end; l += int64_t(kUnroll) * step) {
     float v[kUnroll];
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int64_t ll = l + int64_t(u) * step;
-      v[u] = ll < l_end ? to_float(xr[ll * sl]) - K : 0.f;
+      v[u] = ll < l_end ? (to_float(xr[ll * sl]) - K) * rs : 0.f;
     }
     if (l + int64_t(kUnroll - 1) * step < l_end) {
       w = merge(w, chunk4(v));
@@ -265,14 +276,15 @@ mean_std_kernel(const T* __restrict__ x,  // [B, C, L], strides (sb, sc, sl)
   const T* xr = x + s.b * sb + s.c * sc;  // dereferenced only when s.valid
   const float K = s.valid ? to_float(xr[0]) : 0.f;
   Welford w = {0.f, 0.f, 0};
-  if (s.valid) w = welford_range(xr, sl, split_begin(g) + s.k, split_end(g), s.step, K);
+  const float rs = row_rs(g.L);
+  if (s.valid) w = welford_range(xr, sl, split_begin(g) + s.k, split_end(g), s.step, K, rs);
   w = block_reduce<M>(w, part, g.wpr);
   if (!s.valid || s.k != 0) return;
   if (phase == kReduce) {
     ws[int64_t(blockIdx.y) * g.rows + s.row] = make_float2(w.mean, w.m2);
   } else {
-    mean_out[s.row] = from_float<T>(K + w.mean);
-    std_out[s.row] = from_float<T>(sqrtf(fmaxf(w.m2, 0.f) * inv_np + eps));
+    mean_out[s.row] = from_float<T>(K + mean_dev(w, rs));
+    std_out[s.row] = from_float<T>(sqrtf(variance(w, rs, inv_np) + eps));
   }
 }
 
@@ -301,9 +313,10 @@ welford_finalize_kernel(const float2* __restrict__ ws,  // [splits, rows] (mean 
   if (lane != 0) return;
   const int64_t b = row / C;
   const float K = to_float(x[b * sb + (row - b * C) * sc]);
-  const float sd = sqrtf(fmaxf(w.m2, 0.f) * inv_np + eps);
-  mean_out[row] = from_float<TO>(K + w.mean);
-  sd_out[row] = from_float<TO>(want_rstd ? 1.f / sd : sd);
+  const float rs = row_rs(L);
+  const float v = variance(w, rs, inv_np) + eps;
+  mean_out[row] = from_float<TO>(K + mean_dev(w, rs));
+  sd_out[row] = from_float<TO>(want_rstd ? inv_std(v) : sqrtf(v));
 }
 
 // ---- mean_std_backward ---------------------------------------------------------------------
@@ -323,7 +336,10 @@ mean_std_backward_kernel(RowVec gmean,  // [B, C]
   const Slot s = make_slot<M>(g);
   if (!s.valid) return;
   const float p = load_row(gmean, s.b, s.c, 0.f) * inv_l;
-  const float q = load_row(gstd, s.b, s.c, 0.f) * inv_np / load_row(sd, s.b, s.c, 1.f);
+  // A zero grad_std contributes nothing, also where std = 0 or x holds a NaN/Inf (0 / 0,
+  // 0 * Inf): such rows are grad_mean / L exactly, as autograd of the reference gives.
+  const float gs = load_row(gstd, s.b, s.c, 0.f);
+  const float q = gs == 0.f ? 0.f : gs * inv_np / load_row(sd, s.b, s.c, 1.f);
   const float mu = load_row(mean, s.b, s.c, 0.f);
   const T* xr = x + s.b * sb + s.c * sc;
   T* dr = dx + s.b * g.C * g.L + s.c * os_c;
@@ -338,7 +354,7 @@ mean_std_backward_kernel(RowVec gmean,  // [B, C]
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int64_t ll = l + int64_t(u) * s.step;
-      if (ll < l_end) dr[ll * os_l] = from_float<T>(p + q * (v[u] - mu));
+      if (ll < l_end) dr[ll * os_l] = from_float<T>(gs == 0.f ? p : p + q * (v[u] - mu));
     }
   }
 }
@@ -369,15 +385,16 @@ instance_norm_kernel(const T* __restrict__ x,  // [B, C, L], strides (sb, sc, sl
   } else {
     const float K = s.valid ? to_float(xr[0]) : 0.f;
     Welford w = {0.f, 0.f, 0};
-    if (s.valid) w = welford_range(xr, sl, l_begin + s.k, l_end, s.step, K);
+    const float rs = row_rs(g.L);
+    if (s.valid) w = welford_range(xr, sl, l_begin + s.k, l_end, s.step, K, rs);
     w = block_reduce<M>(w, part, g.wpr);
     if (!s.valid) return;
     if (phase == kReduce) {
       if (s.k == 0) ws[int64_t(blockIdx.y) * g.rows + s.row] = make_float2(w.mean, w.m2);
       return;
     }
-    mu = K + w.mean;  // as saved: the apply pass of the split path reads this same fp32 value
-    rstd = 1.f / sqrtf(fmaxf(w.m2, 0.f) * inv_np + eps);
+    mu = K + mean_dev(w, rs);  // as saved: the apply pass of the split path reads this same value
+    rstd = inv_std(variance(w, rs, inv_np) + eps);
     if (s.k == 0) {
       mean_out[s.row] = mu;
       rstd_out[s.row] = rstd;

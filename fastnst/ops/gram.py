@@ -64,6 +64,10 @@ def _gram_fake(x: torch.Tensor, scale: float) -> torch.Tensor:
 
 
 def _gram_backward_fake(grad: torch.Tensor, x: torch.Tensor, scale: float) -> torch.Tensor:
+    # A call mixing a meta tensor with real ones lands here: refuse it rather than return
+    # uninitialised memory.
+    if grad.device != x.device:
+        raise ValueError(f"fastnst::gram_backward: grad must be on x's device {x.device}, got {grad.device}")
     return _empty_grad(x)
 
 

@@ -14,6 +14,8 @@ The ReLU's mask is recomputed from the output in the backward, never stored.
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Sequence
 
 import torch
@@ -28,6 +30,21 @@ ACTIVATIONS = {None: 0, "relu": 1}
 
 def _empty_rule(x: torch.Tensor, dtype=None) -> torch.Tensor:
     return torch.empty_strided(tuple(x.shape), grad_strides(x), dtype=dtype or x.dtype, device=x.device)
+
+
+def _stats_dtype(x: torch.Tensor) -> torch.dtype:
+    """Statistics and weight gradients: float32, float64 for float64 x (gradcheck needs float64
+    all the way)."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _same_device(op: str, x: torch.Tensor, **tensors) -> None:
+    """Every tensor argument on x's device. A call that mixes a meta tensor with CPU tensors is
+    dispatched to the fake kernels, so they check this too (else they would return
+    uninitialised memory)."""
+    for name, t in tensors.items():
+        if isinstance(t, torch.Tensor) and t.device != x.device:
+            raise ValueError(f"fastnst::{op}: {name} must be on x's device {x.device}, got {t.device}")
 
 
 # ---- Triton ops ------------------------------------------------------------------------------
@@ -56,8 +73,8 @@ def _instance_norm_triton(x: torch.Tensor, weight: torch.Tensor | None, bias: to
 
     b, c, _ = x.shape
     y = _empty_rule(x)
-    mean = torch.empty(b, c, device=x.device, dtype=torch.float32)
-    rstd = torch.empty(b, c, device=x.device, dtype=torch.float32)
+    mean = torch.empty(b, c, device=x.device, dtype=_stats_dtype(x))
+    rstd = torch.empty(b, c, device=x.device, dtype=_stats_dtype(x))
     k.instance_norm(x, weight, bias, eps, unbiased, x_scale, activation, y, mean, rstd)
     return y, mean, rstd
 
@@ -72,8 +89,8 @@ def _instance_norm_backward_triton(grad: torch.Tensor, x: torch.Tensor, y: torch
     b, c, _ = x.shape
     dx = _empty_rule(x)
     shape = (b, c) if weight_grads else (0,)
-    dw = torch.empty(shape, device=x.device, dtype=torch.float32)
-    db = torch.empty(shape, device=x.device, dtype=torch.float32)
+    dw = torch.empty(shape, device=x.device, dtype=_stats_dtype(x))
+    db = torch.empty(shape, device=x.device, dtype=_stats_dtype(x))
     k.instance_norm_backward(grad, x, y, weight, mean, rstd, unbiased, x_scale, activation, dx,
                              dw if weight_grads else None, db if weight_grads else None)
     return dx, dw, db
@@ -86,19 +103,23 @@ def _mean_std_fake(x, eps, unbiased):
 
 
 def _mean_std_backward_fake(grad_mean, grad_std, x, mean, std, unbiased):
+    _same_device("mean_std_backward", x, grad_mean=grad_mean, grad_std=grad_std, mean=mean, std=std)
     return _empty_rule(x)
 
 
 def _instance_norm_fake(x, weight, bias, eps, unbiased, x_scale, activation):
+    _same_device("instance_norm", x, weight=weight, bias=bias)
     b, c, _ = x.shape
-    stats = x.new_empty((b, c), dtype=torch.float32)
+    stats = x.new_empty((b, c), dtype=_stats_dtype(x))
     return _empty_rule(x), stats, stats.new_empty((b, c))
 
 
 def _instance_norm_backward_fake(grad, x, y, weight, mean, rstd, unbiased, x_scale, activation, weight_grads):
+    _same_device("instance_norm_backward", x, grad=grad, y=y, weight=weight, mean=mean, rstd=rstd)
     b, c, _ = x.shape
     shape = (b, c) if weight_grads else (0,)
-    return _empty_rule(x), x.new_empty(shape, dtype=torch.float32), x.new_empty(shape, dtype=torch.float32)
+    sd = _stats_dtype(x)
+    return _empty_rule(x), x.new_empty(shape, dtype=sd), x.new_empty(shape, dtype=sd)
 
 
 # ---- autograd ----------------------------------------------------------------------------------
@@ -177,9 +198,34 @@ if _ext.available():
 
 # ---- public API ----------------------------------------------------------------------------
 def _check_eps(op: str, eps, name: str = "eps") -> float:
-    if not isinstance(eps, (int, float)) or eps != eps or eps < 0:
-        raise ValueError(f"{op}: {name} must be a number >= 0, got {eps!r}")
-    return float(eps)
+    """A finite real number >= 0 (Python or NumPy scalars; not bool)."""
+    if isinstance(eps, (bool, torch.Tensor)) or not isinstance(eps, numbers.Real):
+        raise TypeError(f"{op}: {name} must be a finite number >= 0, got {eps!r}")
+    value = float(eps)
+    if not (0.0 <= value < math.inf):
+        raise ValueError(f"{op}: {name} must be a finite number >= 0, got {eps!r}")
+    return value
+
+
+def _check_bool(op: str, name: str, v) -> bool:
+    """True or False (also NumPy's bool_); never a truthy int or None."""
+    if isinstance(v, bool) or type(v).__name__ == "bool_":
+        return bool(v)
+    raise TypeError(f"{op}: {name} must be True or False, got {v!r}")
+
+
+def check_style_weights(op: str, weights, n: int, name: str = "style_weights") -> list[float]:
+    """One finite weight >= 0 per style with a finite positive sum; returned normalised to sum 1."""
+    try:
+        values = [float(w) for w in weights]
+    except (TypeError, ValueError):
+        raise TypeError(f"{op}: {name} must be a sequence of {n} numbers, got {weights!r}") from None
+    if len(values) != n:
+        raise ValueError(f"{op}: {name} must have one weight per style ({n}), got {len(values)}")
+    total = math.fsum(values) if all(math.isfinite(w) for w in values) else math.nan
+    if any(not math.isfinite(w) or w < 0 for w in values) or not (0 < total < math.inf):
+        raise ValueError(f"{op}: {name} must be finite and >= 0 with a finite positive sum, got {values}")
+    return [w / total for w in values]
 
 
 def _flat(x: torch.Tensor) -> torch.Tensor:
@@ -208,6 +254,7 @@ def mean_std(x: torch.Tensor, eps: float = 1e-5, unbiased: bool = True,
     """
     check_tensor("mean_std", "x", x, (3, 4), "[B, C, H, W] or [B, C, L]")
     eps = _check_eps("mean_std", eps)
+    unbiased = _check_bool("mean_std", "unbiased", unbiased)
     x3 = _flat(x)
     if unbiased and x3.shape[2] < 2:
         raise ValueError(f"mean_std: the unbiased variance needs at least 2 values per channel, got x of {shape_str(x)}")
@@ -223,6 +270,9 @@ def _check_affine(op: str, name: str, t, x: torch.Tensor) -> None:
         return
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{op}: {name} must be a tensor of shape [C] or [B, C], got {type(t).__name__}")
+    if t.dtype not in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+        raise TypeError(f"{op}: {name} must be a float tensor (float32, float16, bfloat16 or float64), "
+                        f"got {t.dtype}")
     b, c = x.shape[0], x.shape[1]
     if not ((t.dim() == 1 and t.shape[0] == c) or (t.dim() == 2 and tuple(t.shape) == (b, c))):
         raise ValueError(f"{op}: {name} must be [C] = [{c}] or [B, C] = [{b}, {c}], got {shape_str(t)}")
@@ -247,6 +297,10 @@ def instance_norm(x: torch.Tensor, weight: torch.Tensor | None = None, bias: tor
     ReLU's mask is recomputed from the output in the backward.
     """
     check_tensor("instance_norm", "x", x, (3, 4), "[B, C, H, W] or [B, C, L]")
+    if _flat(x).shape[2] < 2:
+        # As nn.InstanceNorm2d: a single value per channel normalises to 0 whatever it is.
+        raise ValueError(f"instance_norm: x must have more than 1 spatial element per channel, "
+                         f"got {shape_str(x)}")
     eps = _check_eps("instance_norm", eps)
     if activation not in ACTIVATIONS:
         raise ValueError(f"instance_norm: activation must be None or 'relu', got {activation!r}")
@@ -296,18 +350,21 @@ def adain(content: torch.Tensor, style: torch.Tensor | Sequence[torch.Tensor], a
     if style_weights is None:
         weights = [1.0 / len(styles)] * len(styles)
     else:
-        weights = [float(w) for w in style_weights]
-        if len(weights) != len(styles):
-            raise ValueError(f"{op}: style_weights must have one weight per style ({len(styles)}), got {len(weights)}")
-        if any(w < 0 or w != w for w in weights) or sum(weights) <= 0:
-            raise ValueError(f"{op}: style_weights must be >= 0 with a positive sum, got {weights}")
-        total = sum(weights)
-        weights = [w / total for w in weights]
+        weights = check_style_weights(op, style_weights, len(styles))
+    if isinstance(alpha, (bool, torch.Tensor)) or not isinstance(alpha, numbers.Real):
+        raise TypeError(f"{op}: alpha must be a number in [0, 1], got {alpha!r}")
     alpha = float(alpha)
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"{op}: alpha must be in [0, 1], got {alpha}")
     eps = _check_eps(op, eps)
     style_eps = eps if style_eps is None else _check_eps(op, style_eps, "style_eps")
+    unbiased = _check_bool(op, "unbiased", unbiased)
+    if unbiased:
+        for nm, t in [("content", content)] + [("style" if len(styles) == 1 else f"style[{i}]", s)
+                                                for i, s in enumerate(styles)]:
+            if _flat(t).shape[2] < 2:
+                raise ValueError(f"{op}: the unbiased variance needs at least 2 values per channel, "
+                                 f"got {nm} of {shape_str(t)}")
     name = resolve("instance_norm", content, backend)
     if name == "reference":
         return reference.adain(content, styles, alpha, eps, unbiased, weights, style_eps)
