@@ -15,6 +15,8 @@
 
 from __future__ import annotations
 
+import numbers
+
 import logging
 from typing import Sequence
 
@@ -82,13 +84,23 @@ class ConditionalInstanceNorm2d(nn.Module):
 
     def forward(self, x: torch.Tensor, style) -> torch.Tensor:
         b = x.shape[0]
-        if isinstance(style, int):
-            if not 0 <= style < self.num_styles:
-                raise ValueError(f"style index must be in [0, {self.num_styles}), got {style}")
-            w, bb = self.weight[style].expand(b, -1), self.bias[style].expand(b, -1)
+        n = self.num_styles
+        if isinstance(style, bool) or (isinstance(style, torch.Tensor) and style.dtype == torch.bool):
+            raise TypeError(f"style must be an int index, a LongTensor [B] of indices or a float tensor "
+                            f"of mixing weights, got a bool")
+        if isinstance(style, numbers.Integral):
+            if not 0 <= style < n:
+                raise ValueError(f"style index must be in [0, {n}), got {style}")
+            w, bb = self.weight[int(style)].expand(b, -1), self.bias[int(style)].expand(b, -1)
         elif isinstance(style, torch.Tensor) and not style.is_floating_point():
+            if style.is_complex():
+                raise TypeError(f"style weights must be a real float tensor, got {style.dtype}")
             if style.shape != (b,):
                 raise ValueError(f"style indices must be [B] = [{b}], got {list(style.shape)}")
+            if style.device.type != "meta" and style.numel():
+                lo, hi = int(style.min()), int(style.max())
+                if lo < 0 or hi >= n:  # no negative indexing from the end, no raw IndexError
+                    raise ValueError(f"style indices must be in [0, {n}), got values in [{lo}, {hi}]")
             w, bb = self.weight[style], self.bias[style]
         elif isinstance(style, torch.Tensor):
             mix = style.expand(b, -1) if style.dim() == 1 else style

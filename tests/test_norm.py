@@ -263,3 +263,208 @@ def test_large_output_streaming_path():
     ry = reference.instance_norm(x64, w.double(), b.double(), activation="relu")
     (rdx,) = torch.autograd.grad(ry, x64, g.double())
     assert _close(y, ry, 1e-5) and _close(dx, rdx, 1e-4)
+
+
+# ---- issue 9: findings of the fuzz run, one regression test each -------------------------------
+KERNELS = [b for b in BACKENDS if b != "reference"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_float64_gradients_are_float64_exact(backend):
+    # Finding 1: mean/rstd were saved in fp32 and dw/db returned in fp32.
+    x = (1e5 + torch.randn(1, 2, 3, 3, dtype=torch.float64)).requires_grad_()
+    w = torch.rand(2, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, w: fastnst.instance_norm(x, w, eps=1.0, backend=backend), (x, w))
+    s = torch.randn(1, 2, 4, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, s: fastnst.adain(x, s, eps=1.0, backend=backend), (x, s))
+    # Ordinary float64 input: dx to float64 accuracy, not 5e-8.
+    x = torch.randn(2, 3, 6, 5, dtype=torch.float64, requires_grad=True)
+    wb = torch.rand(3, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(2, 3, 6, 5, dtype=torch.float64)
+    got = torch.autograd.grad(fastnst.instance_norm(x, wb, wb, backend=backend), (x, wb), g)
+    want = torch.autograd.grad(reference.instance_norm(x, wb, wb), (x, wb), g)
+    for a, b in zip(got, want):
+        assert a.dtype == torch.float64
+        assert ((a - b).abs().max() / b.abs().max()).item() < 1e-13
+
+
+def test_reference_instance_norm_gradient_is_right_for_channels_last_grad():
+    # Finding 4: F.instance_norm's input gradient is wrong in torch 2.13 for batch 1 with a
+    # channels_last upstream gradient; the reference is plain formulas and must not be.
+    x = torch.randn(1, 4, 5, 6, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(1, 4, 5, 6, dtype=torch.float64)
+    dense, = torch.autograd.grad(reference.instance_norm(x), x, g)
+    cl, = torch.autograd.grad(reference.instance_norm(x), x, g.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(cl, dense, rtol=1e-13, atol=1e-13)
+    # ... and dense is the analytic gradient: (g - mean g - xhat mean(g xhat)) / sigma.
+    xf = x.detach().flatten(2)
+    mu, var = xf.mean(2, keepdim=True), xf.var(2, unbiased=False, keepdim=True)
+    xhat, gf = (xf - mu) / (var + 1e-5).sqrt(), g.flatten(2)
+    want = (gf - gf.mean(2, keepdim=True) - xhat * (gf * xhat).mean(2, keepdim=True)) / (var + 1e-5).sqrt()
+    torch.testing.assert_close(dense.flatten(2), want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("value", [0.0, 2.5, -1e30, 3.3e-3])
+def test_eps0_constant_channel_gives_the_bias(backend, layout, value):
+    # Finding 6: 1/sigma is 0 where var + eps = 0 (as PyTorch): the output is the bias.
+    x = torch.randn(2, 3, 5, 7)
+    x[:, 1] = value
+    x = _layout(x, layout).requires_grad_()
+    b = torch.tensor([0.3, -0.7, 0.2])
+    w = torch.tensor([1.5, 2.0, 0.5])
+    y = fastnst.instance_norm(x, w, b, eps=0.0, activation="relu", backend=backend)
+    assert torch.equal(y[:, 1], torch.zeros_like(y[:, 1]))  # relu(-0.7)
+    y2 = fastnst.instance_norm(x, w, -b, eps=0.0, backend=backend)
+    assert torch.equal(y2[:, 1], torch.full_like(y2[:, 1], 0.7))
+    assert torch.isfinite(y).all() and torch.isfinite(y2).all()
+    gx, = torch.autograd.grad(y2.square().sum(), x)
+    assert torch.isfinite(gx).all() and torch.equal(gx[:, 1], torch.zeros_like(gx[:, 1]))
+    # AdaIN: a constant content channel takes the style's mean.
+    style = torch.randn(2, 3, 4, 4)
+    t = fastnst.adain(x.detach(), style, eps=0.0, unbiased=False, backend=backend)
+    m, _ = reference.mean_std(style, 0.0, False)
+    torch.testing.assert_close(t[:, 1], m[:, 1].expand(2, 5, 7), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_mean_std_gradient_through_the_mean_alone_is_finite(backend, dtype):
+    # Finding 7: Q = g_std / (std n) was 0 / 0 where std = 0 or the row holds a NaN / Inf.
+    x = torch.randn(2, 3, 8, dtype=dtype)
+    x[0, 0] = 4.0                      # constant row, eps = 0: std = 0
+    x[1, 2, 3] = float("inf")          # a non-finite value elsewhere
+    x[1, 1, 5] = float("nan")
+    x.requires_grad_()
+    mean, _ = fastnst.mean_std(x, eps=0.0, backend=backend)
+    g, = torch.autograd.grad(mean.sum(), x)
+    assert torch.equal(g, torch.full_like(g, 1 / 8))
+    if backend == "reference":  # plain autograd: 0 * Inf = NaN through an unused std
+        return
+    # With both outputs used, rows where grad_std is 0 still get grad_mean / L exactly.
+    mean, std = fastnst.mean_std(x, eps=0.0, backend=backend)
+    gs = torch.zeros(2, 3, 1, dtype=dtype)
+    gs[0, 1] = 1.0
+    g, = torch.autograd.grad((mean.sum(), (std * gs).sum()), x)
+    rows = torch.ones(2, 3, dtype=torch.bool)
+    rows[0, 1] = False
+    assert torch.equal(g[rows], torch.full_like(g[rows], 1 / 8))
+    assert torch.isfinite(g[0, 1]).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_statistics_of_huge_values_do_not_overflow(backend, layout):
+    # Finding 8: fp32 block sums of squares passed FLT_MAX for values ~1e18.
+    x = _layout(torch.randn(2, 3, 40, 30) * 1e18, layout)
+    mean, std = fastnst.mean_std(x, backend=backend)
+    want_m, want_s = reference.mean_std(x.double())
+    assert torch.isfinite(std).all()
+    torch.testing.assert_close(std.double(), want_s, rtol=1e-5, atol=0)
+    torch.testing.assert_close(mean.double(), want_m, rtol=0, atol=1e-5 * 1e18)
+    t = fastnst.adain(torch.randn(2, 3, 8, 8), x, backend=backend)
+    assert torch.isfinite(t).all()
+    if backend == "reference":  # plain float32 formulas overflow in the sum of squares
+        return
+    y = fastnst.instance_norm(x, backend=backend)
+    torch.testing.assert_close(y.double(), reference.instance_norm(x.double()), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_adain_unbiased_with_one_value_per_channel_is_one_error(backend):
+    # Finding 14: cpu named instance_norm, triton and reference returned NaN.
+    c1, s = torch.randn(1, 2, 1, 1), torch.randn(1, 2, 4, 4)
+    assert _err(lambda: fastnst.adain(c1, s, backend=backend)) == \
+        "adain: the unbiased variance needs at least 2 values per channel, got content of [1, 2, 1, 1]"
+    assert _err(lambda: fastnst.adain(s, c1, backend=backend)) == \
+        "adain: the unbiased variance needs at least 2 values per channel, got style of [1, 2, 1, 1]"
+    assert torch.isfinite(fastnst.adain(s, c1, unbiased=False, backend=backend)).all()
+
+
+@pytest.mark.parametrize("weights", [[float("inf"), 1.0], [1e308, 1e308], [float("nan"), 1.0], [0.0, 0.0],
+                                     [1.0, -0.5]])
+def test_style_weights_must_be_finite_with_a_finite_positive_sum(weights):
+    # Finding 15.
+    c, s = torch.randn(1, 2, 4, 4), torch.randn(1, 2, 4, 4)
+    assert _err(lambda: fastnst.adain(c, [s, s], style_weights=weights)) == \
+        f"adain: style_weights must be finite and >= 0 with a finite positive sum, got {[float(w) for w in weights]}"
+    # Large but finite weights are fine: they are normalised.
+    out = fastnst.adain(c, [s, s], style_weights=[1e300, 1e300])
+    torch.testing.assert_close(out, fastnst.adain(c, s))
+
+
+def test_instance_norm_refuses_non_float_weights_and_single_values():
+    # Finding 16: complex, int and bool weight/bias were accepted; L = 1 maps too.
+    x = torch.randn(2, 3, 4, 4)
+    for dtype in (torch.complex64, torch.int64, torch.bool):
+        w = torch.ones(3, dtype=dtype)
+        assert _err(lambda: fastnst.instance_norm(x, w), TypeError) == \
+            f"instance_norm: weight must be a float tensor (float32, float16, bfloat16 or float64), got {dtype}"
+        assert _err(lambda: fastnst.instance_norm(x, None, w), TypeError) == \
+            f"instance_norm: bias must be a float tensor (float32, float16, bfloat16 or float64), got {dtype}"
+    assert _err(lambda: fastnst.instance_norm(torch.randn(2, 3, 1, 1))) == \
+        "instance_norm: x must have more than 1 spatial element per channel, got [2, 3, 1, 1]"
+    with pytest.raises(ValueError):  # as nn.InstanceNorm2d, which fastnst.nn.InstanceNorm2d replaces
+        torch.nn.InstanceNorm2d(3)(torch.randn(2, 3, 1, 1))
+    from fastnst import nn as fnn
+    assert _err(lambda: fnn.InstanceNorm2d(3)(torch.randn(2, 3, 1, 1))) == \
+        "instance_norm: x must have more than 1 spatial element per channel, got [2, 3, 1, 1]"
+
+
+def test_scalars_accept_real_numbers_and_bools_only():
+    # Finding 18 (ops part): NumPy scalars are real numbers; unbiased must be a bool.
+    np = pytest.importorskip("numpy")
+    x = torch.randn(2, 3, 4, 4)
+    for backend in BACKENDS:
+        m, s = fastnst.mean_std(x, eps=np.float32(1e-5), unbiased=np.bool_(True), backend=backend)
+        torch.testing.assert_close(s, fastnst.mean_std(x, backend=backend)[1])
+        for bad in (None, 2, 1, "yes"):
+            assert _err(lambda: fastnst.mean_std(x, unbiased=bad, backend=backend), TypeError) == \
+                f"mean_std: unbiased must be True or False, got {bad!r}"
+            assert _err(lambda: fastnst.adain(x, x, unbiased=bad, backend=backend), TypeError) == \
+                f"adain: unbiased must be True or False, got {bad!r}"
+    for bad in (True, "1e-5", torch.tensor(1e-5)):
+        assert _err(lambda: fastnst.mean_std(x, eps=bad), TypeError).startswith(
+            "mean_std: eps must be a finite number >= 0, got ")
+    assert _err(lambda: fastnst.instance_norm(x, eps=float("inf"))) == \
+        "instance_norm: eps must be a finite number >= 0, got inf"
+
+
+def test_conditional_instance_norm_style_indices():
+    # Finding 18: LongTensor([-1]) took the last style, LongTensor([3]) was a raw IndexError.
+    from fastnst import nn as fnn
+    m = fnn.ConditionalInstanceNorm2d(3, 4)
+    x = torch.randn(1, 4, 5, 5)
+    assert _err(lambda: m(x, torch.tensor([-1]))) == "style indices must be in [0, 3), got values in [-1, -1]"
+    assert _err(lambda: m(x, torch.tensor([3]))) == "style indices must be in [0, 3), got values in [3, 3]"
+    assert _err(lambda: m(x, -1)) == "style index must be in [0, 3), got -1"
+    assert _err(lambda: m(x, True), TypeError) == ("style must be an int index, a LongTensor [B] of indices "
+                                                   "or a float tensor of mixing weights, got a bool")
+    np = pytest.importorskip("numpy")
+    torch.testing.assert_close(m(x, np.int64(2)), m(x, 2))
+    torch.testing.assert_close(m(x, torch.tensor([2])), m(x, 2))
+
+
+@pytest.mark.parametrize("backend", KERNELS)
+def test_direct_op_calls_mixing_meta_and_cpu_are_refused(backend):
+    # Finding 19: the dispatcher sends such calls to the fake kernels, which returned
+    # uninitialised memory.
+    sfx = "_triton" if backend == "triton" else ""
+    ops = torch.ops.fastnst
+    x, m = torch.randn(2, 3, 8), torch.randn(2, 3, 8, device="meta")
+    w, wm = torch.randn(3), torch.randn(3, device="meta")
+    stats, stats_m = torch.randn(2, 3), torch.randn(2, 3, device="meta")
+    calls = [
+        lambda: getattr(ops, "instance_norm" + sfx)(x, wm, None, 1e-5, False, 0.0, 0),
+        lambda: getattr(ops, "instance_norm" + sfx)(m, w, None, 1e-5, False, 0.0, 0),
+        lambda: getattr(ops, "instance_norm_backward" + sfx)(x, x, x, None, stats_m, stats, False, 0.0, 0, False),
+        lambda: getattr(ops, "instance_norm_backward" + sfx)(m, x, x, None, stats, stats, False, 0.0, 0, False),
+        lambda: getattr(ops, "mean_std_backward" + sfx)(stats_m, stats, x, stats, stats, True),
+        lambda: getattr(ops, "mean_std_backward" + sfx)(stats, stats, m, stats, stats, True),
+        lambda: getattr(ops, "gram_backward" + sfx)(torch.randn(2, 3, 3, device="meta"), x, 1.0),
+        lambda: getattr(ops, "gram_backward" + sfx)(torch.randn(2, 3, 3), m, 1.0),
+    ]
+    for call in calls:
+        with pytest.raises((ValueError, RuntimeError), match="device"):
+            call()

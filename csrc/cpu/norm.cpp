@@ -223,32 +223,34 @@ inline int64_t stream_head(const float* o, int64_t n) {
   return std::min<int64_t>(n, static_cast<int64_t>((64 - a % 64) % 64) / 4);
 }
 
-// y = act(q x + s) over a float32 row. STREAM: non-temporal stores (for outputs larger than
+// y = act(q (x - k) + s) over a float32 row (k: the row's mean rounded to float, so that the
+// cancellation happens in x - k, exactly for x near k, not between q x and s). STREAM: non-temporal stores (for outputs larger than
 // the caches: no read-for-ownership of y's lines, ~1/3 less memory traffic); the caller
 // issues the store fence.
 template <bool RELU, bool STREAM>
-__attribute__((target("avx512f"))) void map_row_avx512(const float* x, float* o, int64_t n, float q, float s) {
-  const __m512 vq = _mm512_set1_ps(q), vs = _mm512_set1_ps(s), zero = _mm512_setzero_ps();
+__attribute__((target("avx512f"))) void map_row_avx512(const float* x, float* o, int64_t n, float k, float q,
+                                                       float s) {
+  const __m512 vq = _mm512_set1_ps(q), vs = _mm512_set1_ps(s), vk = _mm512_set1_ps(k), zero = _mm512_setzero_ps();
   int64_t i = 0;
   const int64_t head = STREAM ? stream_head(o, n) : -1;
   if (head >= 0) {
     // Unaligned head with a masked store, then 64-byte aligned streaming stores.
     if (head > 0) {
       const __mmask16 t = static_cast<__mmask16>((1u << head) - 1u);
-      __m512 v = _mm512_fmadd_ps(vq, _mm512_maskz_loadu_ps(t, x), vs);
+      __m512 v = _mm512_fmadd_ps(vq, _mm512_maskz_sub_ps(t, _mm512_maskz_loadu_ps(t, x), vk), vs);
       if (RELU) v = _mm512_max_ps(v, zero);
       _mm512_mask_storeu_ps(o, t, v);
       i = head;
     }
     for (; i + 16 <= n; i += 16) {
-      __m512 v = _mm512_fmadd_ps(vq, _mm512_loadu_ps(x + i), vs);
+      __m512 v = _mm512_fmadd_ps(vq, _mm512_sub_ps(_mm512_loadu_ps(x + i), vk), vs);
       if (RELU) v = _mm512_max_ps(v, zero);
       _mm512_stream_ps(o + i, v);
     }
   }
   for (; i + 32 <= n; i += 32) {
-    __m512 v0 = _mm512_fmadd_ps(vq, _mm512_loadu_ps(x + i), vs);
-    __m512 v1 = _mm512_fmadd_ps(vq, _mm512_loadu_ps(x + i + 16), vs);
+    __m512 v0 = _mm512_fmadd_ps(vq, _mm512_sub_ps(_mm512_loadu_ps(x + i), vk), vs);
+    __m512 v1 = _mm512_fmadd_ps(vq, _mm512_sub_ps(_mm512_loadu_ps(x + i + 16), vk), vs);
     if (RELU) {
       v0 = _mm512_max_ps(v0, zero);
       v1 = _mm512_max_ps(v1, zero);
@@ -258,7 +260,7 @@ __attribute__((target("avx512f"))) void map_row_avx512(const float* x, float* o,
   }
   for (; i < n; i += 16) {
     const __mmask16 t = i + 16 <= n ? 0xFFFF : static_cast<__mmask16>((1u << (n - i)) - 1u);
-    __m512 v = _mm512_fmadd_ps(vq, _mm512_maskz_loadu_ps(t, x + i), vs);
+    __m512 v = _mm512_fmadd_ps(vq, _mm512_maskz_sub_ps(t, _mm512_maskz_loadu_ps(t, x + i), vk), vs);
     if (RELU) v = _mm512_max_ps(v, zero);
     _mm512_mask_storeu_ps(o + i, t, v);
   }
@@ -380,42 +382,42 @@ void row_stats(const at::Tensor& x0, bool channels, std::vector<double>& mean, s
 }
 
 // ---- the elementwise map y = f(x[, g]) with per-(b, c) coefficients ---------------------------
-// out[b, c, l] = act(P[bc] * g' + Q[bc] * x + R[bc]); g' = g (HAS_G), zeroed where the mask
+// out[b, c, l] = act(P[bc] * g' + Q[bc] * (x - K[bc]) + R[bc]); g' = g (HAS_G), zeroed where the mask
 // m <= 0 (HAS_M: the ReLU's mask recomputed from y). Flags are template parameters so that
 // every variant is a branch-free, vectorised loop.
 template <typename T, bool HAS_G, bool HAS_M, bool RELU>
 void affine_map_impl(const at::Tensor& x, const T* G, const T* M, bool channels,
                      const std::vector<double>& P, const std::vector<double>& Q,
-                     const std::vector<double>& R, at::Tensor& out) {
+                     const std::vector<double>& R, const std::vector<double>& K, at::Tensor& out) {
   const int64_t B = x.size(0), C = x.size(1), L = x.size(2);
   const T* X = x.data_ptr<T>();
   T* O = out.data_ptr<T>();
   using A = at::opmath_type<T>;
-  auto elem = [](A p, A q, A s, A xv, A gv, A mv) {
+  auto elem = [](A p, A q, A s, A k, A xv, A gv, A mv) {
     A g = HAS_G ? gv : A(0);
     if (HAS_M) g *= static_cast<A>(mv > A(0));  // branch-free: the mask is data, not control
-    A v = p * g + q * xv + s;
+    A v = p * g + q * (xv - k) + s;
     if (RELU) v = std::max(v, A(0));
     return v;
   };
   if (!channels) {
     at::parallel_for(0, B * C, 1, [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
-        const A p = P[r], q = Q[r], s = R[r];
+        const A p = P[r], q = Q[r], s = R[r], k = K[r];
         const T* xr = X + r * L;
         const T* gr = HAS_G ? G + r * L : xr;
         const T* mr = HAS_M ? M + r * L : xr;
         T* orow = O + r * L;
 #pragma omp simd
         for (int64_t l = 0; l < L; ++l)
-          orow[l] = static_cast<T>(elem(p, q, s, static_cast<A>(xr[l]), static_cast<A>(gr[l]),
+          orow[l] = static_cast<T>(elem(p, q, s, k, static_cast<A>(xr[l]), static_cast<A>(gr[l]),
                                         static_cast<A>(mr[l])));
       }
     });
     return;
   }
   at::parallel_for(0, B * L, 64, [&](int64_t t0, int64_t t1) {
-    std::vector<A> p(C), q(C), s(C);
+    std::vector<A> p(C), q(C), s(C), k(C);
     int64_t cur_b = -1;
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t b = t / L;
@@ -424,6 +426,7 @@ void affine_map_impl(const at::Tensor& x, const T* G, const T* M, bool channels,
           p[c] = P[b * C + c];
           q[c] = Q[b * C + c];
           s[c] = R[b * C + c];
+          k[c] = K[b * C + c];
         }
         cur_b = b;
       }
@@ -433,7 +436,7 @@ void affine_map_impl(const at::Tensor& x, const T* G, const T* M, bool channels,
       T* orow = O + t * C;
 #pragma omp simd
       for (int64_t c = 0; c < C; ++c)
-        orow[c] = static_cast<T>(elem(p[c], q[c], s[c], static_cast<A>(xr[c]), static_cast<A>(gr[c]),
+        orow[c] = static_cast<T>(elem(p[c], q[c], s[c], k[c], static_cast<A>(xr[c]), static_cast<A>(gr[c]),
                                       static_cast<A>(mr[c])));
     }
   });
@@ -442,11 +445,11 @@ void affine_map_impl(const at::Tensor& x, const T* G, const T* M, bool channels,
 template <typename T>
 void affine_map(const at::Tensor& x, const T* G, const T* M, bool relu, bool channels,
                 const std::vector<double>& P, const std::vector<double>& Q,
-                const std::vector<double>& R, at::Tensor& out) {
-  if (G && M) return affine_map_impl<T, true, true, false>(x, G, M, channels, P, Q, R, out);
-  if (G) return affine_map_impl<T, true, false, false>(x, G, M, channels, P, Q, R, out);
-  if (relu) return affine_map_impl<T, false, false, true>(x, G, M, channels, P, Q, R, out);
-  return affine_map_impl<T, false, false, false>(x, G, M, channels, P, Q, R, out);
+                const std::vector<double>& R, const std::vector<double>& K, at::Tensor& out) {
+  if (G && M) return affine_map_impl<T, true, true, false>(x, G, M, channels, P, Q, R, K, out);
+  if (G) return affine_map_impl<T, true, false, false>(x, G, M, channels, P, Q, R, K, out);
+  if (relu) return affine_map_impl<T, false, false, true>(x, G, M, channels, P, Q, R, K, out);
+  return affine_map_impl<T, false, false, false>(x, G, M, channels, P, Q, R, K, out);
 }
 
 // Per-(b, c) sums of g' and g' * (x - mean) for the backward (g' masked by y > 0 if relu).
@@ -501,7 +504,7 @@ void grad_sums(const at::Tensor& x, const at::Tensor& g, const T* M,
 // ---- fused row kernels (L contiguous): statistics and map while the row is in cache --------
 template <typename T, bool HAS_G, bool HAS_M, bool RELU>
 inline void map_row(const T* xr, const T* gr, const T* mr, T* orow, int64_t n,
-                    at::opmath_type<T> p, at::opmath_type<T> q, at::opmath_type<T> s) {
+                    at::opmath_type<T> p, at::opmath_type<T> q, at::opmath_type<T> s, at::opmath_type<T> k) {
   using A = at::opmath_type<T>;
   if (!HAS_G) gr = xr;
   if (!HAS_M) mr = xr;
@@ -509,7 +512,7 @@ inline void map_row(const T* xr, const T* gr, const T* mr, T* orow, int64_t n,
   for (int64_t l = 0; l < n; ++l) {
     A g = HAS_G ? static_cast<A>(gr[l]) : A(0);
     if (HAS_M) g *= static_cast<A>(static_cast<A>(mr[l]) > A(0));  // branch-free
-    A v = p * g + q * static_cast<A>(xr[l]) + s;
+    A v = p * g + q * (static_cast<A>(xr[l]) - k) + s;
     if (RELU) v = std::max(v, A(0));
     orow[l] = static_cast<T>(v);
   }
@@ -535,20 +538,23 @@ void norm_rows_fused(const at::Tensor& x, const double* wp, const double* bp, do
       const double rstd = inv_std(m2 / n + eps);
       mean_out[r] = static_cast<S>(mean);
       rstd_out[r] = static_cast<S>(rstd);
-      const A q = static_cast<A>(wp[r] * rstd + x_scale), sh = static_cast<A>(bp[r] - wp[r] * mean * rstd);
+      // y = q (x - mean) + b + x_scale mean = q (x - k) + sh, k = mean rounded to x's precision.
+      const double qd = wp[r] * rstd + x_scale;
+      const A q = static_cast<A>(qd), k = static_cast<A>(mean);
+      const A sh = static_cast<A>(bp[r] + x_scale * mean - qd * (mean - static_cast<double>(k)));
 #if defined(FASTNST_X86)
       if constexpr (std::is_same<T, float>::value) {
         if (use_avx512) {
           if (stream)
-            map_row_avx512<RELU, true>(X + r * L, Y + r * L, L, q, sh);
+            map_row_avx512<RELU, true>(X + r * L, Y + r * L, L, k, q, sh);
           else
-            map_row_avx512<RELU, false>(X + r * L, Y + r * L, L, q, sh);
+            map_row_avx512<RELU, false>(X + r * L, Y + r * L, L, k, q, sh);
           if (stream && r + 1 == r1) _mm_sfence();
           continue;
         }
       }
 #endif
-      map_row<T, false, false, RELU>(X + r * L, nullptr, nullptr, Y + r * L, L, A(0), q, sh);
+      map_row<T, false, false, RELU>(X + r * L, nullptr, nullptr, Y + r * L, L, A(0), q, sh, k);
     }
   });
 }
@@ -588,37 +594,40 @@ __attribute__((target("avx512f"))) void masked_sums_avx512(const float* G, const
   }
 }
 
-// p * (g where m > 0) + q * x + s for 16 elements.
+// p * (g where m > 0) + q * (x - mu) + s for 16 elements.
 __attribute__((target("avx512f"), always_inline)) inline __m512 masked_affine16(
-    const float* G, const float* M, const float* X, __m512 vp, __m512 vq, __m512 vs) {
+    const float* G, const float* M, const float* X, __m512 vp, __m512 vq, __m512 vs, __m512 vmu) {
   const __mmask16 k = _mm512_cmp_ps_mask(_mm512_loadu_ps(M), _mm512_setzero_ps(), _CMP_GT_OQ);
   const __m512 g = _mm512_maskz_mov_ps(k, _mm512_loadu_ps(G));
-  return _mm512_fmadd_ps(vp, g, _mm512_fmadd_ps(vq, _mm512_loadu_ps(X), vs));
+  return _mm512_fmadd_ps(vp, g, _mm512_fmadd_ps(vq, _mm512_sub_ps(_mm512_loadu_ps(X), vmu), vs));
 }
 
 // The same for the first n < 16 elements (masked loads and store).
 __attribute__((target("avx512f"), always_inline)) inline void masked_affine_part(
-    const float* G, const float* M, const float* X, float* O, int64_t n, __m512 vp, __m512 vq, __m512 vs) {
+    const float* G, const float* M, const float* X, float* O, int64_t n, __m512 vp, __m512 vq, __m512 vs,
+    __m512 vmu) {
   const __mmask16 t = static_cast<__mmask16>((1u << n) - 1u);
   const __mmask16 k = _mm512_mask_cmp_ps_mask(t, _mm512_maskz_loadu_ps(t, M), _mm512_setzero_ps(), _CMP_GT_OQ);
   const __m512 g = _mm512_maskz_loadu_ps(k, G);
-  const __m512 x = _mm512_maskz_loadu_ps(t, X);
+  const __m512 x = _mm512_maskz_sub_ps(t, _mm512_maskz_loadu_ps(t, X), vmu);
   _mm512_mask_storeu_ps(O, t, _mm512_fmadd_ps(vp, g, _mm512_fmadd_ps(vq, x, vs)));
 }
 
 template <bool STREAM>
 __attribute__((target("avx512f"))) void masked_map_avx512(const float* G, const float* M, const float* X,
-                                                         float* O, int64_t L, float p, float q, float s) {
-  const __m512 vp = _mm512_set1_ps(p), vq = _mm512_set1_ps(q), vs = _mm512_set1_ps(s);
+                                                         float* O, int64_t L, float p, float q, float s,
+                                                         float mu) {
+  const __m512 vp = _mm512_set1_ps(p), vq = _mm512_set1_ps(q), vs = _mm512_set1_ps(s), vmu = _mm512_set1_ps(mu);
   int64_t l = 0;
   const int64_t head = STREAM ? stream_head(O, L) : -1;
   if (head >= 0) {
     // Masked head up to a 64-byte boundary of O, then aligned streaming stores.
-    if (head > 0) masked_affine_part(G, M, X, O, head, vp, vq, vs);
-    for (l = head; l + 16 <= L; l += 16) _mm512_stream_ps(O + l, masked_affine16(G + l, M + l, X + l, vp, vq, vs));
+    if (head > 0) masked_affine_part(G, M, X, O, head, vp, vq, vs, vmu);
+    for (l = head; l + 16 <= L; l += 16)
+      _mm512_stream_ps(O + l, masked_affine16(G + l, M + l, X + l, vp, vq, vs, vmu));
   }
-  for (; l + 16 <= L; l += 16) _mm512_storeu_ps(O + l, masked_affine16(G + l, M + l, X + l, vp, vq, vs));
-  if (l < L) masked_affine_part(G + l, M + l, X + l, O + l, L - l, vp, vq, vs);
+  for (; l + 16 <= L; l += 16) _mm512_storeu_ps(O + l, masked_affine16(G + l, M + l, X + l, vp, vq, vs, vmu));
+  if (l < L) masked_affine_part(G + l, M + l, X + l, O + l, L - l, vp, vq, vs, vmu);
 }
 #endif
 
@@ -669,19 +678,20 @@ void norm_rows_backward_fused(const at::Tensor& x, const at::Tensor& g, const T*
         dw[r] = static_cast<S>(dwv);
         db[r] = static_cast<S>(dbv);
       }
-      const A pp = static_cast<A>(x_scale + rstd * wv), ss = static_cast<A>(-rstd * wv * dbv / L - q * mean[r]);
+      // dx = pp g' + q (x - mean) + ss; mean is exact in x's precision (saved as such).
+      const A pp = static_cast<A>(x_scale + rstd * wv), ss = static_cast<A>(-rstd * wv * dbv / L);
 #if defined(FASTNST_X86)
       if (kVec && use_avx512) {
         auto run = stream ? masked_map_avx512<true> : masked_map_avx512<false>;
         run(reinterpret_cast<const float*>(G + r * L), reinterpret_cast<const float*>(M + r * L),
             reinterpret_cast<const float*>(X + r * L), reinterpret_cast<float*>(D + r * L), L,
-            static_cast<float>(pp), static_cast<float>(q), static_cast<float>(ss));
+            static_cast<float>(pp), static_cast<float>(q), static_cast<float>(ss), static_cast<float>(mu));
         if (stream && r + 1 == r1) _mm_sfence();
         continue;
       }
 #endif
       map_row<T, true, RELU, false>(X + r * L, G + r * L, RELU ? M + r * L : nullptr, D + r * L, L, pp,
-                                    static_cast<A>(q), ss);
+                                    static_cast<A>(q), ss, mu);
     }
   });
 }
@@ -693,6 +703,16 @@ void dispatch(at::ScalarType t, F&& f) {
     case at::kDouble: f(double()); break;
     case at::kHalf: f(c10::Half()); break;
     default: f(c10::BFloat16()); break;
+  }
+}
+
+// v rounded to the precision of dtype (the shift of the elementwise maps).
+double round_to(at::ScalarType dtype, double v) {
+  switch (dtype) {
+    case at::kDouble: return v;
+    case at::kHalf: return static_cast<double>(static_cast<c10::Half>(static_cast<float>(v)));
+    case at::kBFloat16: return static_cast<double>(static_cast<c10::BFloat16>(static_cast<float>(v)));
+    default: return static_cast<double>(static_cast<float>(v));
   }
 }
 
@@ -747,7 +767,7 @@ at::Tensor mean_std_backward_cpu(const at::Tensor& gm, const at::Tensor& gs, con
     const bool zero = g2[r] == 0;
     n_zero += zero;
     Q[r] = zero ? 0.0 : g2[r] / (sd[r] * n);
-    R[r] = zero ? g1[r] / L : g1[r] / L - Q[r] * mu[r];
+    R[r] = g1[r] / L;  // dx = R + Q (x - mean); mean is exact in x's precision (the op's output)
   }
   at::Tensor out = output_rule(x0, OutSlot::kMeanStdBackward);
   auto opts = at::TensorOptions().dtype(at::kDouble);
@@ -757,7 +777,7 @@ at::Tensor mean_std_backward_cpu(const at::Tensor& gm, const at::Tensor& gs, con
   }
   dispatch(x.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
-    affine_map<T>(x, nullptr, nullptr, false, channels, P, Q, R, out);
+    affine_map<T>(x, nullptr, nullptr, false, channels, P, Q, R, mu, out);
   });
   if (n_zero > 0) {
     std::vector<uint8_t> zero(B * C);
@@ -799,13 +819,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_cpu(
   std::vector<double> mean, m2;
   dispatch(x.scalar_type(), [&](auto tag) { row_stats<decltype(tag)>(x, channels, mean, m2); });
   const double n = static_cast<double>(L - (unbiased ? 1 : 0));
-  std::vector<double> P(B * C, 0.0), Q(B * C), R(B * C), rstd(B * C);
+  std::vector<double> P(B * C, 0.0), Q(B * C), R(B * C), K(B * C), rstd(B * C);
   const double* wp = w.data_ptr<double>();
   const double* bp = bb.data_ptr<double>();
   for (int64_t r = 0; r < B * C; ++r) {
+    // y = Q (x - K) + R, K = mean rounded to x's precision (see norm_rows_fused).
     rstd[r] = inv_std(m2[r] / n + eps);
     Q[r] = wp[r] * rstd[r] + x_scale;
-    R[r] = bp[r] - wp[r] * mean[r] * rstd[r];
+    K[r] = round_to(x.scalar_type(), mean[r]);
+    R[r] = bp[r] + x_scale * mean[r] - Q[r] * (mean[r] - K[r]);
   }
   auto dopts = at::TensorOptions().dtype(at::kDouble);
   at::Tensor mean_t = at::from_blob(mean.data(), {B, C}, dopts).to(sopts.dtype(), false, /*copy=*/true);
@@ -813,7 +835,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_cpu(
   at::Tensor y = output_rule(x0, OutSlot::kNormForward);
   dispatch(x.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
-    affine_map<T>(x, nullptr, nullptr, activation == 1, channels, P, Q, R, y);
+    affine_map<T>(x, nullptr, nullptr, activation == 1, channels, P, Q, R, K, y);
   });
   return {y, mean_t, rstd_t};
 }
@@ -873,7 +895,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_backward_cpu(
     const double dbv = sg[r];
     P[r] = x_scale + rstd * wv;
     Q[r] = -rstd * rstd * wv * dwv / n;
-    R[r] = -rstd * wv * dbv / L - Q[r] * mean[r];
+    R[r] = -rstd * wv * dbv / L;  // dx = P g' + Q (x - mean) + R
     if (weight_grads) {
       dwv_all[r] = dwv;
       dbv_all[r] = dbv;
@@ -889,7 +911,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_backward_cpu(
   dispatch(x.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
     affine_map<T>(x, g.data_ptr<T>(), activation == 1 ? y.data_ptr<T>() : nullptr, false, channels,
-                  P, Q, R, dx);
+                  P, Q, R, mean, dx);
   });
   return {dx, dw, db};
 }

@@ -209,7 +209,9 @@ def _check_eps(op: str, eps, name: str = "eps") -> float:
 
 def _check_bool(op: str, name: str, v) -> bool:
     """True or False (also NumPy's bool_); never a truthy int or None."""
-    if isinstance(v, bool) or type(v).__name__ == "bool_":
+    import numpy as np
+
+    if isinstance(v, (bool, np.bool_)):
         return bool(v)
     raise TypeError(f"{op}: {name} must be True or False, got {v!r}")
 
@@ -222,7 +224,10 @@ def check_style_weights(op: str, weights, n: int, name: str = "style_weights") -
         raise TypeError(f"{op}: {name} must be a sequence of {n} numbers, got {weights!r}") from None
     if len(values) != n:
         raise ValueError(f"{op}: {name} must have one weight per style ({n}), got {len(values)}")
-    total = math.fsum(values) if all(math.isfinite(w) for w in values) else math.nan
+    try:
+        total = math.fsum(values) if all(math.isfinite(w) for w in values) else math.nan
+    except OverflowError:  # e.g. [1e308, 1e308]
+        total = math.inf
     if any(not math.isfinite(w) or w < 0 for w in values) or not (0 < total < math.inf):
         raise ValueError(f"{op}: {name} must be finite and >= 0 with a finite positive sum, got {values}")
     return [w / total for w in values]
