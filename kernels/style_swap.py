@@ -43,6 +43,16 @@ axis is split: each split writes its (best score, best index) and torch picks, p
 patch, the first split holding the maximum (argmax returns the first): same result as one
 pass, deterministic, no atomics.
 
+Bit-equal duplicates need a dot whose rounding of a score does not depend on where its style
+patch sits in the tile. Compiled, the IEEE fp32 tl.dot is one FMA chain per score in K order.
+The interpreter's tl.dot is np.matmul, whose BLAS may not be: OpenBLAS' Haswell sgemm (picked
+on a Zen 5 EPYC) rounds columns 8..55 of a 64-wide tile differently from the others, which
+turned exact duplicates into 1-ulp-apart scores and lowest-index ties into wrong ones. So under
+TRITON_INTERPRET=1 (EXACT_DOT) each K step is an elementwise product and a tl.sum over K
+(NumPy sums it in K order for every score alike), whatever BLAS NumPy has. Patches whose
+scores are only mathematically equal (positive multiples of each other, eps = 0) may round
+apart by a few ulps; the README's style-swap section states the bound.
+
 Layout: content, style and indices may have any strides (contiguous, channels_last, sliced);
 the strides go to the kernels, nothing is copied. A style batch of 1 gets batch stride 0.
 Indices are written int64 [B, nh, nw] contiguous; the reconstruction contiguous
@@ -57,9 +67,10 @@ kernel through a one-element float64 tensor (a Python float argument would be ro
 float32). The reconstruction sums in float32 (float64) and rounds once to the output dtype.
 
 Limitations: no autotuning (block sizes are a small heuristic by sizes), which keeps it usable
-under TRITON_INTERPRET=1. The match is the plain patch GEMM (2·C·k² flops per pair); it does not
-use the pixel-Gram/diagonal-sum trick of the C++ CPU kernel (k² fewer flops), nor tensor cores
-for float16/bfloat16. Content tiles are reloaded for every style tile (from cache). float64 is
+under TRITON_INTERPRET=1 (where the match's product-and-sum dot takes about 1.2-1.4x the
+np.matmul time on the test shapes). The match is the plain patch GEMM (2·C·k² flops per pair);
+it does not use the pixel-Gram/diagonal-sum trick of the C++ CPU kernel (k² fewer flops), nor
+tensor cores for float16/bfloat16. Content tiles are reloaded for every style tile (from cache). float64 is
 meant for the interpreter. Under the interpreter bfloat16 results take a float32 detour, see
 _precision.
 """
@@ -183,7 +194,7 @@ def _match_kernel(
     stride_ib,
     stride_os, stride_ob,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    ACC_DTYPE: tl.constexpr, SPLIT: tl.constexpr,
+    ACC_DTYPE: tl.constexpr, SPLIT: tl.constexpr, EXACT_DOT: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
@@ -222,7 +233,12 @@ def _match_kernel(
                         other=0.0).to(ACC_DTYPE)
             b = tl.load(s_base + ks[:, None] + noff[None, :], mask=mask_k[:, None] & mask_n[None, :],
                         other=0.0).to(ACC_DTYPE)
-            acc = tl.dot(a, b, acc, input_precision="ieee")
+            if EXACT_DOT:
+                # Interpreter: the same rounding for every score, whatever BLAS NumPy uses
+                # (np.matmul's may depend on the column: see "Ties" above).
+                acc += tl.sum(a[:, :, None] * b[None, :, :], axis=1)
+            else:
+                acc = tl.dot(a, b, acc, input_precision="ieee")
         inv = tl.load(inv_base + offs_n64, mask=mask_n, other=0.0)
         score = tl.where(mask_n[None, :], acc * inv[None, :], float("-inf"))
         # Lowest index among the tile's maxima, then strict > against the earlier tiles.
@@ -362,6 +378,7 @@ def style_swap_match(content: torch.Tensor, style: torch.Tensor, patch_size: int
         c, kk, n_content, nw, n_style, mw, k, s, per_split,
         *content.stride(), sb, *style.stride()[1:], ib, dst.stride(0), dst.stride(1),
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, ACC_DTYPE=acc, SPLIT=splits > 1,
+        EXACT_DOT=_interpreting(),
     )
     if splits > 1:
         # argmax returns the first maximum: the lowest split, which holds the lowest indices.

@@ -1,6 +1,9 @@
 """style_swap: indices identical to the conv-based reference (float64), outputs equal, ties to
 the lowest index, zero-norm patches without NaN, uncovered pixels, batches, layouts, opcheck,
-torch.compile, reuse of indices, and bad input."""
+torch.compile, reuse of indices, bad input, and issue 9's hardening (Triton ties whatever BLAS
+NumPy uses, the near-tie contract, out_size, meta tensors, empty batches, mixed-device op calls)."""
+
+import os
 
 import pytest
 import torch
@@ -349,3 +352,189 @@ def test_gpu_kernels_poison_bad_indices_with_nan():
     idx[0, 1, 1] = 4  # 4 style patches: 0..3
     out = torch.ops.fastnst.style_swap_reconstruct_triton(style, idx, 3, 1, 4, 4)
     assert torch.isnan(out[..., 3, 3]).all() and torch.isfinite(out[..., 0, 0]).all()
+
+
+# ---- issue 9: fuzz-run hardening ----------------------------------------------------------------
+def _position_dependent_matmul(a, b, dtype=None, **kwargs):
+    """np.matmul that rounds a column differently by its position (column j sums the K products
+    cyclically from k = j mod K), as some BLAS kernels do (OpenBLAS' Haswell sgemm on a Zen 5)."""
+    import numpy as np
+
+    assert a.ndim == 2 and b.ndim == 2 and not kwargs
+    prod = (a[:, :, None] * b[None, :, :]).astype(dtype or np.result_type(a, b))
+    kk, n = prod.shape[1], prod.shape[2]
+    out = np.zeros((a.shape[0], n), dtype=prod.dtype)
+    cols = np.arange(n)
+    for k in range(kk):
+        out += prod[:, (cols + k) % kk, cols]
+    return out
+
+
+def test_triton_ties_do_not_depend_on_the_blas(monkeypatch):
+    """Under the interpreter, duplicated style patches score bit-equal whatever BLAS NumPy's
+    matmul uses: the lowest index still wins with a matmul whose rounding depends on the column."""
+    if "triton" not in BACKENDS or os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("Triton under the interpreter only")
+    import numpy as np
+
+    monkeypatch.setattr(np, "matmul", _position_dependent_matmul)
+    tile = _features((1, 6, 4, 4))
+    style = tile.repeat(1, 1, 3, 3)
+    content = _features((1, 6, 10, 9))
+    for k, s in ((3, 1), (1, 1)):
+        scores = _scores(content, style, k, s)
+        best = scores.amax(1, keepdim=True)
+        q = torch.arange(scores.shape[1]).view(1, -1, 1, 1).expand_as(scores)
+        lowest = torch.where(scores >= best - 1e-9 * best.abs(), q, scores.shape[1]).amin(1)
+        for dtype in (torch.float32, torch.float64):
+            _, idx = fastnst.style_swap(content.to(dtype), style.to(dtype), k, s, return_indices=True,
+                                        backend="triton")
+            assert torch.equal(idx, lowest), (k, s, dtype)
+
+
+def _exact_scores(content, style, k, s, eps):
+    """score(p, q) = <p, q> / (||q|| + eps) in 60-digit decimal arithmetic (the float inputs
+    convert exactly), [B][n_content][n_style] Decimals, and the content patch norms [B][n_content]."""
+    from decimal import Decimal, localcontext
+
+    def patches(x):  # [n, K] float64 lists, numbered row-major over the patch grid
+        return reference._style_patches(x.double().unsqueeze(0), k, s).flatten(1).tolist()
+
+    scores, norms = [], []
+    with localcontext() as ctx:
+        ctx.prec = 60
+        for b in range(content.shape[0]):
+            cp = [[Decimal(v) for v in p] for p in patches(content[b])]
+            sp = [[Decimal(v) for v in p] for p in patches(style[b if style.shape[0] > 1 else 0])]
+            inv = []
+            for p in sp:
+                n = sum(v * v for v in p).sqrt()
+                inv.append(1 / (n + Decimal(eps)) if n > 0 else Decimal(0))
+            scores.append([[sum(x * y for x, y in zip(c, p)) * w for p, w in zip(sp, inv)] for c in cp])
+            norms.append([sum(v * v for v in c).sqrt() for c in cp])
+    return scores, norms
+
+
+def _check_tie_contract(content, style, k, s, eps, idx):
+    """The README's contract: (1) the winner is the lowest index among the style patches equal to
+    it element by element, (2) its exact score is within (3K + 8) u ||content patch|| of the
+    maximum exact score (K = C k^2, u the unit roundoff of the accumulation)."""
+    from decimal import Decimal
+
+    u = Decimal(2) ** (-53 if content.dtype == torch.float64 else -24)
+    kk = content.shape[1] * k * k
+    scores, norms = _exact_scores(content, style, k, s, eps)
+    for b in range(content.shape[0]):
+        sp = reference._style_patches(style[b if style.shape[0] > 1 else 0].unsqueeze(0), k, s).flatten(1)
+        for p, q in enumerate(idx[b].flatten().tolist()):
+            dup = (sp == sp[q]).all(1).nonzero()[0, 0].item()
+            assert q == dup, f"sample {b} patch {p}: index {q}, but patch {dup} is identical"
+            bound = (3 * kk + 8) * u * norms[b][p]
+            assert scores[b][p][q] >= max(scores[b][p]) - bound, (b, p, q)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
+def test_proportional_patches_may_round_apart(backend, dtype):
+    """Issue 9, item 5: with eps = 0, style patches that are positive multiples of each other
+    have mathematically equal scores, which round apart by a few ulps (the kernels correlate,
+    then scale by 1 / norm; the reference normalises, then correlates), so any of them may win;
+    bit-identical patches still go to the lowest index. The contract is _check_tie_contract."""
+    c = torch.tensor([[[[1.47]]]], dtype=dtype)
+    s = torch.tensor([0.8, 0.56, 1.02, 0.75, 0.89, 0.28, 0.45, 0.68], dtype=dtype).reshape(1, 1, 1, 8)
+    _, idx = fastnst.style_swap(c, s, 1, 1, return_indices=True, eps=0.0, backend=backend)
+    _check_tie_contract(c, s, 1, 1, 0.0, idx)
+    twice = torch.cat([s, s], dim=3)  # every patch duplicated at q + 8: the first copy wins
+    _, idx2 = fastnst.style_swap(c, twice, 1, 1, return_indices=True, eps=0.0, backend=backend)
+    assert idx2.item() < 8 and idx2.item() == idx.item()
+    _check_tie_contract(c, twice, 1, 1, 0.0, idx2)
+
+    # Multi-channel 3 x 3 patches (K = 36, stride 3: disjoint patches), each a positive multiple
+    # of one of three base patches, some bit-identical; the content holds multiples of the bases
+    # (exact ties between the multiples) and random patches.
+    base = _features((3, 4, 3, 3), dtype) + 0.1
+    which = [0, 1, 0, 2, 0, 1, 0, 2, 1, 0]
+    scale = torch.tensor([1.0, 0.7, 1.3, 2.1, 1.0, 0.7, 0.55, 1.7, 1.3, 0.9], dtype=dtype)
+    scale[4], scale[5] = scale[0], scale[1]  # patch 4 = patch 0, patch 5 = patch 1, bit for bit
+    style = torch.cat([base[w] * a for w, a in zip(which, scale)], dim=2).unsqueeze(0)  # [1, 4, 3, 30]
+    content = torch.cat([base[0] * 3.1, base[1] * 0.4, base[2] * 1.9, _features((4, 3, 3), dtype)],
+                        dim=2).unsqueeze(0).repeat(1, 1, 2, 1)  # [1, 4, 6, 12]: 2 x 4 patches
+    for eps in (0.0, 1e-8):
+        _, idx = fastnst.style_swap(content, style, 3, 3, return_indices=True, eps=eps, backend=backend)
+        _check_tie_contract(content, style, 3, 3, eps, idx)
+
+
+def test_reconstruct_out_size_is_a_pair_of_ints():
+    """Issue 9, item 17: out_size is (height, width) as ints; nothing is truncated or parsed."""
+    import numpy as np
+
+    style = _features((1, 4, 8, 8))
+    idx = torch.zeros(2, 7, 6, dtype=torch.int64)
+    expect = fastnst.style_swap_reconstruct(style, idx, (9, 8))
+    assert expect.shape == (2, 4, 9, 8)
+    for size in ([9, 8], torch.Size([9, 8]), (np.int64(9), np.int32(8)), np.array([9, 8]),
+                 torch.tensor([9, 8]), torch.rand(2, 3, 9, 8).shape[-2:]):
+        assert torch.equal(fastnst.style_swap_reconstruct(style, idx, size), expect), size
+    for size in ((8.9, 8.9), (9.0, 8), "98", b"98", (9,), (9, 8, 1), (True, 8), (9, np.float64(8.0)),
+                 (torch.tensor(True), 8), (9, torch.tensor(8.0)), 9, None):
+        assert _msg(lambda: fastnst.style_swap_reconstruct(style, idx, size), TypeError) == \
+            f"style_swap: out_size must be a pair of ints (height, width), got {size!r}"
+
+
+def test_meta_tensors():
+    """Issue 9, item 17: shapes only on meta tensors, for both functions (no .item() on meta)."""
+    content, style = torch.empty(2, 4, 9, 8, device="meta"), torch.empty(1, 4, 8, 8, device="meta")
+    out, idx = fastnst.style_swap(content, style, 3, 1, return_indices=True)
+    assert out.device.type == "meta" and out.shape == (2, 4, 9, 8)
+    assert idx.device.type == "meta" and idx.shape == (2, 7, 6) and idx.dtype == torch.int64
+    again = fastnst.style_swap_reconstruct(style, idx, (9, 8), 3, 1)
+    assert again.device.type == "meta" and again.shape == (2, 4, 9, 8) and again.dtype == style.dtype
+    # Shape checks stay.
+    assert _msg(lambda: fastnst.style_swap_reconstruct(style, idx, (10, 8), 3, 1)).startswith(
+        "style_swap: indices must be [B, 8, 6] for out_size 10x8")
+
+
+@pytest.mark.parametrize("backend", BACKENDS + ["reference"])
+def test_empty_batch(backend):
+    """Issue 9, item 17: an empty batch gives an empty batch on every backend, in both functions."""
+    style = _features((1, 4, 8, 8))
+    out, idx = fastnst.style_swap(torch.empty(0, 4, 9, 8, dtype=torch.float64), style, 3, 2,
+                                  return_indices=True, backend=backend)
+    assert out.shape == (0, 4, 9, 8) and out.dtype == torch.float64 and out.is_contiguous()
+    assert idx.shape == (0, 4, 3) and idx.dtype == torch.int64
+    rec = fastnst.style_swap_reconstruct(style, idx, (9, 8), 3, 2, backend=backend)
+    assert rec.shape == (0, 4, 9, 8) and rec.dtype == torch.float64
+    # Only the batch may be empty, and the geometry is still checked.
+    assert _msg(lambda: fastnst.style_swap(torch.empty(0, 0, 9, 8, dtype=torch.float64), style,
+                                           backend=backend)) == \
+        "style_swap: content must be non-empty, got [0, 0, 9, 8]"
+    assert _msg(lambda: fastnst.style_swap(torch.empty(0, 4, 2, 8, dtype=torch.float64), style,
+                                           backend=backend)) == \
+        "style_swap: patch_size 3 is larger than the content map 2x8 (content is [0, 4, 2, 8])"
+    assert _msg(lambda: fastnst.style_swap_reconstruct(style, torch.zeros(0, 7, 7, dtype=torch.int64),
+                                                       (9, 8), backend=backend)).startswith(
+        "style_swap: indices must be [B, 7, 6] for out_size 9x8")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ops_refuse_mixed_meta_and_real_devices(backend):
+    """Issue 9, item 19: a direct op call mixing a meta tensor with a CPU tensor reaches the fake
+    kernel, which must refuse it (not return an uninitialised tensor), in either order."""
+    t = "_triton" if backend == "triton" else ""
+    ops = torch.ops.fastnst
+    match, rec = getattr(ops, "style_swap_match" + t), getattr(ops, "style_swap_reconstruct" + t)
+    content, style = torch.rand(2, 4, 9, 8), torch.rand(1, 4, 8, 8)
+    idx = torch.zeros(2, 7, 6, dtype=torch.int64)
+    for a, b in ((content.to("meta"), style), (content, style.to("meta"))):
+        with pytest.raises(ValueError) as e:
+            match(a, b, 3, 1, 1e-8)
+        assert str(e.value) == (f"fastnst::style_swap_match{t}: content and style must be on the "
+                                f"same device, got {a.device} and {b.device}")
+    for a, b in ((style.to("meta"), idx), (style, idx.to("meta"))):
+        with pytest.raises(ValueError) as e:
+            rec(a, b, 3, 1, 9, 8)
+        assert str(e.value) == (f"fastnst::style_swap_reconstruct{t}: style and indices must be on "
+                                f"the same device, got {a.device} and {b.device}")
+    # All meta: shapes.
+    assert match(content.to("meta"), style.to("meta"), 3, 1, 1e-8).shape == (2, 7, 6)
+    assert rec(style.to("meta"), idx.to("meta"), 3, 1, 9, 8).shape == (2, 4, 9, 8)

@@ -17,6 +17,8 @@ n_content × n_style score matrix or a one-hot tensor: score tiles feed a runnin
 
 from __future__ import annotations
 
+import operator
+
 import torch
 
 from fastnst import _ext, reference
@@ -49,21 +51,32 @@ def _reconstruct_triton(style: torch.Tensor, indices: torch.Tensor, patch_size: 
 
 
 # ---- fake kernels ----------------------------------------------------------------------------
-def _match_fake(content, style, patch_size, stride, eps):
-    b, _, h, w = content.shape
-    return content.new_empty((b, _grid(h, patch_size, stride), _grid(w, patch_size, stride)),
-                             dtype=torch.int64)
+# A direct op call that mixes a meta tensor with real ones dispatches here (Meta wins the
+# dispatch), so the fakes check the devices themselves: otherwise they would hand back an
+# uninitialised tensor on the first argument's device.
+def _match_fake(op: str):
+    def fake(content, style, patch_size, stride, eps):
+        check_same_device(f"fastnst::{op}", "content", content, "style", style)
+        b, _, h, w = content.shape
+        return content.new_empty((b, _grid(h, patch_size, stride), _grid(w, patch_size, stride)),
+                                 dtype=torch.int64)
+
+    return fake
 
 
-def _reconstruct_fake(style, indices, patch_size, stride, out_h, out_w):
-    return style.new_empty((indices.shape[0], style.shape[1], out_h, out_w))
+def _reconstruct_fake(op: str):
+    def fake(style, indices, patch_size, stride, out_h, out_w):
+        check_same_device(f"fastnst::{op}", "style", style, "indices", indices)
+        return style.new_empty((indices.shape[0], style.shape[1], out_h, out_w))
+
+    return fake
 
 
-torch.library.register_fake("fastnst::style_swap_match_triton")(_match_fake)
-torch.library.register_fake("fastnst::style_swap_reconstruct_triton")(_reconstruct_fake)
-if _ext.available():
-    torch.library.register_fake("fastnst::style_swap_match")(_match_fake)
-    torch.library.register_fake("fastnst::style_swap_reconstruct")(_reconstruct_fake)
+_FAKES = {"style_swap_match": _match_fake, "style_swap_reconstruct": _reconstruct_fake}
+for _op, _fake in _FAKES.items():
+    torch.library.register_fake(f"fastnst::{_op}_triton")(_fake(f"{_op}_triton"))
+    if _ext.available():
+        torch.library.register_fake(f"fastnst::{_op}")(_fake(_op))
 
 
 def _kernels(backend: str):
@@ -83,8 +96,29 @@ def _check_int(name: str, v, lo: int) -> int:
     return v
 
 
+def _check_size(out_size) -> tuple[int, int]:
+    """(height, width) from a pair of ints: anything with __index__ (numpy integers, integer
+    0-d tensors) but not bool; floats, strings and other lengths are refused, not truncated."""
+    def index(v) -> int:
+        if isinstance(v, bool) or (isinstance(v, torch.Tensor) and v.dtype == torch.bool):
+            raise TypeError
+        return operator.index(v)
+
+    try:
+        if isinstance(out_size, (str, bytes)) or len(out_size) != 2:
+            raise TypeError
+        return index(out_size[0]), index(out_size[1])
+    except (TypeError, ValueError, IndexError, KeyError, RuntimeError):
+        raise TypeError(f"{_OP}: out_size must be a pair of ints (height, width), got {out_size!r}") from None
+
+
 def _validate(content, style, patch_size, stride) -> None:
-    check_tensor(_OP, "content", content, (4,), "[B, C, H, W]")
+    checked = content
+    if isinstance(content, torch.Tensor) and content.dim() == 4 and content.shape[0] == 0 and all(content.shape[1:]):
+        # An empty batch is allowed (the result is an empty batch too): check_tensor, which
+        # refuses empty tensors, sees a one-sample stand-in (one element is allocated).
+        checked = content.new_empty(()).expand(1, *content.shape[1:])
+    check_tensor(_OP, "content", checked, (4,), "[B, C, H, W]")
     check_tensor(_OP, "style", style, (4,), "[B or 1, C, H, W]")
     check_same_device(_OP, "content", content, "style", style)
     if style.dtype != content.dtype:
@@ -108,7 +142,7 @@ def style_swap(content: torch.Tensor, style: torch.Tensor, patch_size: int = 3, 
 
     Args:
         content: features [B, C, Hc, Wc] (e.g. VGG relu3_1); float32, float16, bfloat16
-            (float64 on the CPU); any strides.
+            (float64 on the CPU); any strides. B = 0 gives empty results on every backend.
         style: features [1 or B, C, Hs, Ws] of the same dtype and device; any spatial size.
             A batch of 1 serves every content sample; a batch of B pairs sample b with style b.
         patch_size: k, the side of the square patches (default 3).
@@ -120,8 +154,14 @@ def style_swap(content: torch.Tensor, style: torch.Tensor, patch_size: int = 3, 
 
     Geometry: content patches sit at (i·s, j·s), i < nh = (Hc − k) // s + 1, j < nw likewise;
     style patches at (qi·s, qj·s), numbered q = qi·mw + qj with mw = (Ws − k) // s + 1.
-    Ties go to the lowest q. For finite inputs the indices are those of the conv-based
-    reference; a NaN score never wins (the reference's argmax would pick it).
+    Ties: style patches that are identical (element by element) score bit-equal on every
+    kernel backend and the lowest q among them wins. Scores are <c, q> · 1 / (‖q‖ + eps),
+    rounded, so distinct patches with mathematically equal scores (positive multiples of each
+    other with eps = 0) may round a few ulps apart and any of them may win: the winner's exact
+    score is within (3K + 8)·u·‖content patch‖ of the best (K = C·k², u = 2⁻²⁴, 2⁻⁵³ for
+    float64; README, "Style swap"). Apart from such near-ties, for finite inputs the indices
+    are those of the conv-based reference; a NaN score never wins (the reference's argmax
+    would pick it).
 
     Returns:
         [B, C, Hc, Wc] (contiguous, the style's dtype): each pixel is the mean of the chosen
@@ -140,7 +180,12 @@ def style_swap(content: torch.Tensor, style: torch.Tensor, patch_size: int = 3, 
         raise ValueError(f"{_OP}: eps must be a finite number >= 0, got {eps!r}")
     content, style = content.detach(), style.detach()
     name = resolve("style_swap_match", content, backend, label=_OP)
-    if name == "reference":
+    if content.shape[0] == 0:  # every backend: an empty batch in, an empty batch out
+        k, s = patch_size, stride
+        out = style.new_empty(content.shape)
+        idx = content.new_empty((0, _grid(content.shape[2], k, s), _grid(content.shape[3], k, s)),
+                                dtype=torch.int64)
+    elif name == "reference":
         out, idx = reference.style_swap(content, style, patch_size, stride, float(eps))
     else:
         match, rec = _kernels(name)
@@ -155,7 +200,10 @@ def style_swap_reconstruct(style: torch.Tensor, indices: torch.Tensor, out_size:
     :func:`style_swap`), e.g. to reuse a match across video frames.
 
     ``indices``: int64 [B, nh, nw] as returned by ``style_swap(..., return_indices=True)``;
-    ``out_size``: (Hc, Wc) of the content it was matched on. Returns [B, C, Hc, Wc].
+    ``out_size``: (Hc, Wc) of the content it was matched on, a pair of ints (numpy integers
+    too; not bool, float or str). Returns [B, C, Hc, Wc]; B = 0 gives an empty batch on every
+    backend. Index values are checked (ValueError) except on meta tensors, where only shapes
+    are.
     """
     check_tensor(_OP, "style", style, (4,), "[B or 1, C, H, W]")
     if not isinstance(indices, torch.Tensor) or indices.dtype != torch.int64 or indices.dim() != 3:
@@ -164,10 +212,7 @@ def style_swap_reconstruct(style: torch.Tensor, indices: torch.Tensor, out_size:
     check_same_device(_OP, "style", style, "indices", indices)
     _check_int("patch_size", patch_size, 1)
     _check_int("stride", stride, 1)
-    try:
-        out_h, out_w = (int(v) for v in out_size)
-    except (TypeError, ValueError):
-        raise TypeError(f"{_OP}: out_size must be (height, width), got {out_size!r}") from None
+    out_h, out_w = _check_size(out_size)
     if patch_size > min(out_h, out_w, style.shape[2], style.shape[3]):
         raise ValueError(f"{_OP}: patch_size {patch_size} is larger than the style map "
                          f"{style.shape[2]}x{style.shape[3]} or out_size {out_h}x{out_w}")
@@ -177,13 +222,15 @@ def style_swap_reconstruct(style: torch.Tensor, indices: torch.Tensor, out_size:
                          f"patch_size {patch_size}, stride {stride} (style batch 1 or B), got "
                          f"{shape_str(indices)} with style {shape_str(style)}")
     n_style = _grid(style.shape[2], patch_size, stride) * _grid(style.shape[3], patch_size, stride)
-    if indices.numel():
+    if indices.numel() and indices.device.type != "meta":  # meta: shapes only, no values
         lo, hi = (int(v) for v in torch.aminmax(indices))
         if lo < 0 or hi >= n_style:
             raise ValueError(f"{_OP}: indices must lie in [0, {n_style}) (the style's patches), got "
                              f"values in [{lo}, {hi}]")
     style = style.detach()
     name = resolve("style_swap_match", style, backend, label="style_swap_reconstruct")
+    if indices.shape[0] == 0:  # every backend, as style_swap: an empty batch out
+        return style.new_empty((0, style.shape[1], out_h, out_w))
     if name == "reference":
         return reference.style_swap_paste(style, indices, patch_size, stride, out_h, out_w)
     return _kernels(name)[1](style, indices, patch_size, stride, out_h, out_w)
