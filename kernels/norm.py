@@ -160,7 +160,11 @@ def _row_moments(
     L, stride_xl, n_var,
     BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr, ACC_DTYPE: tl.constexpr,
 ):
-    """Per row: (shift K, mean - K, var = Σ_l (x - mean)² / n_var), in ACC_DTYPE."""
+    """Per row: (shift K, mean - K, var · sc², sc), in ACC_DTYPE, var = Σ_l (x - mean)² / n_var.
+
+    sc is a per-row scale that keeps every sum of squares far from overflow (the variance of
+    values ~1e30 does not fit in float32, although their std does): callers take
+    std = sqrt(var · sc² + eps · sc²) / sc."""
     ar_l = tl.arange(0, BLOCK_L).to(tl.int64)
 
     # Shift: the mean of the first BLOCK_L elements, close to the row's mean for any data
@@ -168,9 +172,11 @@ def _row_moments(
     mask0 = mask_c[:, None] & (ar_l < L)[None, :]
     x0 = tl.load(x_rows[:, None] + ar_l[None, :] * stride_xl, mask=mask0, other=0.0).to(ACC_DTYPE)
     shift = tl.sum(x0, axis=1) / tl.maximum(tl.sum(mask0.to(ACC_DTYPE), axis=1), 1.0)
-    # Deviations are scaled by 1 / sqrt(L), so the lanes' sums of squares stay near the
-    # variance: unscaled, a row of values ~1e18 would pass FLT_MAX although its variance fits.
-    rs_l = 1.0 / _sqrt((L * 1.0).to(ACC_DTYPE), ACC_DTYPE)
+    # Deviations are scaled by sc = 1 / (sqrt(L) · max |x - K| over the first block), so the
+    # lanes' sums of squares stay near 1: unscaled, a row of values ~1e18 would pass FLT_MAX.
+    m0 = tl.max(tl.where(mask0, tl.abs(x0 - shift[:, None]), 0.0), axis=1)
+    m0 = tl.where((m0 > 0.0) & (m0 < float("inf")), m0, 1.0)
+    rs_l = 1.0 / (_sqrt((L * 1.0).to(ACC_DTYPE), ACC_DTYPE) * m0)
 
     # Per-lane Welford on (x - K) / sqrt(L). Lane j meets its k-th element at step k - 1 (only
     # the last step is partial), so 1/k is a scalar. The lanes' min and max find constant rows.
@@ -185,7 +191,7 @@ def _row_moments(
         x = tl.load(x_rows[:, None] + offs_l[None, :] * stride_xl, mask=mask, other=0.0).to(ACC_DTYPE)
         k += 1.0
         rcp = (1.0 / k)[:, None]
-        d = (x - shift[:, None]) * rs_l
+        d = (x - shift[:, None]) * rs_l[:, None]
         delta = d - mean
         mean += tl.where(mask, delta * rcp, 0.0)
         m2 += tl.where(mask, delta * (d - mean), 0.0)
@@ -203,8 +209,18 @@ def _row_moments(
     lo_r = tl.min(lo, axis=1)
     is_const = (lo_r == tl.max(hi, axis=1)) & (mean_s == mean_s)
     mean_off = tl.where(is_const, lo_r - shift, mean_s / rs_l)
-    var = tl.where(is_const, 0.0, m2_row / ((rs_l * rs_l) * n_var))
-    return shift, mean_off, var
+    var_s = tl.where(is_const, 0.0, m2_row / n_var)
+    return shift, mean_off, var_s, rs_l
+
+
+@triton.jit
+def _std(var_s, sc, eps, ACC_DTYPE: tl.constexpr):
+    """sqrt(var + eps) from var_s = var · sc² (see _row_moments) without forming sc² where it
+    would overflow (tiny values): there eps dominates and var / sc² is negligible."""
+    e = eps * sc * sc
+    big = e < 1e30
+    return tl.where(big, _sqrt(var_s + tl.where(big, e, 0.0), ACC_DTYPE) / sc,
+                    _sqrt(eps + var_s / sc / sc, ACC_DTYPE))
 
 
 @triton.jit
@@ -234,8 +250,8 @@ def _mean_std_fwd_kernel(
     mask_c = offs_c < C
 
     x_rows = x_ptr + pid_b * stride_xb + offs_c * stride_xc
-    shift, mean_off, var = _row_moments(x_rows, mask_c, L, stride_xl, n_var, BLOCK_C, BLOCK_L, ACC_DTYPE)
-    std = _sqrt(var + eps, ACC_DTYPE)
+    shift, mean_off, var_s, sc = _row_moments(x_rows, mask_c, L, stride_xl, n_var, BLOCK_C, BLOCK_L, ACC_DTYPE)
+    std = _std(var_s, sc, eps, ACC_DTYPE)
     tl.store(mean_ptr + pid_b * stride_mb + offs_c * stride_mc,
              (shift + mean_off).to(mean_ptr.dtype.element_ty), mask=mask_c)
     tl.store(std_ptr + pid_b * stride_sb + offs_c * stride_sc, std.to(std_ptr.dtype.element_ty), mask=mask_c)
@@ -317,10 +333,10 @@ def _instance_norm_fwd_kernel(
     mask_c = offs_c < C
 
     x_rows = x_ptr + pid_b * stride_xb + offs_c * stride_xc
-    shift, mean_off, var = _row_moments(x_rows, mask_c, L, stride_xl, n_var, BLOCK_C, BLOCK_L, ACC_DTYPE)
+    shift, mean_off, var_s, sc = _row_moments(x_rows, mask_c, L, stride_xl, n_var, BLOCK_C, BLOCK_L, ACC_DTYPE)
     # 1 / sqrt(var + eps), and 0 where var + eps = 0 (eps = 0, constant row), as PyTorch.
-    v = var + eps
-    rstd = tl.where(v == 0.0, 0.0, 1.0 / _sqrt(tl.where(v == 0.0, 1.0, v), ACC_DTYPE))
+    sd = _std(var_s, sc, eps, ACC_DTYPE)
+    rstd = tl.where(sd == 0.0, 0.0, 1.0 / tl.where(sd == 0.0, 1.0, sd))
 
     if HAS_W:
         w = tl.load(w_ptr + pid_b * stride_wb + offs_c * stride_wc, mask=mask_c, other=0.0).to(ACC_DTYPE)

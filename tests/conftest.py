@@ -24,13 +24,20 @@ def kernel_backends(op: str, device: str = "cpu") -> list[str]:
     return [b for b in ("cpu", "cuda", "triton") if serves(b, op, dev, torch.float32) is None]
 
 
+def pytest_addoption(parser):
+    parser.addoption("--run-slow", action="store_true", default=False,
+                     help="also run the tests marked slow (long fuzz profile, large cases)")
+
+
 def pytest_collection_modifyitems(config, items):
-    if cuda_available():
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA GPU (none here)")
+    run_slow = config.getoption("--run-slow") or os.environ.get("FASTNST_RUN_SLOW") == "1"
+    skip_slow = pytest.mark.skip(reason="slow: run with --run-slow (or FASTNST_RUN_SLOW=1)")
+    skip_cuda = pytest.mark.skip(reason="needs a CUDA GPU (none here)")
     for item in items:
-        if "cuda" in item.keywords:
-            item.add_marker(skip)
+        if "slow" in item.keywords and not run_slow:
+            item.add_marker(skip_slow)
+        if "cuda" in item.keywords and not cuda_available():
+            item.add_marker(skip_cuda)
 
 
 @pytest.fixture(autouse=True)

@@ -388,36 +388,37 @@ void row_stats(const at::Tensor& x0, bool channels, std::vector<double>& mean, s
 template <typename T, bool HAS_G, bool HAS_M, bool RELU>
 void affine_map_impl(const at::Tensor& x, const T* G, const T* M, bool channels,
                      const std::vector<double>& P, const std::vector<double>& Q,
-                     const std::vector<double>& R, const std::vector<double>& K, at::Tensor& out) {
+                     const std::vector<double>& R, const std::vector<double>& K, const std::vector<double>* S,
+                     at::Tensor& out) {
   const int64_t B = x.size(0), C = x.size(1), L = x.size(2);
   const T* X = x.data_ptr<T>();
   T* O = out.data_ptr<T>();
   using A = at::opmath_type<T>;
-  auto elem = [](A p, A q, A s, A k, A xv, A gv, A mv) {
+  auto elem = [](A p, A q, A s, A k, A r, A xv, A gv, A mv) {
     A g = HAS_G ? gv : A(0);
     if (HAS_M) g *= static_cast<A>(mv > A(0));  // branch-free: the mask is data, not control
-    A v = p * g + q * (xv - k) + s;
+    A v = p * g + q * ((xv - k) * r) + s;
     if (RELU) v = std::max(v, A(0));
     return v;
   };
   if (!channels) {
     at::parallel_for(0, B * C, 1, [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
-        const A p = P[r], q = Q[r], s = R[r], k = K[r];
+        const A p = P[r], q = Q[r], s = R[r], k = K[r], sc = S ? static_cast<A>((*S)[r]) : A(1);
         const T* xr = X + r * L;
         const T* gr = HAS_G ? G + r * L : xr;
         const T* mr = HAS_M ? M + r * L : xr;
         T* orow = O + r * L;
 #pragma omp simd
         for (int64_t l = 0; l < L; ++l)
-          orow[l] = static_cast<T>(elem(p, q, s, k, static_cast<A>(xr[l]), static_cast<A>(gr[l]),
+          orow[l] = static_cast<T>(elem(p, q, s, k, sc, static_cast<A>(xr[l]), static_cast<A>(gr[l]),
                                         static_cast<A>(mr[l])));
       }
     });
     return;
   }
   at::parallel_for(0, B * L, 64, [&](int64_t t0, int64_t t1) {
-    std::vector<A> p(C), q(C), s(C), k(C);
+    std::vector<A> p(C), q(C), s(C), k(C), sc(C);
     int64_t cur_b = -1;
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t b = t / L;
@@ -427,6 +428,7 @@ void affine_map_impl(const at::Tensor& x, const T* G, const T* M, bool channels,
           q[c] = Q[b * C + c];
           s[c] = R[b * C + c];
           k[c] = K[b * C + c];
+          sc[c] = S ? static_cast<A>((*S)[b * C + c]) : A(1);
         }
         cur_b = b;
       }
@@ -436,7 +438,7 @@ void affine_map_impl(const at::Tensor& x, const T* G, const T* M, bool channels,
       T* orow = O + t * C;
 #pragma omp simd
       for (int64_t c = 0; c < C; ++c)
-        orow[c] = static_cast<T>(elem(p[c], q[c], s[c], k[c], static_cast<A>(xr[c]), static_cast<A>(gr[c]),
+        orow[c] = static_cast<T>(elem(p[c], q[c], s[c], k[c], sc[c], static_cast<A>(xr[c]), static_cast<A>(gr[c]),
                                       static_cast<A>(mr[c])));
     }
   });
@@ -445,11 +447,12 @@ void affine_map_impl(const at::Tensor& x, const T* G, const T* M, bool channels,
 template <typename T>
 void affine_map(const at::Tensor& x, const T* G, const T* M, bool relu, bool channels,
                 const std::vector<double>& P, const std::vector<double>& Q,
-                const std::vector<double>& R, const std::vector<double>& K, at::Tensor& out) {
-  if (G && M) return affine_map_impl<T, true, true, false>(x, G, M, channels, P, Q, R, K, out);
-  if (G) return affine_map_impl<T, true, false, false>(x, G, M, channels, P, Q, R, K, out);
-  if (relu) return affine_map_impl<T, false, false, true>(x, G, M, channels, P, Q, R, K, out);
-  return affine_map_impl<T, false, false, false>(x, G, M, channels, P, Q, R, K, out);
+                const std::vector<double>& R, const std::vector<double>& K, at::Tensor& out,
+                const std::vector<double>* S = nullptr) {
+  if (G && M) return affine_map_impl<T, true, true, false>(x, G, M, channels, P, Q, R, K, S, out);
+  if (G) return affine_map_impl<T, true, false, false>(x, G, M, channels, P, Q, R, K, S, out);
+  if (relu) return affine_map_impl<T, false, false, true>(x, G, M, channels, P, Q, R, K, S, out);
+  return affine_map_impl<T, false, false, false>(x, G, M, channels, P, Q, R, K, S, out);
 }
 
 // Per-(b, c) sums of g' and g' * (x - mean) for the backward (g' masked by y > 0 if relu).
@@ -504,7 +507,8 @@ void grad_sums(const at::Tensor& x, const at::Tensor& g, const T* M,
 // ---- fused row kernels (L contiguous): statistics and map while the row is in cache --------
 template <typename T, bool HAS_G, bool HAS_M, bool RELU>
 inline void map_row(const T* xr, const T* gr, const T* mr, T* orow, int64_t n,
-                    at::opmath_type<T> p, at::opmath_type<T> q, at::opmath_type<T> s, at::opmath_type<T> k) {
+                    at::opmath_type<T> p, at::opmath_type<T> q, at::opmath_type<T> s, at::opmath_type<T> k,
+                    at::opmath_type<T> r = 1) {
   using A = at::opmath_type<T>;
   if (!HAS_G) gr = xr;
   if (!HAS_M) mr = xr;
@@ -512,7 +516,7 @@ inline void map_row(const T* xr, const T* gr, const T* mr, T* orow, int64_t n,
   for (int64_t l = 0; l < n; ++l) {
     A g = HAS_G ? static_cast<A>(gr[l]) : A(0);
     if (HAS_M) g *= static_cast<A>(static_cast<A>(mr[l]) > A(0));  // branch-free
-    A v = p * g + q * (static_cast<A>(xr[l]) - k) + s;
+    A v = p * g + q * ((static_cast<A>(xr[l]) - k) * r) + s;
     if (RELU) v = std::max(v, A(0));
     orow[l] = static_cast<T>(v);
   }
@@ -596,38 +600,40 @@ __attribute__((target("avx512f"))) void masked_sums_avx512(const float* G, const
 
 // p * (g where m > 0) + q * (x - mu) + s for 16 elements.
 __attribute__((target("avx512f"), always_inline)) inline __m512 masked_affine16(
-    const float* G, const float* M, const float* X, __m512 vp, __m512 vq, __m512 vs, __m512 vmu) {
+    const float* G, const float* M, const float* X, __m512 vp, __m512 vq, __m512 vs, __m512 vmu, __m512 vr) {
   const __mmask16 k = _mm512_cmp_ps_mask(_mm512_loadu_ps(M), _mm512_setzero_ps(), _CMP_GT_OQ);
   const __m512 g = _mm512_maskz_mov_ps(k, _mm512_loadu_ps(G));
-  return _mm512_fmadd_ps(vp, g, _mm512_fmadd_ps(vq, _mm512_sub_ps(_mm512_loadu_ps(X), vmu), vs));
+  const __m512 xh = _mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(X), vmu), vr);
+  return _mm512_fmadd_ps(vp, g, _mm512_fmadd_ps(vq, xh, vs));
 }
 
 // The same for the first n < 16 elements (masked loads and store).
 __attribute__((target("avx512f"), always_inline)) inline void masked_affine_part(
     const float* G, const float* M, const float* X, float* O, int64_t n, __m512 vp, __m512 vq, __m512 vs,
-    __m512 vmu) {
+    __m512 vmu, __m512 vr) {
   const __mmask16 t = static_cast<__mmask16>((1u << n) - 1u);
   const __mmask16 k = _mm512_mask_cmp_ps_mask(t, _mm512_maskz_loadu_ps(t, M), _mm512_setzero_ps(), _CMP_GT_OQ);
   const __m512 g = _mm512_maskz_loadu_ps(k, G);
-  const __m512 x = _mm512_maskz_sub_ps(t, _mm512_maskz_loadu_ps(t, X), vmu);
+  const __m512 x = _mm512_mul_ps(_mm512_maskz_sub_ps(t, _mm512_maskz_loadu_ps(t, X), vmu), vr);
   _mm512_mask_storeu_ps(O, t, _mm512_fmadd_ps(vp, g, _mm512_fmadd_ps(vq, x, vs)));
 }
 
 template <bool STREAM>
 __attribute__((target("avx512f"))) void masked_map_avx512(const float* G, const float* M, const float* X,
                                                          float* O, int64_t L, float p, float q, float s,
-                                                         float mu) {
-  const __m512 vp = _mm512_set1_ps(p), vq = _mm512_set1_ps(q), vs = _mm512_set1_ps(s), vmu = _mm512_set1_ps(mu);
+                                                         float mu, float r) {
+  const __m512 vp = _mm512_set1_ps(p), vq = _mm512_set1_ps(q), vs = _mm512_set1_ps(s), vmu = _mm512_set1_ps(mu),
+               vr = _mm512_set1_ps(r);
   int64_t l = 0;
   const int64_t head = STREAM ? stream_head(O, L) : -1;
   if (head >= 0) {
     // Masked head up to a 64-byte boundary of O, then aligned streaming stores.
-    if (head > 0) masked_affine_part(G, M, X, O, head, vp, vq, vs, vmu);
+    if (head > 0) masked_affine_part(G, M, X, O, head, vp, vq, vs, vmu, vr);
     for (l = head; l + 16 <= L; l += 16)
-      _mm512_stream_ps(O + l, masked_affine16(G + l, M + l, X + l, vp, vq, vs, vmu));
+      _mm512_stream_ps(O + l, masked_affine16(G + l, M + l, X + l, vp, vq, vs, vmu, vr));
   }
-  for (; l + 16 <= L; l += 16) _mm512_storeu_ps(O + l, masked_affine16(G + l, M + l, X + l, vp, vq, vs, vmu));
-  if (l < L) masked_affine_part(G + l, M + l, X + l, O + l, L - l, vp, vq, vs, vmu);
+  for (; l + 16 <= L; l += 16) _mm512_storeu_ps(O + l, masked_affine16(G + l, M + l, X + l, vp, vq, vs, vmu, vr));
+  if (l < L) masked_affine_part(G + l, M + l, X + l, O + l, L - l, vp, vq, vs, vmu, vr);
 }
 #endif
 
@@ -673,7 +679,9 @@ void norm_rows_backward_fused(const at::Tensor& x, const at::Tensor& g, const T*
         t2 += b;
       }
       const double rstd = rs[r], wv = wp[r], dwv = t2 * rstd, dbv = t1;
-      const double q = -rstd * rstd * wv * dwv / n;
+      // The xhat term as qx * ((x - mean) * rstd): rstd^2 alone under- or overflows fp32 for
+      // sigma beyond ~1e19 or below ~1e-19.
+      const double q = -rstd * wv * dwv / n;
       if (dw) {
         dw[r] = static_cast<S>(dwv);
         db[r] = static_cast<S>(dbv);
@@ -685,13 +693,14 @@ void norm_rows_backward_fused(const at::Tensor& x, const at::Tensor& g, const T*
         auto run = stream ? masked_map_avx512<true> : masked_map_avx512<false>;
         run(reinterpret_cast<const float*>(G + r * L), reinterpret_cast<const float*>(M + r * L),
             reinterpret_cast<const float*>(X + r * L), reinterpret_cast<float*>(D + r * L), L,
-            static_cast<float>(pp), static_cast<float>(q), static_cast<float>(ss), static_cast<float>(mu));
+            static_cast<float>(pp), static_cast<float>(q), static_cast<float>(ss), static_cast<float>(mu),
+            static_cast<float>(rstd));
         if (stream && r + 1 == r1) _mm_sfence();
         continue;
       }
 #endif
       map_row<T, true, RELU, false>(X + r * L, G + r * L, RELU ? M + r * L : nullptr, D + r * L, L, pp,
-                                    static_cast<A>(q), ss, mu);
+                                    static_cast<A>(q), ss, mu, static_cast<A>(rstd));
     }
   });
 }
@@ -862,6 +871,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_backward_cpu(
   const at::Tensor mu_d = mean_t.to(at::kDouble).contiguous(), r_d = rstd_t.to(at::kDouble).contiguous();
   const std::vector<double> mean(mu_d.data_ptr<double>(), mu_d.data_ptr<double>() + B * C);
   const double* rs = r_d.data_ptr<double>();
+  const std::vector<double> rstd_v(rs, rs + B * C);
   const double* wp = w.data_ptr<double>();
   const double n = static_cast<double>(L - (unbiased ? 1 : 0));
   if (!channels) {
@@ -894,8 +904,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_backward_cpu(
     const double dwv = sgx[r] * rstd;  // sum g' xhat
     const double dbv = sg[r];
     P[r] = x_scale + rstd * wv;
-    Q[r] = -rstd * rstd * wv * dwv / n;
-    R[r] = -rstd * wv * dbv / L;  // dx = P g' + Q (x - mean) + R
+    Q[r] = -rstd * wv * dwv / n;  // times (x - mean) rstd (see norm_rows_backward_fused)
+    R[r] = -rstd * wv * dbv / L;  // dx = P g' + Q (x - mean) rstd + R
     if (weight_grads) {
       dwv_all[r] = dwv;
       dbv_all[r] = dbv;
@@ -911,7 +921,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_backward_cpu(
   dispatch(x.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
     affine_map<T>(x, g.data_ptr<T>(), activation == 1 ? y.data_ptr<T>() : nullptr, false, channels,
-                  P, Q, R, mean, dx);
+                  P, Q, R, mean, dx, &rstd_v);
   });
   return {dx, dw, db};
 }
