@@ -150,6 +150,8 @@ def _check(case: Case, name: str, got: torch.Tensor, want: torch.Tensor, bound: 
     assert not bad_nan.any(), f"{case}: {name} is NaN/Inf where the oracle is finite " \
                               f"({int(bad_nan.sum())} of {g.numel()})"
     err = (g - want).abs()
+    # Results below the smallest normal number may flush or lose relative precision.
+    bound = bound + 4 * torch.finfo(got.dtype).tiny
     over = ok & (err > bound)
     if over.any():
         i = int(over.flatten().nonzero()[0])
@@ -374,6 +376,14 @@ def _style_swap_case(case: Case, k: int, stride: int):
     norm = pf.norm(dim=2)
     finite = torch.isfinite(cp).all(2)
     acc = _ACC[case.dtype]
+    # Scores are accumulated in fp32 (fp64 for fp64): products and squared norms must fit
+    # (|values| below ~1e19 in fp32, as the README states); beyond that only "no crash,
+    # indices in range" is promised.
+    fmax = torch.finfo(torch.float64 if case.dtype == torch.float64 else torch.float32).max
+    fits = bool((cp[torch.isfinite(cp)].abs().amax(initial=0) ** 2 < fmax / 1e6)
+                and (s64[torch.isfinite(s64)].abs().amax(initial=0) ** 2 < fmax / 1e6))
+    if not fits:
+        return
     for i in range(b):
         sp, nr = pf[i if sh[0] > 1 else 0], norm[i if sh[0] > 1 else 0]
         if not torch.isfinite(sp).all():
@@ -387,7 +397,7 @@ def _style_swap_case(case: Case, k: int, stride: int):
     # The output is exactly the reconstruction of these indices.
     rec = fastnst.style_swap_reconstruct(style, idx, (h, w), k, stride, backend="reference")
     if torch.isfinite(s64).all():
-        torch.testing.assert_close(out.double(), rec.double(), rtol=8 * _U[case.dtype], atol=1e-30)
+        torch.testing.assert_close(out.double(), rec.double(), rtol=4 * k * k * _U[case.dtype], atol=1e-30)
 
 
 # ---- the tests ------------------------------------------------------------------------------------

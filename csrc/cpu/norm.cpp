@@ -136,7 +136,12 @@ void exact_stats(const T* p, int64_t L, int64_t stride, double& mean, double& m2
 // Whether shifted sums lost too much to cancellation (M2 below 2^-16 of the shifted sum of
 // squares: a near-constant row whose shift K missed its mean), or saw a NaN/Inf: such rows
 // are recomputed by exact_stats.
-inline bool needs_exact(double m2, double s2) { return !(m2 >= s2 * 0x1p-16) || !std::isfinite(s2); }
+inline bool needs_exact(double m2, double s2, int64_t L) {
+  // Also rows whose deviations are below ~2^-30 (their fp32 squares may underflow: the std of
+  // values ~1e-30 is representable although their squares are not). Exactly constant rows
+  // take this path too: one extra pass that returns their value and 0.
+  return !(m2 >= s2 * 0x1p-16) || !std::isfinite(s2) || !(s2 >= 0x1p-60 * static_cast<double>(L));
+}
 
 // 1 / sqrt(v), v = var + eps, and 0 where v = 0 (eps = 0 on a constant channel), as PyTorch's
 // batch and instance norm kernels: the normalised value is then 0 and the output the bias.
@@ -298,7 +303,7 @@ void one_row_stats(const T* p, int64_t L, double& mean, double& m2) {
     }
     mean = K + s1 / L;
     m2 = std::max(0.0, s2 - s1 * s1 / L);
-    if (needs_exact(m2, s2)) exact_stats<T>(p, L, 1, mean, m2);
+    if (needs_exact(m2, s2, L)) exact_stats<T>(p, L, 1, mean, m2);
   }
 }
 
@@ -377,7 +382,7 @@ void row_stats(const at::Tensor& x0, bool channels, std::vector<double>& mean, s
       const double K = K0[b * C + c];
       mean[b * C + c] = K + t1 / L;
       m2[b * C + c] = std::max(0.0, t2 - t1 * t1 / L);
-      if (needs_exact(m2[b * C + c], t2)) exact_stats<T>(X + b * L * C + c, L, C, mean[b * C + c], m2[b * C + c]);
+      if (needs_exact(m2[b * C + c], t2, L)) exact_stats<T>(X + b * L * C + c, L, C, mean[b * C + c], m2[b * C + c]);
     }
 }
 
