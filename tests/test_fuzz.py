@@ -380,8 +380,11 @@ def _style_swap_case(case: Case, k: int, stride: int):
     # (|values| below ~1e19 in fp32, as the README states); beyond that only "no crash,
     # indices in range" is promised.
     fmax = torch.finfo(torch.float64 if case.dtype == torch.float64 else torch.float32).max
-    fits = bool((cp[torch.isfinite(cp)].abs().amax(initial=0) ** 2 < fmax / 1e6)
-                and (s64[torch.isfinite(s64)].abs().amax(initial=0) ** 2 < fmax / 1e6))
+    def _peak(t):
+        t = t[torch.isfinite(t)].abs()
+        return float(t.max()) if t.numel() else 0.0
+
+    fits = _peak(cp) ** 2 < fmax / 1e6 and _peak(s64) ** 2 < fmax / 1e6
     if not fits:
         return
     for i in range(b):
