@@ -5,11 +5,38 @@ Ops (registered as ``torch.ops.fastnst.*``, with autograd and torch.compile supp
 ``use_backend(...)`` and ``FASTNST_BACKEND`` override "auto".
 """
 
-from fastnst import _ext  # noqa: F401  (loads fastnst._C, or warns once)
-from fastnst.backend import BACKENDS, BackendError, resolve, use_backend
-from fastnst.ops import (adain, gram_loss, gram_matrix, instance_norm, mean_std, style_swap,
-                         style_swap_reconstruct)
-from fastnst.nn import accelerate  # noqa: E402  (fastnst.nn: modules over the ops)
+
+def _invoked_as_cli() -> bool:
+    """True when this process is the ``fastnst`` command: the console script, or
+    ``python -m fastnst`` / ``python -m fastnst.cli`` (while the package is imported for -m,
+    sys.argv[0] is "-m")."""
+    import os
+    import sys
+
+    if sys.argv and os.path.basename(sys.argv[0]) in ("fastnst", "fastnst.exe"):
+        return True
+    orig = list(getattr(sys, "orig_argv", []))
+    if not sys.argv or sys.argv[0] != "-m" or "-m" not in orig:
+        return False
+    i = orig.index("-m")
+    return i + 1 < len(orig) and orig[i + 1] in ("fastnst", "fastnst.cli")
+
+
+try:  # torch takes seconds to import: Ctrl-C then must not print a traceback from the CLI
+    from fastnst import _ext  # noqa: F401  (loads fastnst._C, or warns once)
+    from fastnst.backend import BACKENDS, BackendError, resolve, use_backend
+    from fastnst.ops import (adain, gram_loss, gram_matrix, instance_norm, mean_std, style_swap,
+                             style_swap_reconstruct)
+    from fastnst.nn import accelerate  # noqa: E402  (fastnst.nn: modules over the ops)
+except KeyboardInterrupt:
+    if not _invoked_as_cli():
+        raise
+    import os as _os
+    import sys as _sys
+
+    _sys.stderr.write("fastnst: interrupted\n")
+    _sys.stderr.flush()
+    _os._exit(130)  # not SystemExit: half-imported torch must not run its exit hooks
 
 __version__ = "0.1.0"
 

@@ -1,11 +1,59 @@
 """Command line: ``fastnst stylize | info | bench``. Thin: parse, call, report.
 
-Errors go to stderr with exit status 2, and no output file is left behind."""
+Every error is one line on stderr with exit status 2 (argument errors included); Ctrl-C exits
+130, SIGTERM / SIGHUP 128 + the signal number (143 / 129), each with one line on stderr; no
+output file, partial or temporary, is left behind."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import math
+import signal
 import sys
+import threading
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors on one line (no usage block) and exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class _Terminated(BaseException):
+    """Raised by the SIGTERM / SIGHUP handlers, so that cleanup (save_image's temporary file)
+    runs as for Ctrl-C; a BaseException so that no ``except Exception`` swallows it."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_terminated(signum, frame):
+    raise _Terminated(signum)
+
+
+@contextlib.contextmanager
+def _signals_raise():
+    """Turn SIGTERM and SIGHUP into _Terminated for the duration (main thread only: elsewhere
+    Python cannot install handlers); the previous handlers are restored after."""
+    saved = {}
+    if threading.current_thread() is threading.main_thread():
+        for name in ("SIGTERM", "SIGHUP"):
+            signum = getattr(signal, name, None)
+            if signum is not None:
+                saved[signum] = signal.signal(signum, _raise_terminated)
+    try:
+        yield
+    finally:
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    return text or type(exc).__name__
 
 
 def _cmd_info(args) -> int:
@@ -45,6 +93,16 @@ def _floats(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
+def _finite(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
 def _cmd_stylize_gatys(args) -> int:
     import os
 
@@ -74,13 +132,14 @@ def _cmd_stylize_gatys(args) -> int:
         seed=args.seed, device=device, encoder=encoder, backend=args.backend,
         progress=not args.quiet)
     path = image.save_image(result.image, args.output, overwrite=args.overwrite)
+    args.written = path
     print(f"wrote {path} ({result.image.shape[-1]}x{result.image.shape[-2]}, "
           f"{len(result.losses)} steps, final loss {result.losses[-1]:.4g}, {result.seconds:.1f} s)")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fastnst", description="Fast neural style transfer kernels.",
+    p = _Parser(prog="fastnst", description="Fast neural style transfer kernels.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     st = sub.add_parser("stylize", help="stylize an image")
@@ -97,17 +156,17 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--steps", type=int, default=500, help="optimiser steps (per scale)")
     g.add_argument("--style-weights", type=_floats, default=None,
                    help="blend weights of the style images, comma-separated (default: equal)")
-    g.add_argument("--content-weight", type=float, default=5.0, help="content loss weight")
-    g.add_argument("--style-weight", type=float, default=100.0, help="style loss weight")
-    g.add_argument("--tv-weight", type=float, default=1e-3, help="total-variation weight")
+    g.add_argument("--content-weight", type=_finite, default=5.0, help="content loss weight")
+    g.add_argument("--style-weight", type=_finite, default=100.0, help="style loss weight")
+    g.add_argument("--tv-weight", type=_finite, default=1e-3, help="total-variation weight")
     g.add_argument("--content-layers", default="relu4_2", help="VGG layers of the content loss")
     g.add_argument("--style-layers", default="relu1_1,relu2_1,relu3_1,relu4_1,relu5_1",
                    help="VGG layers of the style loss")
     g.add_argument("--init", default="content", help="'content', 'noise' or an image path")
     g.add_argument("--optimizer", choices=["lbfgs", "adam"], default="lbfgs", help="optimiser")
-    g.add_argument("--lr", type=float, default=None, help="learning rate (default: 1 for L-BFGS, 10 for Adam)")
+    g.add_argument("--lr", type=_finite, default=None, help="learning rate (default: 1 for L-BFGS, 10 for Adam)")
     g.add_argument("--scales", type=int, default=1, help="coarse-to-fine levels (each half the size of the next)")
-    g.add_argument("--style-scale", type=float, default=1.0, help="style image size relative to --size")
+    g.add_argument("--style-scale", type=_finite, default=1.0, help="style image size relative to --size")
     g.add_argument("--preserve-color", choices=["none", "luminance", "match"], default="none",
                    help="keep the content's colours: luminance-only transfer, or recolour the styles first")
     g.add_argument("--pooling", choices=["max", "avg"], default="max", help="VGG pooling")
@@ -139,19 +198,36 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except KeyboardInterrupt:
-        print("fastnst: interrupted; no output written", file=sys.stderr)
-        return 130
-    except FileExistsError as exc:
-        print(f"fastnst {args.command}: error: {exc.args[0].replace('overwrite=True', '--overwrite')}",
-              file=sys.stderr)
-        return 2
-    except (ValueError, TypeError, OSError, RuntimeError) as exc:
-        print(f"fastnst {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    args = None
+
+    def outcome() -> str:
+        if args is None or args.command != "stylize":
+            return ""
+        written = getattr(args, "written", None)
+        return f" after writing {written}" if written else "; no output written"
+
+    with _signals_raise():
+        try:
+            args = build_parser().parse_args(argv)
+            return args.func(args)
+        except KeyboardInterrupt:
+            print(f"fastnst: interrupted{outcome()}", file=sys.stderr)
+            return 130
+        except _Terminated as t:
+            print(f"fastnst: terminated by {signal.Signals(t.signum).name}{outcome()}",
+                  file=sys.stderr)
+            return 128 + t.signum
+        except FileExistsError as exc:
+            print(f"fastnst {args.command}: error: "
+                  f"{_one_line(exc).replace('overwrite=True', '--overwrite')}", file=sys.stderr)
+            return 2
+        except Exception as exc:  # every error: one line, status 2
+            detail = _one_line(exc)
+            if not isinstance(exc, (ValueError, TypeError, OSError, RuntimeError, ArithmeticError)):
+                detail = f"{type(exc).__name__}: {detail}"
+            prog = "fastnst" if args is None else f"fastnst {args.command}"
+            print(f"{prog}: error: {detail}", file=sys.stderr)
+            return 2
 
 
 if __name__ == "__main__":

@@ -22,13 +22,16 @@ statistics are computed on gamma-encoded values, as public style-transfer code d
 from __future__ import annotations
 
 import contextlib
+import io
 import math
 import numbers
 import os
+import stat
 import struct
 import tempfile
 import threading
 import warnings
+import zlib
 
 import numpy as np
 import torch
@@ -68,6 +71,20 @@ _SAVE_FORMATS = {
 
 DEFAULT_MAX_PIXELS = 178_956_970  # Pillow's own error threshold: 2 * Image.MAX_IMAGE_PIXELS
 
+# Most bytes of pixel data one byte of file can decode to, per Pillow format name: a file whose
+# header declares more (w * h * bits per pixel / 8, see _decoded_bytes) than this times its size
+# is refused before Pillow allocates anything. PNG: deflate's own limit (1032:1, counted on the
+# scanlines the header declares, filter bytes included), exact. The others: the largest ratio
+# Pillow's own encoders reach on constant images up to 8192x8192 (every mode, quality, subsampling,
+# progressive/optimize, compression), times a margin of 3 to 5: JPEG 584 (CMYK, 4:2:0) -> 2048;
+# GIF 1329 -> 4096 (also above LZW's 2730:1 without clear codes); TIFF 2509 (zstd) -> 8192;
+# BMP: Pillow writes it uncompressed, RLE8/RLE4 reach 127.5 -> 256; WebP: lossy 1684, lossless
+# 7014 on a smooth gradient -> 32768 (lossless WebP codes a flat image in O(1) bytes, so large
+# flat lossless WebPs are refused); formats not listed -> 4096.
+_MAX_RATIO = {"PNG": 1032, "JPEG": 2048, "MPO": 2048, "GIF": 4096, "TIFF": 8192, "BMP": 256,
+              "DIB": 256, "WEBP": 32768}
+_MAX_RATIO_OTHER = 4096
+
 # Pillow's pixel limit is a module global; it is only raised (briefly, under this lock) when a
 # caller asks for a larger limit than Pillow's.
 _PIL_LIMIT_LOCK = threading.Lock()
@@ -106,16 +123,30 @@ def load_image(path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> torch.Tenso
     - ``max_pixels``: images with more than this many pixels (W * H) raise ``ImageError``
       before any pixel is decoded (decompression-bomb guard). The default is Pillow's own
       error threshold. ``None`` disables the check.
+    - File-size rule (always on, before any pixel is allocated): the pixel data the header
+      declares (W * H * bits per pixel / 8; for PNG the scanlines, filter bytes included) must
+      not exceed the most the file's size can decode to: 1032 times it for PNG (deflate's
+      limit), 2048 for JPEG, 4096 for GIF, 8192 for TIFF, 256 for BMP, 32768 for WebP, 4096
+      for other formats (Pillow's encoders reach at most a third to a fifth of these on flat
+      images; see ``_MAX_RATIO``). So memory is bounded by the file's size, not only by
+      ``max_pixels``.
+    - A PNG must hold every row its header declares (its compressed data is inflated once,
+      without being kept, before Pillow decodes it: Pillow pads a short one with zeros).
 
     Raises ``ImageError`` (a ``ValueError``) for: a missing path ("image not found: PATH"),
-    a directory, a file Pillow does not recognise ("not an image file PATH: ..."), a truncated
-    or corrupt file ("cannot decode image PATH: ..."), too many pixels, an unsupported mode.
+    a directory, FIFO, socket or device (refused before it is opened, so a FIFO cannot block),
+    a file Pillow does not recognise ("not an image file PATH: ..."), a truncated, corrupt or
+    crafted file ("cannot decode image PATH: ..."), too many pixels, an unsupported mode.
 
     Limitations: only the first frame of an animated or multi-page file is read; ICC profiles
     are ignored (CMYK in particular is converted with Pillow's naive formula, not a colour
     profile); Pillow decodes 16-bit-per-channel *colour* PNGs to 8 bits, so only 16-bit
-    grayscale keeps its full precision; if the caller has set Pillow's global
-    ``ImageFile.LOAD_TRUNCATED_IMAGES = True``, truncated files load (padded) instead of
+    grayscale keeps its full precision; a large *flat* lossless WebP (which codes in a few
+    bytes whatever its size) or other file beyond its format's ratio is refused even if valid;
+    truncation is detected for PNG (missing rows) and wherever Pillow's decoder runs out of
+    data, but not in a JPEG whose data ends early with an end marker (libjpeg pads it grey
+    with only a warning); if the caller has set Pillow's global
+    ``ImageFile.LOAD_TRUNCATED_IMAGES = True``, truncated non-PNG files load (padded) instead of
     raising; a ``max_pixels`` above Pillow's own limit raises Pillow's global
     ``Image.MAX_IMAGE_PIXELS`` for the duration of the call (under a lock, then restored),
     which other threads opening images with Pillow at that moment see too.
@@ -127,11 +158,49 @@ def load_image(path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> torch.Tenso
             raise ValueError(f"max_pixels must be a positive integer or None, got {max_pixels!r}")
         max_pixels = int(max_pixels)
     spath = os.fspath(path)
-    if not os.path.exists(spath):
-        raise ImageError(f"image not found: {spath}")
-    if os.path.isdir(spath):
-        raise ImageError(f"image path is a directory, expected an image file: {spath}")
+    _check_regular(spath, os.stat)  # before open(): a FIFO would block it forever
+    try:
+        # O_NONBLOCK: should the path have become a FIFO since the stat, open() still returns
+        # (and fstat refuses it below); it changes nothing for a regular file.
+        fd = os.open(spath, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except (FileNotFoundError, NotADirectoryError):
+        raise ImageError(f"image not found: {spath}") from None
+    except OSError as e:
+        raise ImageError(f"cannot read image {spath}: {e.strerror or e}") from None
+    try:
+        raw = io.FileIO(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    raw.name = spath  # what Pillow's messages show
+    with io.BufferedReader(raw) as fp:
+        file_size = _check_regular(spath, lambda _: os.fstat(fd)).st_size
+        return _load(fp, spath, file_size, max_pixels, Image, ImageOps, UnidentifiedImageError)
 
+
+def _check_regular(spath: str, stat_fn) -> os.stat_result:
+    """stat ``spath`` (stat_fn: os.stat, or fstat of an open descriptor) and refuse anything
+    that is not a regular file: a directory, FIFO, socket or device."""
+    try:
+        st = stat_fn(spath)
+    except (FileNotFoundError, NotADirectoryError):
+        raise ImageError(f"image not found: {spath}") from None
+    except OSError as e:
+        raise ImageError(f"cannot read image {spath}: {e.strerror or e}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise ImageError(f"image path is a directory, expected an image file: {spath}")
+    if not stat.S_ISREG(st.st_mode):
+        kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(st.st_mode) else
+                "a socket" if stat.S_ISSOCK(st.st_mode) else
+                "a character device" if stat.S_ISCHR(st.st_mode) else
+                "a block device" if stat.S_ISBLK(st.st_mode) else "not a regular file")
+        raise ImageError(f"image path is {kind}, expected a regular image file: {spath}")
+    return st
+
+
+def _load(fp, spath: str, file_size: int, max_pixels, Image, ImageOps,
+          UnidentifiedImageError) -> torch.Tensor:
+    """load_image on the open regular file ``fp`` of ``file_size`` bytes."""
     def too_large(detail: str) -> ImageError:
         return ImageError(
             f"image {spath} is too large: {detail}; the limit is max_pixels={max_pixels} "
@@ -142,18 +211,32 @@ def load_image(path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> torch.Tenso
         # Our own limit decides; Pillow's warning between its two thresholds is noise.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
-            img = Image.open(spath)
+            img = Image.open(fp)
         except Image.DecompressionBombError as e:
             # Only reachable when max_pixels <= Pillow's error threshold (else it was lifted).
             raise too_large(str(e)) from None
-        except UnidentifiedImageError as e:
-            raise ImageError(f"not an image file {spath}: {e}") from None
+        except UnidentifiedImageError:
+            raise ImageError(f"not an image file {spath}: Pillow recognises no image format "
+                             "in it") from None
         except (OSError, SyntaxError, ValueError, EOFError, struct.error) as e:
             raise ImageError(f"not an image file {spath}: {type(e).__name__}: {e}") from None
         with img:
             w, h = img.size
             if max_pixels is not None and w * h > max_pixels:
                 raise too_large(f"{w}x{h} = {w * h} pixels")
+            # Before Pillow allocates the pixels: the header must not promise more data than
+            # the file can hold, and a PNG's compressed data must hold every row.
+            png = _png_header(fp) if img.format == "PNG" else None
+            need = _decoded_bytes(img, png)
+            ratio = _MAX_RATIO.get(img.format, _MAX_RATIO_OTHER)
+            if need > ratio * file_size:
+                raise ImageError(
+                    f"cannot decode image {spath}: truncated or crafted file: its header "
+                    f"declares {w}x{h} {img.mode} ({need} bytes of pixel data) but the file "
+                    f"has {file_size} bytes, and {img.format or 'image'} data decodes to at "
+                    f"most {ratio} times its size")
+            if png is not None:
+                _check_png_rows(fp, spath, file_size, png)
             try:
                 img.load()  # decode now: a truncated or corrupt file raises here
                 img = ImageOps.exif_transpose(img)
@@ -165,6 +248,106 @@ def load_image(path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> torch.Tenso
                     f"cannot decode image {spath}: {type(e).__name__}: {e}") from None
             arr = _to_rgb01(img, spath)
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))[None]
+
+
+# PNG colour type -> samples per pixel.
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+
+
+def _read_at(fp, offset: int, n: int) -> bytes:
+    """``n`` bytes of ``fp`` from ``offset`` (fewer at the end of the file); leaves the file
+    position where it was, for Pillow."""
+    pos = fp.tell()
+    try:
+        fp.seek(offset)
+        return fp.read(n)
+    finally:
+        fp.seek(pos)
+
+
+def _png_header(fp) -> tuple[int, int, int, int, bool] | None:
+    """(width, height, samples per pixel, bit depth, interlaced) from a PNG's IHDR, or None
+    if the header is not the standard one (Pillow then decides)."""
+    head = _read_at(fp, 0, 33)
+    if len(head) < 33 or head[12:16] != b"IHDR":
+        return None
+    w, h, depth, ctype, _, _, interlace = struct.unpack(">IIBBBBB", head[16:29])
+    if ctype not in _PNG_CHANNELS or depth not in (1, 2, 4, 8, 16):
+        return None
+    return w, h, _PNG_CHANNELS[ctype], depth, interlace == 1
+
+
+def _png_scanline_bytes(w: int, h: int, channels: int, depth: int, interlaced: bool) -> int:
+    """Bytes of decompressed PNG data the header declares: rows of one filter byte + pixels,
+    over the 7 Adam7 passes when interlaced."""
+    def rows(pw, ph):
+        return 0 if pw == 0 or ph == 0 else ph * (1 + (pw * channels * depth + 7) // 8)
+    if not interlaced:
+        return rows(w, h)
+    passes = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2),
+              (0, 1, 1, 2))
+    return sum(rows((w - x0 + dx - 1) // dx, (h - y0 + dy - 1) // dy)
+               for x0, y0, dx, dy in passes)
+
+
+def _decoded_bytes(img, png) -> int:
+    """Bytes of pixel data ``img``'s header declares: for a PNG its scanlines (see
+    _png_scanline_bytes), else w * h * bits per pixel of Pillow's mode / 8 (mode "1": 1 bit)."""
+    if png is not None:
+        return _png_scanline_bytes(*png)
+    w, h = img.size
+    if img.mode == "1":
+        bits = 1
+    else:
+        try:
+            from PIL import ImageMode
+
+            desc = ImageMode.getmode(img.mode)
+            bits = 8 * len(desc.bands) * np.dtype(desc.typestr).itemsize
+        except (KeyError, TypeError, ValueError):
+            bits = 8 * len(img.getbands())
+    return (w * h * bits + 7) // 8
+
+
+def _check_png_rows(fp, spath: str, size: int, png) -> None:
+    """Inflate the PNG's IDAT data (the first run of IDAT chunks, what Pillow decodes) without
+    keeping it, and raise ImageError unless it holds every row the header declares. Pillow
+    itself pads a zlib stream that ends early with zeros, without an error."""
+    w, h, channels, depth, interlaced = png
+    need = _png_scanline_bytes(w, h, channels, depth, interlaced)
+    d = zlib.decompressobj()
+    got, pos, seen_idat = 0, 8, False
+    while got < need and not d.eof:
+        head = _read_at(fp, pos, 8)
+        if len(head) < 8:
+            break  # the file ends before IEND
+        length, ctype = struct.unpack(">I4s", head)
+        if ctype != b"IDAT":
+            if seen_idat or ctype == b"IEND":
+                break
+            pos += 12 + length
+            continue
+        seen_idat = True
+        start, end = pos + 8, min(pos + 8 + length, size)
+        while start < end and got < need and not d.eof:
+            block = _read_at(fp, start, min(1 << 16, end - start))
+            start += len(block)
+            try:
+                while block and got < need:
+                    got += len(d.decompress(block, 1 << 20))
+                    block = d.unconsumed_tail
+            except zlib.error as e:
+                raise ImageError(f"cannot decode image {spath}: corrupt PNG data: {e}") from None
+        if pos + 8 + length > size:
+            break  # the chunk runs past the end of the file
+        pos += 12 + length
+    if got < need:
+        if interlaced:
+            held = f"{got} of the {need} bytes of its interlaced scanlines"
+        else:
+            held = f"{got // (need // h)} of its {h} rows"
+        raise ImageError(f"cannot decode image {spath}: truncated PNG data: the header declares "
+                         f"{w}x{h} but the compressed data holds only {held}")
 
 
 @contextlib.contextmanager
@@ -248,9 +431,30 @@ def _default_file_mode() -> int:
 
 def check_output_path(path, overwrite: bool = False) -> None:
     """Raise the error save_image(…, path, overwrite) would raise before writing anything:
-    an unknown extension, a directory, an existing file without ``overwrite``, or a missing
-    parent directory. Lets a long job refuse a bad output path before it starts."""
-    _check_output(os.fspath(path), overwrite)
+    an unknown extension, a directory, an existing file without ``overwrite``, a missing
+    parent directory or one that is not a directory, or a directory where no file can be
+    created: it really creates (and removes) an empty temporary file there, since permission
+    bits say nothing to root nor about read-only file systems. Lets a long job refuse a bad
+    output path before it starts. Errors name ``path``."""
+    spath = os.fspath(path)
+    _check_output(spath, overwrite)
+    fd, tmp = _mkstemp_for(spath)
+    try:
+        os.close(fd)
+    finally:
+        os.unlink(tmp)
+
+
+def _mkstemp_for(spath: str) -> tuple[int, str]:
+    """A new temporary file next to ``spath`` (hidden, same extension); an error names
+    ``spath`` and its directory, not the temporary name."""
+    parent = os.path.dirname(os.path.abspath(spath))
+    try:
+        return tempfile.mkstemp(suffix=os.path.splitext(spath)[1],
+                                prefix="." + os.path.basename(spath) + ".", dir=parent)
+    except OSError as e:
+        raise type(e)(f"cannot save {spath}: cannot create a file in directory {parent}: "
+                      f"{e.strerror or e}") from None
 
 
 def _check_output(spath: str, overwrite: bool) -> tuple[str, bool]:
@@ -265,9 +469,16 @@ def _check_output(spath: str, overwrite: bool) -> tuple[str, bool]:
     if exists and not overwrite:
         raise FileExistsError(f"{spath} already exists; pass overwrite=True to replace it")
     parent = os.path.dirname(os.path.abspath(spath))
-    if not os.path.isdir(parent):
+    try:
+        st = os.stat(parent)
+    except FileNotFoundError:
         raise FileNotFoundError(f"cannot save {spath}: directory {parent} does not exist "
-                                "(save_image creates no directories)")
+                                "(save_image creates no directories)") from None
+    except NotADirectoryError:
+        raise NotADirectoryError(f"cannot save {spath}: a component of {parent} is not a "
+                                 "directory") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise NotADirectoryError(f"cannot save {spath}: {parent} is not a directory")
     return fmt, exists
 
 
@@ -285,7 +496,8 @@ def save_image(img: torch.Tensor, path, overwrite: bool = False, quality: int = 
     Raises: ``FileExistsError`` if ``path`` exists and ``overwrite`` is False (the existing
     file is untouched); ``ImageError`` for an unknown extension (nothing is written);
     ``FileNotFoundError`` when the parent directory does not exist (no directory is
-    created); ``ValueError`` for a tensor of the wrong shape or dtype, or containing NaN.
+    created), ``NotADirectoryError`` when it is not a directory, the ``OSError`` of the
+    failed creation (naming ``path``) when no file can be created in it; ``ValueError`` for a tensor of the wrong shape or dtype, or containing NaN.
 
     Limitations: no alpha channel, 8 bits per channel; no ICC profile is embedded (the values
     are meant as sRGB); the existence check and the final move are not one atomic step, so a
@@ -320,8 +532,7 @@ def save_image(img: torch.Tensor, path, overwrite: bool = False, quality: int = 
         options["quality"] = int(quality)
     mode = (os.stat(spath).st_mode & 0o7777) if exists else _default_file_mode()
 
-    fd, tmp = tempfile.mkstemp(suffix=os.path.splitext(spath)[1], prefix="." + os.path.basename(spath) + ".",
-                               dir=os.path.dirname(os.path.abspath(spath)))
+    fd, tmp = _mkstemp_for(spath)
     try:
         with os.fdopen(fd, "wb") as f:
             pil.save(f, format=fmt, **options)

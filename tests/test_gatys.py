@@ -77,7 +77,10 @@ def test_tensor_inputs(encoder):
     (dict(style_layers=["relu9_1"]), ValueError, "unknown vgg19 layer 'relu9_1'"),
     (dict(content_weight=-1.0), ValueError, "content_weight must be a finite number >= 0, got -1.0"),
     (dict(style_weight=float("nan")), ValueError, "style_weight must be a finite number >= 0, got nan"),
-    (dict(size=0), ValueError, "size must be an integer >= 16 (pixels, longest side), got 0"),
+    (dict(size=0), ValueError, "size must be a positive integer (pixels, longest side) or None, got 0"),
+    (dict(lr=0), ValueError, "lr must be a finite number > 0, got 0.0"),
+    (dict(lr=float("inf")), ValueError, "lr must be a finite number > 0, got inf"),
+    (dict(style_scale=0), ValueError, "style_scale must be a finite number > 0, got 0.0"),
     (dict(steps=0), ValueError, "steps must be an integer >= 1, got 0"),
     (dict(optimizer="sgd"), ValueError, "optimizer must be 'lbfgs' or 'adam', got 'sgd'"),
     (dict(style_blend=[1, 2]), ValueError, "style_blend must have one weight per item (1), got 2"),
@@ -122,7 +125,7 @@ def _bad_files(tmp_path):
     return text, png
 
 
-@pytest.mark.parametrize("case", ["missing", "not-image", "truncated", "layer", "negative", "nan", "zero-size",
+@pytest.mark.parametrize("case", ["missing", "not-image", "truncated", "layer", "negative", "zero-size",
                                   "extension", "blend"])
 def test_cli_bad_input_leaves_no_output(tmp_path, capsys, encoder, case):
     text, cut = _bad_files(tmp_path)
@@ -138,10 +141,8 @@ def test_cli_bad_input_leaves_no_output(tmp_path, capsys, encoder, case):
         extra, expect = ["--style-layers", "relu1_1,relu9_9"], "unknown vgg19 layer 'relu9_9'"
     elif case == "negative":
         extra, expect = ["--style-weight", "-5"], "style_weight must be a finite number >= 0, got -5.0"
-    elif case == "nan":
-        extra, expect = ["--tv-weight", "nan"], "tv_weight must be a finite number >= 0, got nan"
     elif case == "zero-size":
-        extra, expect = ["--size", "0"], "size must be an integer >= 16 (pixels, longest side), got 0"
+        extra, expect = ["--size", "0"], "size must be a positive integer (pixels, longest side) or None, got 0"
     elif case == "extension":
         out, expect = tmp_path / "result.xyz", "cannot save"
     elif case == "blend":
@@ -164,3 +165,156 @@ def test_tv_loss_value():
     x = torch.tensor([[[[0.0, 1.0], [3.0, 1.0]]]])
     assert gatys.tv_loss(x).item() == pytest.approx(1 + 0 + 9 + 4)  # (3-0)², (1-1)², (1-0)², (1-3)²
     assert math.isfinite(gatys.tv_loss(torch.rand(1, 3, 5, 5)).item())
+
+
+# ---- style blend weights (issue 9, finding 15) --------------------------------------------
+@pytest.mark.parametrize("blend, msg", [
+    ([float("inf"), 1.0], "style_blend must be finite numbers >= 0 with a finite sum > 0, got [inf, 1.0]"),
+    ([float("nan"), 1.0], "style_blend must be finite numbers >= 0 with a finite sum > 0, got [nan, 1.0]"),
+    ([-1.0, 2.0], "style_blend must be finite numbers >= 0 with a finite sum > 0, got [-1.0, 2.0]"),
+    ([1e308, 1e308], "style_blend must be finite numbers >= 0 with a finite sum > 0, got [1e+308, 1e+308] (sum inf)"),
+    ([0.0, 0.0], "style_blend must be finite numbers >= 0 with a finite sum > 0, got [0.0, 0.0] (sum 0.0)"),
+])
+def test_style_blend_contract(encoder, blend, msg):
+    with pytest.raises(ValueError) as info:
+        gatys.stylize(CONTENT, [STYLE, STYLE], style_blend=blend, size=32, steps=1, encoder=encoder)
+    assert str(info.value) == msg
+
+
+def test_large_finite_style_blend_is_normalised(encoder):
+    a = gatys.stylize(CONTENT, [STYLE, CONTENT], style_blend=[1e307, 3e307], size=32, steps=1, encoder=encoder)
+    b = gatys.stylize(CONTENT, [STYLE, CONTENT], style_blend=[1, 3], size=32, steps=1, encoder=encoder)
+    assert torch.allclose(a.image, b.image, atol=1e-6)
+
+
+# ---- images too small for the layers, and too large for memory (finding 12) ----------------
+@pytest.mark.parametrize("layer", ["relu1_1", "relu2_1", "relu3_1", "relu4_2", "relu5_1", "pool5"])
+def test_min_side_is_the_real_requirement(encoder, layer):
+    h, w = gatys.min_side(encoder, [layer])
+    pools = [n for n in encoder.names[:encoder.names.index(layer) + 1] if n.startswith("pool")]
+    assert h == w == 2 ** len(pools)
+    encoder(torch.rand(1, 3, h, w), [layer])  # runs at the minimum
+    if h > 1:
+        with pytest.raises(RuntimeError, match="Output size is too small"):
+            encoder(torch.rand(1, 3, h - 1, w + 40), [layer])  # and one pixel less fails in torch
+
+
+def test_min_side_reads_the_encoder():
+    # The AdaIN port's layout: ceil-mode pools and reflection padding (needs >= 2 at each conv).
+    enc = vgg.VGGEncoder(pooling="max", padding="reflect", ceil_mode=True)
+    assert gatys.min_side(enc, ["relu5_1"]) == (17, 17)
+    enc(torch.rand(1, 3, 17, 17), ["relu5_1"])
+    with pytest.raises(RuntimeError):
+        enc(torch.rand(1, 3, 16, 16), ["relu5_1"])
+
+
+RULE5 = "the encoder's layers up to relu5_1 (4 poolings) need both sides >= 16 pixels"
+
+
+@pytest.mark.parametrize("case, kw, msg", [
+    ("thin", dict(content=torch.rand(1, 3, 400, 10), size=128),
+     f"content image at 3x128 (size 128) is too small: {RULE5}; use a larger size, fewer scales or shallower layers"),
+    ("size16-non-square", dict(content=torch.rand(1, 3, 20, 30), size=16),
+     f"content image at 16x11 (size 16) is too small: {RULE5}; use a larger size, fewer scales or shallower layers"),
+    ("scales", dict(size=32, scales=3),
+     f"content image at 8x8 (size 8, level 1 of 3) is too small: {RULE5}; use a larger size, fewer scales or "
+     "shallower layers"),
+    ("style-scale", dict(size=64, style_scale=0.01),
+     f"style image 1 at 1x1 (size 64, style_scale 0.01: longest side 1) is too small: {RULE5}; use a larger "
+     "size or style_scale, or shallower style layers"),
+    ("style-non-square", dict(size=64, style_scale=0.25),  # hubble 512x446 -> 16x14
+     f"style image 1 at 16x14 (size 64, style_scale 0.25: longest side 16) is too small: {RULE5}; use a larger "
+     "size or style_scale, or shallower style layers"),
+    ("pool5", dict(size=16, content=torch.rand(1, 3, 16, 16), style_layers=["relu1_1", "pool5"]),
+     "content image at 16x16 (size 16) is too small: the encoder's layers up to pool5 (5 poolings) need both "
+     "sides >= 32 pixels; use a larger size, fewer scales or shallower layers"),
+])
+def test_too_small_is_refused_before_any_work(encoder, monkeypatch, case, kw, msg):
+    calls = []
+    monkeypatch.setattr(vgg.VGGEncoder, "features_of", lambda *a, **k: calls.append(1))
+    kw = dict(kw)
+    content = kw.pop("content", CONTENT)
+    with pytest.raises(ValueError) as info:
+        gatys.stylize(content, STYLE, steps=1, encoder=encoder, **kw)
+    assert str(info.value) == msg
+    assert calls == []  # no forward pass ran
+
+
+def test_small_sizes_work_with_shallow_layers(encoder):
+    # No fixed 16-pixel floor: relu1_1 needs no pooling, relu2_1 one.
+    r = gatys.stylize(torch.rand(1, 3, 6, 4), STYLE, size=6, steps=1, encoder=encoder,
+                      content_layers=["relu1_1"], style_layers=["relu1_1", "relu2_1"])
+    assert r.image.shape == (1, 3, 6, 4)
+    r = gatys.stylize(CONTENT, CONTENT, size=32, scales=2, steps=1, encoder=encoder)  # 16 then 32
+    assert r.image.shape == (1, 3, 32, 32) and len(r.losses) == 2
+
+
+def test_memory_estimate_formula(encoder):
+    h, w = 10, 7
+    hw = h * w
+    # Up to relu1_1: conv1_1 and relu1_1 outputs (64 hw each), no pooling; the image, its
+    # gradient and channels_last copy (3 x 3hw); two gradients of the largest output; Adam: 3 x 3hw.
+    assert gatys.memory_estimate(encoder, ["relu1_1"], h, w, "adam") == 4 * (9 * hw + 128 * hw + 128 * hw + 9 * hw)
+    # L-BFGS: min(steps, 100) pairs of image-sized vectors plus 3; the content target is kept.
+    assert gatys.memory_estimate(encoder, ["relu1_1"], h, w, "lbfgs", steps=500, keep=["relu1_1"]) == \
+        4 * (9 * hw + 128 * hw + 128 * hw + 64 * hw + 203 * 3 * hw)
+    # Through pool1 (4x2 outputs): int64 indices too.
+    p = 64 * (h // 2) * (w // 2)
+    assert gatys.memory_estimate(encoder, ["pool1"], h, w, "adam") - \
+        gatys.memory_estimate(encoder, ["relu1_2"], h, w, "adam") == 4 * p + 8 * p
+    # A no-grad forward: the largest input + output pair, plus the kept taps.
+    assert gatys.memory_estimate(encoder, ["relu1_1"], h, w, None) == 4 * (3 * hw + 128 * hw + 64 * hw)
+    # It grows with the pixel count.
+    big = gatys.memory_estimate(encoder, list(gatys.STYLE_LAYERS), 512, 512, "lbfgs")
+    assert 3.9 < big / gatys.memory_estimate(encoder, list(gatys.STYLE_LAYERS), 256, 256, "lbfgs") < 4.1
+
+
+def test_memory_limit_is_checked_before_any_work(encoder, monkeypatch):
+    monkeypatch.setattr(gatys, "_memory_limit", lambda device: (2 ** 30, "physical memory"))
+    layers = list(gatys.STYLE_LAYERS) + ["relu4_2"]
+    est = gatys.memory_estimate(encoder, layers, 1024, 1024, "lbfgs", 500, keep=["relu4_2"])
+    with pytest.raises(ValueError) as info:
+        gatys.stylize(CONTENT, STYLE, size=1024, encoder=encoder)
+    assert str(info.value) == (
+        f"size 1024: the optimisation at 1024x1024 needs about {est / 2 ** 30:.2f} GiB (the activations of "
+        "the layers up to relu5_1, forward and backward, and the lbfgs state), more than the 1.00 GiB of "
+        "physical memory; use a smaller size")
+    est = gatys.memory_estimate(encoder, list(gatys.STYLE_LAYERS), 3568, 4096, None)
+    with pytest.raises(ValueError) as info:
+        gatys.stylize(CONTENT, STYLE, size=128, style_scale=32, steps=1, encoder=encoder)
+    assert str(info.value) == (
+        f"style image 1 at 4096x3568 (size 128, style_scale 32.0) needs about {est / 2 ** 30:.2f} GiB for the "
+        "encoder's forward pass up to relu5_1, more than the 1.00 GiB of physical memory; use a smaller "
+        "style_scale or size")
+
+
+def test_memory_limit_is_physical_memory(encoder):
+    limit = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    with pytest.raises(ValueError, match=rf"more than the {limit / 2 ** 30:.2f} GiB of physical memory"):
+        gatys.stylize(CONTENT, STYLE, size=200_000, encoder=encoder)
+
+
+# ---- non-finite weights and losses (finding 11) ---------------------------------------------
+def test_nonfinite_encoder_weights_are_refused():
+    enc = vgg.VGGEncoder()
+    with torch.no_grad():
+        enc.features.conv1_1.weight[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError) as info:
+        gatys.stylize(CONTENT, STYLE, size=32, steps=1, encoder=enc)
+    assert str(info.value) == ("the encoder's weights (random init) contain NaN or Inf in a layer up to "
+                               "relu5_1; the features would not be finite")
+    # Past the deepest layer used, they do not matter.
+    with torch.no_grad():
+        enc.features.conv1_1.weight[0, 0, 0, 0] = 0.0
+        enc.features.conv5_4.bias[0] = float("inf")
+    assert gatys.stylize(CONTENT, STYLE, size=32, steps=1, encoder=enc).image.isfinite().all()
+
+
+@pytest.mark.parametrize("kw, msg", [
+    (dict(style_weight=1e38), "the loss became inf at step 1; lower the learning rate or the loss weights"),
+    (dict(lr=1e30), "the loss became inf at step 2; lower the learning rate or the loss weights"),
+])
+def test_overflow_is_a_floating_point_error(encoder, kw, msg):
+    with pytest.raises(FloatingPointError) as info:
+        small(encoder, steps=3, **kw)
+    assert str(info.value) == msg

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import os
 import re
+import struct
+import threading
 import warnings
+import zlib
 
 import numpy as np
 import pytest
@@ -17,6 +20,7 @@ from PIL import Image, features  # noqa: E402
 
 from fastnst.image import (  # noqa: E402
     CONVENTIONS,
+    check_output_path,
     ImageError,
     from_convention,
     load_image,
@@ -258,27 +262,218 @@ def test_missing_file(tmp_path):
 
 
 def test_directory(tmp_path):
-    with pytest.raises(ImageError, match="is a directory"):
+    with pytest.raises(ImageError) as info:
         load_image(tmp_path)
+    assert str(info.value) == f"image path is a directory, expected an image file: {tmp_path}"
 
 
 def test_text_file(tmp_path):
     p = tmp_path / "notes.png"
     p.write_text("hello, not an image\n")
-    with pytest.raises(ImageError, match="^" + re.escape(f"not an image file {p}: ")):
+    with pytest.raises(ImageError) as info:
+        load_image(p)
+    assert str(info.value) == f"not an image file {p}: Pillow recognises no image format in it"
+
+
+def test_non_image_binary_file(tmp_path):
+    p = tmp_path / "weights.jpg"
+    p.write_bytes(zlib.compress(bytes(range(256)) * 64))
+    with pytest.raises(ImageError) as info:
+        load_image(p)
+    assert str(info.value) == f"not an image file {p}: Pillow recognises no image format in it"
+
+
+def test_extension_that_lies_is_ignored(tmp_path):
+    # The format comes from the file's content, not its name: PNG data named .jpg loads
+    # exactly (no JPEG decoding), JPEG data named .png too.
+    arr = _noise_u8(9, 7)
+    Image.fromarray(arr).save(tmp_path / "png.jpg", format="PNG")
+    Image.fromarray(arr).save(tmp_path / "jpeg.png", format="JPEG")
+    Image.fromarray(arr).save(tmp_path / "real.jpg", format="JPEG")
+    y = load_image(tmp_path / "png.jpg")
+    assert torch.equal(y[0].permute(1, 2, 0) * 255, torch.from_numpy(arr).float())
+    assert torch.equal(load_image(tmp_path / "jpeg.png"), load_image(tmp_path / "real.jpg"))
+
+
+def _load_in_thread(path, timeout=10.0):
+    """load_image(path) in a thread; returns its exception. A load blocked in open() on a FIFO
+    is released by opening the write end, and the test fails."""
+    box = {}
+
+    def run():
+        try:
+            load_image(path)
+        except BaseException as e:  # noqa: BLE001 - handed to the test
+            box["exc"] = e
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(timeout)
+    if t.is_alive():
+        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)  # a reader is waiting: succeeds
+        os.close(fd)
+        t.join(timeout)
+        pytest.fail(f"load_image({path}) blocked for {timeout} s")
+    return box.get("exc")
+
+
+def test_fifo_is_refused_without_blocking(tmp_path):
+    p = tmp_path / "pipe.png"
+    os.mkfifo(p)
+    exc = _load_in_thread(p)
+    assert isinstance(exc, ImageError)
+    assert str(exc) == f"image path is a FIFO (named pipe), expected a regular image file: {p}"
+
+
+def test_device_is_refused():
+    with pytest.raises(ImageError) as info:
+        load_image("/dev/zero")
+    assert str(info.value) == "image path is a character device, expected a regular image file: /dev/zero"
+
+
+def test_path_under_a_file_is_not_found(tmp_path):
+    f = tmp_path / "plain.txt"
+    f.write_text("x")
+    with pytest.raises(ImageError) as info:
+        load_image(f / "a.png")
+    assert str(info.value) == f"image not found: {f / 'a.png'}"
+
+
+# Crafted PNGs (the fuzzer's case): a valid header and zlib stream, but fewer rows of data
+# than the header declares. Pillow pads those with zeros without any error.
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def _crafted_png(w, h, scanlines: bytes, interlace=0, depth=8, ctype=2) -> bytes:
+    ihdr = struct.pack(">IIBBBBB", w, h, depth, ctype, 0, 0, interlace)
+    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(scanlines, 9))
+            + _chunk(b"IEND", b""))
+
+
+def _rows(n, nbytes, value=0x80):
+    return b"".join(b"\0" + bytes([value]) * nbytes for _ in range(n))
+
+
+def test_png_declaring_more_than_its_size_can_hold(tmp_path):
+    # 4000x4000 RGB declared, one row of data: 92 bytes, 48 MB of scanlines; refused before
+    # Pillow allocates anything (it used to load as a black 183 MiB tensor).
+    p = tmp_path / "bomb.png"
+    p.write_bytes(_crafted_png(4000, 4000, _rows(1, 12000)))
+    n = p.stat().st_size
+    with pytest.raises(ImageError) as info:
+        load_image(p)
+    assert str(info.value) == (
+        f"cannot decode image {p}: truncated or crafted file: its header declares 4000x4000 RGB "
+        f"(48004000 bytes of pixel data) but the file has {n} bytes, and PNG data decodes to at "
+        "most 1032 times its size")
+
+
+def test_png_with_fewer_rows_than_its_header(tmp_path):
+    p = tmp_path / "short.png"
+    p.write_bytes(_crafted_png(100, 50, _rows(10, 300)))
+    with pytest.raises(ImageError) as info:
+        load_image(p)
+    assert str(info.value) == (f"cannot decode image {p}: truncated PNG data: the header declares "
+                               "100x50 but the compressed data holds only 10 of its 50 rows")
+    # Every row present: it loads, even with the zlib stream cut just after the last row.
+    full = tmp_path / "full.png"
+    full.write_bytes(_crafted_png(100, 50, _rows(50, 300)))
+    assert load_image(full).shape == (1, 3, 50, 100)
+
+
+def test_interlaced_png_row_count(tmp_path):
+    # The seven Adam7 passes of a 5x3 grayscale image (one of them empty): with all their rows
+    # it loads (so the count matches Pillow's decoder), one byte short it is refused.
+    w, h = 5, 3
+    passes = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+    data = b""
+    for x0, y0, dx, dy in passes:
+        pw, ph = (w - x0 + dx - 1) // dx, (h - y0 + dy - 1) // dy
+        if pw and ph:
+            data += _rows(ph, pw, 200)
+    ok = tmp_path / "adam7.png"
+    ok.write_bytes(_crafted_png(w, h, data, interlace=1, ctype=0))
+    y = load_image(ok)
+    assert y.shape == (1, 3, 3, 5) and torch.allclose(y, torch.full_like(y, 200 / 255))
+    bad = tmp_path / "adam7-short.png"
+    bad.write_bytes(_crafted_png(w, h, data[:-1], interlace=1, ctype=0))
+    with pytest.raises(ImageError) as info:
+        load_image(bad)
+    assert str(info.value) == (f"cannot decode image {bad}: truncated PNG data: the header declares 5x3 but "
+                               f"the compressed data holds only {len(data) - 1} of the {len(data)} bytes of "
+                               "its interlaced scanlines")
+
+
+def test_low_bit_depth_png_counts_its_bits(tmp_path):
+    # A flat 1-bit 2048x2048 PNG: 0.5 MB of scanlines, ~600 bytes of file; as 8-bit pixels it
+    # would be 4 MB, past 1032:1, but the rule counts the bits the file stores.
+    p = tmp_path / "bilevel.png"
+    Image.new("1", (2048, 2048), 1).save(p)
+    assert load_image(p).shape == (1, 3, 2048, 2048)
+
+
+def test_bmp_declaring_more_than_its_size_can_hold(tmp_path):
+    # A BMP header for 4000x4000 24-bit pixels, and no pixel data.
+    info = struct.pack("<IiiHHIIiiII", 40, 4000, 4000, 1, 24, 0, 0, 2835, 2835, 0, 0)
+    p = tmp_path / "empty.bmp"
+    p.write_bytes(b"BM" + struct.pack("<IHHI", 14 + len(info), 0, 0, 14 + len(info)) + info)
+    with pytest.raises(ImageError) as e:
+        load_image(p)
+    assert str(e.value) == (
+        f"cannot decode image {p}: truncated or crafted file: its header declares 4000x4000 RGB "
+        f"(48000000 bytes of pixel data) but the file has 54 bytes, and BMP data decodes to at most "
+        "256 times its size")
+
+
+def test_flat_images_within_the_ratios_load(tmp_path):
+    # The flattest files Pillow writes in each format load (the ratios have a margin over them).
+    cases = [("png", {}), ("jpg", dict(quality=1, optimize=True)), ("gif", {}), ("bmp", {}),
+             ("tif", dict(compression="tiff_adobe_deflate"))]
+    if features.check("webp"):
+        cases.append(("webp", dict(quality=0, method=6)))
+    for ext, kw in cases:
+        p = tmp_path / f"flat.{ext}"
+        Image.new("RGB", (1024, 1024), (10, 200, 30)).save(p, **kw)
+        assert load_image(p).shape == (1, 3, 1024, 1024), ext
+
+
+def test_flat_lossless_webp_beyond_its_ratio_is_refused(tmp_path):
+    if not features.check("webp"):
+        pytest.skip("this Pillow has no WebP support")
+    # Lossless WebP codes a flat image in a few dozen bytes, whatever its size: documented limit.
+    p = tmp_path / "flat.webp"
+    Image.new("RGB", (1024, 1024), (10, 200, 30)).save(p, lossless=True)
+    with pytest.raises(ImageError, match=r"WEBP data decodes to at most 32768 times its size$"):
         load_image(p)
 
 
-@pytest.mark.parametrize("ext", ["png", "jpg"])
-def test_truncated_image(tmp_path, ext):
+@pytest.mark.parametrize("ext, detail", [
+    ("png", r"truncated PNG data: the header declares 64x64 but the compressed data holds only \d+ of its 64 rows"),
+    ("jpg", r"OSError: image file is truncated \(\d+ bytes not processed\)"),
+    ("gif", r"OSError: image file is truncated \(\d+ bytes not processed\)"),
+])
+def test_truncated_image(tmp_path, ext, detail):
     full = tmp_path / f"full.{ext}"
     Image.fromarray(_noise_u8(64, 64)).save(full)
     data = full.read_bytes()
     p = tmp_path / f"trunc.{ext}"
-    p.write_bytes(data[: len(data) // 2])
-    with pytest.raises(ImageError, match="^" + re.escape(f"cannot decode image {p}: ")):
+    p.write_bytes(data[: len(data) // 2])  # cut in half
+    with pytest.raises(ImageError, match="^" + re.escape(f"cannot decode image {p}: ") + detail + "$"):
         load_image(p)
     assert load_image(full).shape == (1, 3, 64, 64)
+
+
+def test_truncated_png_is_refused_even_if_pillow_would_pad(tmp_path, monkeypatch):
+    from PIL import ImageFile
+
+    full = tmp_path / "full.png"
+    Image.fromarray(_noise_u8(64, 64)).save(full)
+    p = tmp_path / "trunc.png"
+    p.write_bytes(full.read_bytes()[:2000])
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+    with pytest.raises(ImageError, match="truncated PNG data"):
+        load_image(p)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -331,6 +526,38 @@ def test_save_missing_directory(tmp_path):
     with pytest.raises(FileNotFoundError, match="creates no directories"):
         save_image(_rand_img(), tmp_path / "sub" / "out.png")
     assert os.listdir(tmp_path) == []
+
+
+def test_check_output_path(tmp_path):
+    # Finding 13: every bad output directory is found up front, and the message names the
+    # output path (never a temporary file).
+    check_output_path(tmp_path / "ok.png")
+    assert os.listdir(tmp_path) == []  # the probe file is gone
+    missing = tmp_path / "sub" / "out.png"
+    with pytest.raises(FileNotFoundError) as info:
+        check_output_path(missing)
+    assert str(info.value) == (f"cannot save {missing}: directory {tmp_path / 'sub'} does not exist "
+                               "(save_image creates no directories)")
+    f = tmp_path / "plain.txt"
+    f.write_text("x")
+    with pytest.raises(NotADirectoryError) as info:
+        check_output_path(f / "out.png")
+    assert str(info.value) == f"cannot save {f / 'out.png'}: {f} is not a directory"
+    with pytest.raises(NotADirectoryError) as info:
+        check_output_path(f / "deeper" / "out.png")
+    assert str(info.value) == f"cannot save {f / 'deeper' / 'out.png'}: a component of {f / 'deeper'} is not a directory"
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux /proc")
+def test_unwritable_directory_is_found_and_named():
+    # /proc refuses new files even to root (chmod 555 would not).
+    with pytest.raises(OSError) as info:
+        check_output_path("/proc/fastnst-out.png")
+    assert str(info.value) == ("cannot save /proc/fastnst-out.png: cannot create a file in directory /proc: "
+                               "No such file or directory")
+    with pytest.raises(OSError) as info:
+        save_image(_rand_img(), "/proc/fastnst-out.png")
+    assert str(info.value).startswith("cannot save /proc/fastnst-out.png: cannot create a file in directory /proc")
 
 
 def test_save_rejects_bad_tensors(tmp_path):

@@ -11,19 +11,28 @@ in the encoder's input space (Caffe BGR 0–255 for the default weights), as neu
 Defaults follow jcjohnson/neural-style: content relu4_2 (weight 5), style relu1_1 … relu5_1
 (weight 100, equal per layer), TV 1e-3, L-BFGS, 512 px, init from the content image.
 
+Before any work, ``stylize`` checks that every image is large enough for the layers asked for
+at every coarse-to-fine level (``min_side``: each pooling before the deepest layer halves the
+image, so VGG's k max-poolings need both sides >= 2**k) and that the optimisation and the style
+images' forward passes fit in memory (``memory_estimate`` against physical memory, or the GPU's).
+
 Limitations: one content image per call; memory grows with the output size (use ``scales``
-for large outputs: each scale's result initialises the next, larger one).
+for large outputs: each scale's result initialises the next, larger one); the memory check is
+an estimate (activations and optimiser state, not the allocator's overheads) against all of
+the machine's memory, not what is free.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import sys
 import time
 from typing import Callable, Sequence
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 import fastnst
@@ -44,8 +53,208 @@ class Result:
 def _check_weight(name: str, value: float, allow_zero: bool = True) -> float:
     value = float(value)
     if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        raise ValueError(f"{name} must be a finite number >= 0{'' if allow_zero else ' and > 0'}, got {value}")
+        raise ValueError(f"{name} must be a finite number {'>=' if allow_zero else '>'} 0, got {value}")
     return value
+
+
+def _check_blend(blend: list[float]) -> list[float]:
+    """Style blend weights: finite, >= 0, with a finite positive sum; returned normalised."""
+    rule = "style_blend must be finite numbers >= 0 with a finite sum > 0"
+    if any(not math.isfinite(b) or b < 0 for b in blend):
+        raise ValueError(f"{rule}, got {blend}")
+    total = sum(blend)
+    if not 0 < total < math.inf:
+        raise ValueError(f"{rule}, got {blend} (sum {total})")
+    return [b / total for b in blend]
+
+
+# ---- sizes and memory, from the encoder's own layers ------------------------------------------
+def _pair(v) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+def _modules_up_to(encoder: VGGEncoder, layer: str) -> list[nn.Module]:
+    last = encoder.names.index(layer)
+    mods = [] if encoder.input_conv is None else [encoder.input_conv]
+    return mods + list(encoder.features.children())[:last + 1]
+
+
+def _out_side(m: nn.Module, n: int, axis: int) -> int:
+    """Output side of module ``m`` along ``axis`` (0: H, 1: W) for input side ``n``, by torch's
+    shape rules; 0 where torch would refuse the input (output too small, reflection padding
+    not smaller than the input)."""
+    if isinstance(m, nn.Conv2d):
+        if isinstance(m.padding, str):
+            return n if m.padding == "same" else max(0, n - m.dilation[axis] * (m.kernel_size[axis] - 1))
+        k, s, p, d = (_pair(v)[axis] for v in (m.kernel_size, m.stride, m.padding, m.dilation))
+        if m.padding_mode != "zeros" and p >= n:
+            return 0
+        return max(0, (n + 2 * p - d * (k - 1) - 1) // s + 1)
+    if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)):
+        k, s, p = (_pair(v)[axis] for v in (m.kernel_size, m.stride or m.kernel_size, m.padding))
+        d = _pair(m.dilation)[axis] if isinstance(m, nn.MaxPool2d) else 1
+        out = (n + 2 * p - d * (k - 1) - 1 + (s - 1 if m.ceil_mode else 0)) // s + 1
+        if m.ceil_mode and (out - 1) * s >= n + p:
+            out -= 1
+        return max(0, out)
+    return n
+
+
+def _shapes(encoder: VGGEncoder, layer: str, h: int, w: int) -> list[tuple[nn.Module, int, int, int]] | None:
+    """(module, C, H, W) of each module's output up to ``layer`` for a [1, 3, h, w] input;
+    None if some module would refuse its input."""
+    c, out = 3, []
+    for m in _modules_up_to(encoder, layer):
+        h, w = _out_side(m, h, 0), _out_side(m, w, 1)
+        if h < 1 or w < 1:
+            return None
+        if isinstance(m, nn.Conv2d):
+            c = m.out_channels
+        out.append((m, c, h, w))
+    return out
+
+
+def min_side(encoder: VGGEncoder, layers: Sequence[str]) -> tuple[int, int]:
+    """The smallest (height, width) an input needs to run through the deepest of ``layers``
+    (e.g. 16 x 16 for VGG up to relu5_1: four 2x2 max-poolings before it, each needing >= 2)."""
+    deepest = max(layers, key=encoder.names.index)
+    mods = _modules_up_to(encoder, deepest)
+
+    def fits(n: int, axis: int) -> bool:
+        for m in mods:
+            n = _out_side(m, n, axis)
+            if n < 1:
+                return False
+        return True
+
+    sides = []
+    for axis in (0, 1):
+        n = next((n for n in range(1, 1 << 16) if fits(n, axis)), None)  # <= 32 steps for VGG
+        if n is None:
+            raise ValueError(f"no input size runs through the encoder's layers up to {deepest}")
+        sides.append(n)
+    return sides[0], sides[1]
+
+
+def memory_estimate(encoder: VGGEncoder, layers: Sequence[str], h: int, w: int,
+                    optimizer: str | None, steps: int = 100, keep: Sequence[str] = ()) -> int:
+    """Bytes (float32) for one pass of a [1, 3, h, w] image through the encoder up to the
+    deepest of ``layers``.
+
+    ``optimizer`` "lbfgs" / "adam": an optimisation step, forward and backward: the image, its
+    gradient and its channels_last copy (3 x 3hw), every module's output (kept for backward),
+    max-pool indices (int64, 8 bytes per pooled output), two gradients the size of the largest
+    output during backward, ``keep`` (the content targets), and the optimiser's state: L-BFGS
+    keeps min(steps, 100) pairs of image-sized vectors plus 3, Adam 3.
+    ``optimizer`` None: a no-grad forward (a style image): the two largest consecutive outputs
+    plus the outputs of ``layers`` (kept for the Gram matrices).
+    """
+    deepest = max(layers, key=encoder.names.index)
+    shapes = _shapes(encoder, deepest, h, w)
+    if shapes is None:
+        raise ValueError(f"{h}x{w} is too small for the layers up to {deepest}")
+    numel = [c * hh * ww for _, c, hh, ww in shapes]
+    names = _tap_names(encoder, deepest)  # one per entry of shapes
+    img = 3 * h * w
+    if optimizer is None:
+        kept = sum(n for name, n in zip(names, numel) if name in set(layers))
+        pair = max(a + b for a, b in zip([img] + numel, numel))
+        return 4 * (img + pair + kept)
+    pools = sum(n for (m, *_), n in zip(shapes, numel) if isinstance(m, nn.MaxPool2d))
+    targets = sum(n for name, n in zip(names, numel) if name in set(keep))
+    state = (2 * min(steps, 100) + 3) if optimizer == "lbfgs" else 3
+    return 4 * (3 * img + sum(numel) + 2 * max(numel) + targets + state * img) + 8 * pools
+
+
+def _tap_names(encoder: VGGEncoder, deepest: str) -> list[str]:
+    last = encoder.names.index(deepest)
+    return (["input_conv"] if encoder.input_conv is not None else []) + encoder.names[:last + 1]
+
+
+def _memory_limit(device: torch.device) -> tuple[int, str] | None:
+    """(bytes, what) the memory check compares with: the GPU's memory, else physical memory;
+    None when unknown."""
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        return props.total_memory, f"memory of {props.name}"
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "physical memory"
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _resized_hw(hw: tuple[int, int], size: int) -> tuple[int, int]:
+    """What image.resize(img, size=size) gives an [.., H, W] image."""
+    H, W = hw
+    scale = float(size) / max(H, W)
+    return image._round_multiple(H * scale, 1), image._round_multiple(W * scale, 1)
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2 ** 30:.2f} GiB"
+
+
+def _check_sizes(encoder, content_hw, style_hws, sizes, style_scale, content_layers, style_layers,
+                 all_layers, optimizer, steps, device) -> None:
+    """Refuse, before any work, images too small for the layers (at any level) and an
+    optimisation or style forward pass that cannot fit in memory."""
+    deep_all = max(all_layers, key=encoder.names.index)
+    deep_style = max(style_layers, key=encoder.names.index)
+    need_c, need_s = min_side(encoder, all_layers), min_side(encoder, style_layers)
+    pools_c = sum(isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)) for m in _modules_up_to(encoder, deep_all))
+    pools_s = sum(isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)) for m in _modules_up_to(encoder, deep_style))
+
+    def rule(need, deepest, pools):
+        sides = (f"both sides >= {need[0]}" if need[0] == need[1]
+                 else f"height >= {need[0]} and width >= {need[1]}")
+        return (f"the encoder's layers up to {deepest} ({pools} pooling"
+                f"{'' if pools == 1 else 's'}) need {sides} pixels")
+
+    for level, s in enumerate(sizes):
+        at = f"size {s}" if len(sizes) == 1 else f"size {s}, level {level + 1} of {len(sizes)}"
+        h, w = _resized_hw(content_hw, s)
+        if h < need_c[0] or w < need_c[1]:
+            raise ValueError(f"content image at {w}x{h} ({at}) is too small: "
+                             f"{rule(need_c, deep_all, pools_c)}; use a larger size, fewer "
+                             "scales or shallower layers")
+        ss = max(1, round(s * style_scale))
+        for i, hw in enumerate(style_hws):
+            sh, sw = _resized_hw(hw, ss)
+            if sh < need_s[0] or sw < need_s[1]:
+                raise ValueError(f"style image {i + 1} at {sw}x{sh} ({at}, style_scale "
+                                 f"{style_scale}: longest side {ss}) is too small: "
+                                 f"{rule(need_s, deep_style, pools_s)}; use a larger size or "
+                                 "style_scale, or shallower style layers")
+    limit = _memory_limit(device)
+    if limit is None:
+        return
+    limit_bytes, where = limit
+    s = sizes[-1]
+    h, w = _resized_hw(content_hw, s)
+    est = memory_estimate(encoder, all_layers, h, w, optimizer, steps, keep=content_layers)
+    if est > limit_bytes:
+        raise ValueError(f"size {s}: the optimisation at {w}x{h} needs about {_gib(est)} (the "
+                         f"activations of the layers up to {deep_all}, forward and backward, and "
+                         f"the {optimizer} state), more than the {_gib(limit_bytes)} of {where}; "
+                         "use a smaller size")
+    ss = max(1, round(s * style_scale))
+    for i, hw in enumerate(style_hws):
+        sh, sw = _resized_hw(hw, ss)
+        est = memory_estimate(encoder, style_layers, sh, sw, None)
+        if est > limit_bytes:
+            raise ValueError(f"style image {i + 1} at {sw}x{sh} (size {s}, style_scale "
+                             f"{style_scale}) needs about {_gib(est)} for the encoder's forward "
+                             f"pass up to {deep_style}, more than the {_gib(limit_bytes)} of "
+                             f"{where}; use a smaller style_scale or size")
+
+
+def _check_encoder_finite(encoder: VGGEncoder, layers: Sequence[str]) -> None:
+    deepest = max(layers, key=encoder.names.index)
+    for m in _modules_up_to(encoder, deepest):
+        for p in m.parameters(recurse=False):
+            if not torch.isfinite(p).all():
+                raise ValueError(f"the encoder's weights ({encoder.source}) contain NaN or Inf "
+                                 f"in a layer up to {deepest}; the features would not be finite")
 
 
 def _as_image(x, what: str, device) -> torch.Tensor:
@@ -103,14 +312,16 @@ def stylize(content, styles, *, style_blend: Sequence[float] | None = None,
     Args:
         content: image path or [1, 3, H, W] RGB tensor in [0, 1].
         styles: one, or a list of, image paths or tensors.
-        style_blend: weight of each style (normalised to sum 1); equal by default.
+        style_blend: weight of each style: finite, >= 0, with a finite sum > 0 (normalised to
+            sum 1); equal by default.
         content_layers / style_layers: VGG layer names; *_layer_weights: per-layer weights.
         content_weight, style_weight, tv_weight: loss weights (>= 0).
         init: "content", "noise", or an image path / tensor (resized to the output size).
         optimizer: "lbfgs" or "adam" (lr default: 1.0 for L-BFGS, 10.0 for Adam in 0–255 space).
         steps: optimiser steps per scale (L-BFGS: one function evaluation per step).
-        size: longest side of the output (None: the content's own size).
-        style_scale: style images are resized to style_scale · size.
+        size: longest side of the output (None: the content's own size). Every level's content
+            image and style images must be at least ``min_side(encoder, layers)`` on both sides.
+        style_scale: style images are resized to style_scale · size (longest side).
         scales: coarse-to-fine levels; level k runs at size / 2**(scales-1-k).
         preserve_color: None, "luminance" (keep the content's colours, transfer luminance)
             or "match" (recolour the styles to the content's colour statistics first).
@@ -127,16 +338,18 @@ def stylize(content, styles, *, style_blend: Sequence[float] | None = None,
         raise ValueError(f"optimizer must be 'lbfgs' or 'adam', got {optimizer!r}")
     if preserve_color not in (None, "luminance", "match"):
         raise ValueError(f"preserve_color must be None, 'luminance' or 'match', got {preserve_color!r}")
-    if not isinstance(steps, int) or steps < 1:
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
-    if size is not None and (not isinstance(size, int) or size < 16):
-        raise ValueError(f"size must be an integer >= 16 (pixels, longest side), got {size!r}")
-    if not isinstance(scales, int) or scales < 1:
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 1):
+        raise ValueError(f"size must be a positive integer (pixels, longest side) or None, got {size!r}")
+    if not isinstance(scales, int) or isinstance(scales, bool) or scales < 1:
         raise ValueError(f"scales must be an integer >= 1, got {scales!r}")
     content_weight = _check_weight("content_weight", content_weight)
     style_weight = _check_weight("style_weight", style_weight)
     tv_weight = _check_weight("tv_weight", tv_weight)
     style_scale = _check_weight("style_scale", style_scale, allow_zero=False)
+    if lr is not None:
+        lr = _check_weight("lr", lr, allow_zero=False)
 
     if encoder is None:
         encoder = load_vgg()
@@ -154,19 +367,25 @@ def stylize(content, styles, *, style_blend: Sequence[float] | None = None,
     styles = list(styles)
     if not styles:
         raise ValueError("at least one style image is needed")
-    blend = _layer_weights("style_blend", style_blend, styles)
-    total_blend = sum(blend)
-    if total_blend <= 0:
-        raise ValueError("style_blend must have a positive sum")
-    blend = [b / total_blend for b in blend]
+    if style_blend is not None:
+        style_blend = [float(b) for b in style_blend]
+        if len(style_blend) != len(styles):
+            raise ValueError(f"style_blend must have one weight per item ({len(styles)}), "
+                             f"got {len(style_blend)}")
+    blend = _check_blend(style_blend if style_blend is not None else [1.0] * len(styles))
+    all_layers = list(dict.fromkeys(list(content_layers) + list(style_layers)))
+    _check_encoder_finite(encoder, all_layers)
 
     content_img = _as_image(content, "content", device)
     style_imgs = [_as_image(s, "style", device) for s in styles]
+    full = max(content_img.shape[-2:]) if size is None else size
+    sizes = [max(1, round(full / 2 ** (scales - 1 - k))) for k in range(scales)]
+    _check_sizes(encoder, tuple(content_img.shape[-2:]), [tuple(s.shape[-2:]) for s in style_imgs],
+                 sizes, style_scale, content_layers, style_layers, all_layers, optimizer, steps,
+                 device)
     if preserve_color == "match":
         style_imgs = [image.match_color(s, content_img) for s in style_imgs]
 
-    full = max(content_img.shape[-2:]) if size is None else size
-    sizes = [max(16, round(full / 2 ** (scales - 1 - k))) for k in range(scales)]
     gen = torch.Generator(device="cpu")
     if seed is not None:
         gen.manual_seed(seed)
@@ -177,7 +396,6 @@ def stylize(content, styles, *, style_blend: Sequence[float] | None = None,
     bar = _Progress(steps * scales, progress)
     x_prev: torch.Tensor | None = None
     step_count = 0
-    all_layers = list(dict.fromkeys(list(content_layers) + list(style_layers)))
     for level, s in enumerate(sizes):
         c_img = image.resize(content_img, size=s)
         h, w = c_img.shape[-2:]
@@ -186,7 +404,7 @@ def stylize(content, styles, *, style_blend: Sequence[float] | None = None,
             targets_c = [c_feats[n] for n in content_layers]
             targets_s: list[torch.Tensor | None] = [None] * len(style_layers)
             for st, beta in zip(style_imgs, blend):
-                st_r = image.resize(st, size=max(16, round(s * style_scale)))
+                st_r = image.resize(st, size=max(1, round(s * style_scale)))
                 feats = encoder(st_r, style_layers)
                 for k, n in enumerate(style_layers):
                     g = fastnst.gram_matrix(feats[n], backend=backend) * beta
@@ -250,6 +468,9 @@ def stylize(content, styles, *, style_blend: Sequence[float] | None = None,
             if callback is not None and (step_count % callback_every == 0 or step_count == steps * scales):
                 callback(step_count, value, lambda: encoder.postprocess(x.detach()).clamp(0, 1).cpu())
         x_prev = x.detach()
+        if not torch.isfinite(x_prev).all():
+            raise FloatingPointError(f"the image became non-finite at step {step_count}; "
+                                     "lower the learning rate or the loss weights")
 
     out = encoder.postprocess(x_prev).clamp(0, 1)
     if preserve_color == "luminance":
