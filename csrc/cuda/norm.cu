@@ -218,16 +218,25 @@ __device__ __forceinline__ A block_reduce(A v, A* part, int wpr) {
   return r;
 }
 
-// Deviations enter Welford scaled by rs = 1 / sqrt(L) (the same value in every kernel), so M2
-// stays near the variance: unscaled, a row of values ~1e18 passes FLT_MAX although its variance
-// fits. mean_dev and variance undo the scale.
-__device__ __forceinline__ float row_rs(int64_t L) { return rsqrtf(static_cast<float>(L)); }
-__device__ __forceinline__ float mean_dev(const Welford& w, float rs) { return w.mean / rs; }
-__device__ __forceinline__ float variance(const Welford& w, float rs, float inv_np) {
-  return fmaxf(w.m2, 0.f) * inv_np / (rs * rs);
+// Deviations enter Welford scaled by rs = 1 / (sqrt(L) |K|) (K = x[b, c, 0]; 1 / sqrt(L) when
+// K is 0 or not finite), the same value in every kernel and split of a row, so M2 stays near
+// 1: unscaled, a row of values ~1e18 passes FLT_MAX and one of values ~1e-30 underflows,
+// although their std fits. mean_dev and the std helpers undo the scale without forming
+// var = M2 / rs^2 itself (it may not fit where the std does).
+__device__ __forceinline__ float row_rs(int64_t L, float K) {
+  const float a = fabsf(K);
+  return rsqrtf(static_cast<float>(L)) / (a > 0.f && a < INFINITY ? a : 1.f);
 }
-// 1 / sqrt(v), and 0 where v = var + eps = 0 (eps = 0, constant row), as PyTorch.
-__device__ __forceinline__ float inv_std(float v) { return v == 0.f ? 0.f : 1.f / sqrtf(v); }
+__device__ __forceinline__ float mean_dev(const Welford& w, float rs) { return w.mean / rs; }
+// sqrt(var + eps) with var_s = var rs^2: where eps rs^2 would overflow (tiny values) eps
+// dominates and var is negligible.
+__device__ __forceinline__ float std_of(const Welford& w, float rs, float inv_np, float eps) {
+  const float var_s = fmaxf(w.m2, 0.f) * inv_np;
+  const float e = eps * rs * rs;
+  return e < 1e30f ? sqrtf(var_s + e) / rs : sqrtf(eps + var_s / rs / rs);
+}
+// 1 / sd, and 0 where sd = sqrt(var + eps) = 0 (eps = 0, constant row), as PyTorch.
+__device__ __forceinline__ float inv_std(float sd) { return sd == 0.f ? 0.f : 1.f / sd; }
 
 // Welford over (xr[l * sl] - K) * rs for l = l0, l0 + step, ... < l_end, kUnroll loads in flight.
 template <typename T>
@@ -276,7 +285,7 @@ mean_std_kernel(const T* __restrict__ x,  // [B, C, L], strides (sb, sc, sl)
   const T* xr = x + s.b * sb + s.c * sc;  // dereferenced only when s.valid
   const float K = s.valid ? to_float(xr[0]) : 0.f;
   Welford w = {0.f, 0.f, 0};
-  const float rs = row_rs(g.L);
+  const float rs = row_rs(g.L, K);
   if (s.valid) w = welford_range(xr, sl, split_begin(g) + s.k, split_end(g), s.step, K, rs);
   w = block_reduce<M>(w, part, g.wpr);
   if (!s.valid || s.k != 0) return;
@@ -284,7 +293,7 @@ mean_std_kernel(const T* __restrict__ x,  // [B, C, L], strides (sb, sc, sl)
     ws[int64_t(blockIdx.y) * g.rows + s.row] = make_float2(w.mean, w.m2);
   } else {
     mean_out[s.row] = from_float<T>(K + mean_dev(w, rs));
-    std_out[s.row] = from_float<T>(sqrtf(variance(w, rs, inv_np) + eps));
+    std_out[s.row] = from_float<T>(std_of(w, rs, inv_np, eps));
   }
 }
 
@@ -313,10 +322,10 @@ welford_finalize_kernel(const float2* __restrict__ ws,  // [splits, rows] (mean 
   if (lane != 0) return;
   const int64_t b = row / C;
   const float K = to_float(x[b * sb + (row - b * C) * sc]);
-  const float rs = row_rs(L);
-  const float v = variance(w, rs, inv_np) + eps;
+  const float rs = row_rs(L, K);
+  const float sd = std_of(w, rs, inv_np, eps);
   mean_out[row] = from_float<TO>(K + mean_dev(w, rs));
-  sd_out[row] = from_float<TO>(want_rstd ? inv_std(v) : sqrtf(v));
+  sd_out[row] = from_float<TO>(want_rstd ? inv_std(sd) : sd);
 }
 
 // ---- mean_std_backward ---------------------------------------------------------------------
@@ -385,7 +394,7 @@ instance_norm_kernel(const T* __restrict__ x,  // [B, C, L], strides (sb, sc, sl
   } else {
     const float K = s.valid ? to_float(xr[0]) : 0.f;
     Welford w = {0.f, 0.f, 0};
-    const float rs = row_rs(g.L);
+    const float rs = row_rs(g.L, K);
     if (s.valid) w = welford_range(xr, sl, l_begin + s.k, l_end, s.step, K, rs);
     w = block_reduce<M>(w, part, g.wpr);
     if (!s.valid) return;
@@ -394,7 +403,7 @@ instance_norm_kernel(const T* __restrict__ x,  // [B, C, L], strides (sb, sc, sl
       return;
     }
     mu = K + mean_dev(w, rs);  // as saved: the apply pass of the split path reads this same value
-    rstd = inv_std(variance(w, rs, inv_np) + eps);
+    rstd = inv_std(std_of(w, rs, inv_np, eps));
     if (s.k == 0) {
       mean_out[s.row] = mu;
       rstd_out[s.row] = rstd;
