@@ -6,6 +6,9 @@ then "auto". "auto" takes the best backend that serves the input (cpu for CPU te
 cuda, then triton, for CUDA tensors) and the reference only when no kernel serves it.
 A backend named explicitly that cannot serve the input raises ``BackendError``: nothing is
 substituted silently.
+
+Ops are named by their public name (``"gram_matrix"``, ``"adain"``, ...); which registered
+kernel decides availability comes from the op's spec in ``fastnst.ops.registry``.
 """
 
 from __future__ import annotations
@@ -85,11 +88,24 @@ def cpu_op_registered(op: str) -> bool:
     return torch._C._dispatch_has_kernel_for_dispatch_key(f"fastnst::{op}", "CPU")
 
 
-def serves(name: str, op: str, device: torch.device, dtype: torch.dtype) -> str | None:
-    """None when backend ``name`` serves ``op`` for a tensor on ``device`` of ``dtype``,
-    else the reason it does not."""
+def _kernel(op) -> str:
+    from fastnst.ops import registry  # lazily: the op modules import this module
+
+    return registry.get(op).kernel
+
+
+def _public(op) -> str:
+    from fastnst.ops import registry
+
+    return registry.get(op).name
+
+
+def serves(name: str, op, device: torch.device, dtype: torch.dtype) -> str | None:
+    """None when backend ``name`` serves the public op ``op`` (a name or an OpSpec) for a
+    tensor on ``device`` of ``dtype``, else the reason it does not."""
     if name == "reference":
         return None
+    op = _kernel(op)
     if name == "cpu":
         if device.type != "cpu":
             return f"the cpu backend runs CPU tensors, got a tensor on {device}"
@@ -119,20 +135,20 @@ def serves(name: str, op: str, device: torch.device, dtype: torch.dtype) -> str 
     raise ValueError(f"unknown backend {name!r}")
 
 
-def resolve(op: str, x: torch.Tensor, backend: str = "auto", label: str | None = None) -> str:
-    """The backend that will run ``op`` (a registered kernel op) on ``x``; raises BackendError
-    for an explicit backend that cannot serve it, naming the public function ``label``
-    (default: ``op``). Under torch.compile the choice is made once, at trace time."""
-    return _resolve(op, x.device, x.dtype, backend, label or op)
+def resolve(op, x: torch.Tensor, backend: str = "auto") -> str:
+    """The backend that will run the public op ``op`` (a name or an OpSpec) on ``x``; raises
+    BackendError, naming the op, for an explicit backend that cannot serve it. Under
+    torch.compile the choice is made once, at trace time."""
+    return _resolve(_public(op), x.device, x.dtype, backend)
 
 
 @torch.compiler.assume_constant_result
-def _resolve(op: str, device: torch.device, dtype: torch.dtype, backend: str, label: str) -> str:
+def _resolve(op: str, device: torch.device, dtype: torch.dtype, backend: str) -> str:
     name = requested(backend)
     if name != "auto":
         why = serves(name, op, device, dtype)
         if why is not None:
-            raise BackendError(f"fastnst.{label}: backend {name!r} cannot serve this input: {why}")
+            raise BackendError(f"{op}: backend {name!r} cannot serve this input: {why}")
         return name
     order = ("cuda", "triton") if device.type == "cuda" else ("cpu",)
     for cand in order:
@@ -141,12 +157,13 @@ def _resolve(op: str, device: torch.device, dtype: torch.dtype, backend: str, la
     return "reference"
 
 
-def availability(op: str) -> dict[str, str]:
-    """Per backend, 'yes' or the reason it is unavailable for float32 inputs (no CUDA init)."""
+def availability(op) -> dict[str, str]:
+    """Per backend, 'yes' or the reason the public op ``op`` is unavailable for float32 inputs
+    (no CUDA init)."""
     out = {}
     cpu = torch.device("cpu")
     out["cpu"] = "yes" if serves("cpu", op, cpu, torch.float32) is None else "no: " + serves("cpu", op, cpu, torch.float32)
-    out["cuda"] = "yes (kernels built)" if cuda_op_registered(op) else "no: not built"
+    out["cuda"] = "yes (kernels built)" if cuda_op_registered(_kernel(op)) else "no: not built"
     ok, note = triton_status()
     if not ok:
         out["triton"] = "no: " + note

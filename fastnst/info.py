@@ -11,10 +11,8 @@ import torch
 import fastnst
 from fastnst import _ext
 from fastnst.backend import BACKENDS, availability, triton_interpret, triton_status
+from fastnst.ops.registry import SPECS
 
-# public op -> the registered kernel op whose availability it follows
-OPS = {"gram": "gram", "mean_std": "mean_std", "instance_norm": "instance_norm",
-       "style_swap": "style_swap_match"}
 
 
 def collect() -> dict:
@@ -35,7 +33,7 @@ def collect() -> dict:
         "triton": note,
         "triton_interpreter": triton_interpret() if ok else False,
         "FASTNST_BACKEND": os.environ.get("FASTNST_BACKEND", "auto"),
-        "ops": {op: availability(kernel) for op, kernel in OPS.items()},
+        "ops": {name: availability(spec) for name, spec in SPECS.items()},
     }
 
 
@@ -45,11 +43,11 @@ def render(info: dict) -> str:
     width = max(map(len, keys))
     lines += [f"{k:<{width}}  {info[k]}" for k in keys]
     lines += ["", "op x backend (float32):", ""]
-    col = 34
-    first = max(map(len, info["ops"])) + 2
-    lines.append("op".ljust(first) + "".join(b.ljust(col) for b in BACKENDS))
-    for op, row in info["ops"].items():
-        lines.append(op.ljust(first) + "".join(row[b][: col - 2].ljust(col) for b in BACKENDS))
+    # Columns as wide as their longest entry: a reason is never cut.
+    rows = [["op"] + list(BACKENDS)] + [[op] + [row[b] for b in BACKENDS] for op, row in info["ops"].items()]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        lines.append("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
     return "\n".join(lines)
 
 

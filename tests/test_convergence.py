@@ -17,7 +17,7 @@ def _load_example():
     return mod
 
 
-@pytest.mark.parametrize("backend", [b for b in kernel_backends("gram") if b != "triton"])
+@pytest.mark.parametrize("backend", [b for b in kernel_backends("gram_matrix") if b != "triton"])
 def test_style_loss_curve_matches_reference(backend):
     ex = _load_example()
     ours = ex.fit(backend, steps=8)

@@ -11,11 +11,11 @@ import torch
 import fastnst
 from fastnst import reference
 from fastnst.backend import BackendError
-from fastnst.ops.gram import grad_strides
+from fastnst.ops._common import grad_strides
 
 from conftest import kernel_backends
 
-BACKENDS = kernel_backends("gram") + ["reference"]
+BACKENDS = kernel_backends("gram_matrix") + ["reference"]
 # The Triton interpreter runs every program in Python: keep its shapes small.
 SMALL = {"triton"}
 
@@ -211,14 +211,14 @@ def test_torch_compile_inductor_smoke():
 def test_auto_picks_cpu_kernel_and_env_and_context(monkeypatch):
     x = torch.randn(1, 4, 3, 3)
     expected = "cpu" if "cpu" in BACKENDS else "reference"
-    assert fastnst.resolve("gram", x) == expected
+    assert fastnst.resolve("gram_matrix", x) == expected
     with fastnst.use_backend("reference"):
-        assert fastnst.resolve("gram", x) == "reference"
-        assert fastnst.resolve("gram", x, "auto") == "reference"
+        assert fastnst.resolve("gram_matrix", x) == "reference"
+        assert fastnst.resolve("gram_matrix", x, "auto") == "reference"
         if "cpu" in BACKENDS:
-            assert fastnst.resolve("gram", x, "cpu") == "cpu"  # the call's own choice wins
+            assert fastnst.resolve("gram_matrix", x, "cpu") == "cpu"  # the call's own choice wins
     monkeypatch.setenv("FASTNST_BACKEND", "reference")
-    assert fastnst.resolve("gram", x) == "reference"
+    assert fastnst.resolve("gram_matrix", x) == "reference"
     monkeypatch.setenv("FASTNST_BACKEND", "fastest")
     with pytest.raises(ValueError, match="FASTNST_BACKEND environment variable must be one of auto, cpu, cuda, triton, reference; got 'fastest'"):
         fastnst.gram_matrix(x)
@@ -226,7 +226,7 @@ def test_auto_picks_cpu_kernel_and_env_and_context(monkeypatch):
 
 def test_named_backend_that_cannot_serve_raises():
     x = torch.randn(1, 4, 3, 3)
-    with pytest.raises(BackendError, match=r"fastnst.gram: backend 'cuda' cannot serve this input: "
+    with pytest.raises(BackendError, match=r"gram_matrix: backend 'cuda' cannot serve this input: "
                                            r"the cuda backend runs CUDA tensors, got a tensor on cpu"):
         fastnst.gram_matrix(x, backend="cuda")
     with pytest.raises(ValueError, match="backend must be one of auto, cpu, cuda, triton, reference; got 'gpu'"):
@@ -300,7 +300,7 @@ def test_import_without_extension_warns_and_reference_works():
         "msgs = [str(m.message) for m in w if 'fastnst._C' in str(m.message)]\n"
         "assert len(msgs) == 1, msgs\n"
         "x = torch.randn(1, 3, 4, 4)\n"
-        "assert fastnst.resolve('gram', x) == 'reference'\n"
+        "assert fastnst.resolve('gram_matrix', x) == 'reference'\n"
         "g = fastnst.gram_matrix(x)\n"
         "try:\n"
         "    fastnst.gram_matrix(x, backend='cpu')\n"

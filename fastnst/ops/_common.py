@@ -30,3 +30,13 @@ def check_same_device(op: str, a_name: str, a: torch.Tensor, b_name: str, b: tor
     if a.device != b.device:
         raise ValueError(f"{op}: {a_name} and {b_name} must be on the same device, "
                          f"got {a.device} and {b.device}")
+
+
+def grad_strides(x: torch.Tensor) -> tuple[int, int, int]:
+    """The layout rule of every [B, C, L] result of the kernels (csrc/cpu/layout.h applies the
+    same): x's layout when x is channels-innermost (a channels_last image viewed as
+    [B, C, H*W]), else contiguous. Used by the fake kernels."""
+    _, c, l = x.shape
+    if c > 1 and x.stride(1) == 1 and x.stride(2) == c:
+        return (c * l, 1, c)
+    return (c * l, l, 1)

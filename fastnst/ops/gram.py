@@ -21,21 +21,14 @@ import torch
 
 from fastnst import _ext, reference
 from fastnst.backend import resolve
-from fastnst.ops._common import check_same_device, check_tensor
+from fastnst.ops.registry import OpSpec, Sample, register
+from fastnst.ops._common import check_same_device, check_tensor, grad_strides
 
 NORMALIZE = ("chw", "hw", "none")
 _OP = "gram_matrix"
 
 
 # ---- layout rule shared by every backend's backward ----------------------------------------
-def grad_strides(x: torch.Tensor) -> tuple[int, int, int]:
-    """Strides of gram_backward's result for x of shape [B, C, L]."""
-    _, c, l = x.shape
-    if c > 1 and x.stride(1) == 1 and x.stride(2) == c:
-        return (c * l, 1, c)
-    return (c * l, l, 1)
-
-
 def _empty_grad(x: torch.Tensor) -> torch.Tensor:
     return torch.empty_strided(tuple(x.shape), grad_strides(x), dtype=x.dtype, device=x.device)
 
@@ -160,7 +153,7 @@ def gram_matrix(x: torch.Tensor, normalize: str = "chw", backend: str = "auto") 
     if normalize not in NORMALIZE:
         raise ValueError(f"{_OP}: normalize must be 'chw', 'hw' or 'none', got {normalize!r}")
     divisor = _divisor(x, normalize)
-    name = resolve("gram", x, backend)
+    name = resolve(GRAM, x, backend)
     if name == "reference":
         return reference.gram_matrix(x, divisor)
     x3 = x.flatten(2) if x.dim() == 4 else x
@@ -182,3 +175,19 @@ def gram_loss(x: torch.Tensor, target: torch.Tensor, normalize: str = "chw",
                          f"{c} channels, got [{', '.join(map(str, target.shape))}]")
     g = gram_matrix(x, normalize, backend)
     return torch.nn.functional.mse_loss(g, target.to(g.dtype).expand_as(g))
+
+
+def _gram_samples(device: torch.device, dtype: torch.dtype) -> list[Sample]:
+    def mk(*shape):
+        return torch.randn(shape, device=device, dtype=dtype)
+
+    return [Sample((mk(1, 1, 5, 5),), note="minimal", grad=(0,)),
+            Sample((mk(3, 8, 7, 9),), {"normalize": "hw"}, "B > 1, odd H*W", (0,)),
+            Sample((mk(2, 70, 6, 5),), {"normalize": "none"}, "C not a multiple of the tile", (0,)),
+            Sample((mk(2, 3, 50),), note="rank 3", grad=(0,))]
+
+
+GRAM = register(OpSpec(
+    name="gram_matrix", kernel="gram", triton="gram_triton", function=gram_matrix,
+    reference_call=lambda *a, **k: gram_matrix(*a, backend="reference", **k), samples=_gram_samples,
+    backward=("gram_backward",), doc="G = F F^T / divisor"))

@@ -22,8 +22,8 @@ import torch
 
 from fastnst import _ext, reference
 from fastnst.backend import resolve
-from fastnst.ops._common import check_same_device, check_tensor, shape_str
-from fastnst.ops.gram import grad_strides
+from fastnst.ops.registry import OpSpec, Sample, register
+from fastnst.ops._common import check_same_device, check_tensor, grad_strides, shape_str
 
 ACTIVATIONS = {None: 0, "relu": 1}
 
@@ -238,7 +238,7 @@ def _flat(x: torch.Tensor) -> torch.Tensor:
 
 
 def _stats_op(x3: torch.Tensor, eps: float, unbiased: bool, backend: str):
-    name = resolve("mean_std", x3, backend)
+    name = resolve(MEAN_STD, x3, backend)
     if name == "reference":
         return None
     op = torch.ops.fastnst.mean_std_triton if name == "triton" else torch.ops.fastnst.mean_std
@@ -311,7 +311,7 @@ def instance_norm(x: torch.Tensor, weight: torch.Tensor | None = None, bias: tor
         raise ValueError(f"instance_norm: activation must be None or 'relu', got {activation!r}")
     _check_affine("instance_norm", "weight", weight, x)
     _check_affine("instance_norm", "bias", bias, x)
-    name = resolve("instance_norm", x, backend)
+    name = resolve(INSTANCE_NORM, x, backend)
     if name == "reference":
         return reference.instance_norm(x, weight, bias, eps, activation)
     return _norm(x, weight, bias, eps, False, 0.0, ACTIVATIONS[activation], name)
@@ -370,7 +370,7 @@ def adain(content: torch.Tensor, style: torch.Tensor | Sequence[torch.Tensor], a
             if _flat(t).shape[2] < 2:
                 raise ValueError(f"{op}: the unbiased variance needs at least 2 values per channel, "
                                  f"got {nm} of {shape_str(t)}")
-    name = resolve("instance_norm", content, backend)
+    name = resolve(ADAIN, content, backend)
     if name == "reference":
         return reference.adain(content, styles, alpha, eps, unbiased, weights, style_eps)
 
@@ -382,3 +382,51 @@ def adain(content: torch.Tensor, style: torch.Tensor | Sequence[torch.Tensor], a
         s_std = sd if s_std is None else s_std + sd
     s_mean, s_std = s_mean.expand(b, c), s_std.expand(b, c)
     return _norm(content, s_std * alpha, s_mean * alpha, eps, unbiased, 1.0 - alpha, 0, name)
+
+
+# ---- specs -------------------------------------------------------------------------------------
+def _mk(device, dtype, *shape, offset=0.0):
+    return torch.randn(shape, device=device, dtype=dtype) + offset
+
+
+def _mean_std_samples(device: torch.device, dtype: torch.dtype) -> list[Sample]:
+    mk = lambda *shape, **kw: _mk(device, dtype, *shape, **kw)  # noqa: E731
+    return [Sample((mk(1, 1, 5, 5),), note="minimal", grad=(0,)),
+            Sample((mk(3, 8, 7, 9),), {"unbiased": False}, "biased, odd H*W", (0,)),
+            Sample((mk(2, 130, 6, 5, offset=100.0),), {"eps": 0.0}, "large mean, eps 0", (0,)),
+            Sample((mk(2, 3, 50),), note="rank 3", grad=(0,))]
+
+
+def _instance_norm_samples(device: torch.device, dtype: torch.dtype) -> list[Sample]:
+    mk = lambda *shape, **kw: _mk(device, dtype, *shape, **kw)  # noqa: E731
+    return [Sample((mk(1, 1, 5, 5),), note="minimal, no affine", grad=(0,)),
+            Sample((mk(3, 8, 7, 9), mk(8), mk(8)), note="affine [C]", grad=(0, 1, 2)),
+            Sample((mk(2, 6, 5, 4), mk(2, 6), mk(2, 6)), {"activation": "relu"}, "conditional [B, C] + ReLU",
+                   (0, 1, 2)),
+            Sample((mk(2, 70, 6, 5, offset=50.0), None, mk(70)), {"eps": 1e-3}, "large mean, bias only", (0, 2)),
+            Sample((mk(2, 3, 50),), note="rank 3", grad=(0,))]
+
+
+def _adain_samples(device: torch.device, dtype: torch.dtype) -> list[Sample]:
+    mk = lambda *shape, **kw: _mk(device, dtype, *shape, **kw)  # noqa: E731
+    return [Sample((mk(1, 2, 5, 5), mk(1, 2, 4, 6)), note="minimal", grad=(0, 1)),
+            Sample((mk(3, 8, 7, 9), mk(1, 8, 6, 6)), {"alpha": 0.7}, "style batch 1, alpha", (0, 1)),
+            Sample((mk(2, 6, 5, 4), mk(2, 6, 9, 3)), {"unbiased": False, "style_eps": 0.0},
+                   "Torch original's convention", (0, 1)),
+            Sample((mk(2, 3, 50), mk(2, 3, 20)), note="rank 3", grad=(0, 1))]
+
+
+MEAN_STD = register(OpSpec(
+    name="mean_std", kernel="mean_std", triton="mean_std_triton", function=mean_std,
+    reference_call=lambda *a, **k: mean_std(*a, backend="reference", **k), samples=_mean_std_samples,
+    backward=("mean_std_backward",), doc="per (b, c) mean and sqrt(var + eps)"))
+INSTANCE_NORM = register(OpSpec(
+    name="instance_norm", kernel="instance_norm", triton="instance_norm_triton", function=instance_norm,
+    reference_call=lambda *a, **k: instance_norm(*a, backend="reference", **k),
+    samples=_instance_norm_samples, backward=("instance_norm_backward",),
+    doc="act(w (x - mean) / sqrt(var + eps) + b)"))
+ADAIN = register(OpSpec(
+    name="adain", kernel="instance_norm", triton="instance_norm_triton", function=adain,
+    reference_call=lambda *a, **k: adain(*a, backend="reference", **k), samples=_adain_samples,
+    backward=("instance_norm_backward", "mean_std_backward"),
+    doc="alpha (sigma_s (c - mu_c) / sigma_c + mu_s) + (1 - alpha) c"))

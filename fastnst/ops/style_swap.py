@@ -23,6 +23,7 @@ import torch
 
 from fastnst import _ext, reference
 from fastnst.backend import resolve
+from fastnst.ops.registry import OpSpec, Sample, register
 from fastnst.ops._common import check_same_device, check_tensor, shape_str
 
 EPS = 1e-8  # as the Torch original: style patches are divided by (norm + 1e-8)
@@ -179,7 +180,7 @@ def style_swap(content: torch.Tensor, style: torch.Tensor, patch_size: int = 3, 
     if not (0 <= eps < float("inf")):
         raise ValueError(f"{_OP}: eps must be a finite number >= 0, got {eps!r}")
     content, style = content.detach(), style.detach()
-    name = resolve("style_swap_match", content, backend, label=_OP)
+    name = resolve(STYLE_SWAP, content, backend)
     if content.shape[0] == 0:  # every backend: an empty batch in, an empty batch out
         k, s = patch_size, stride
         out = style.new_empty(content.shape)
@@ -228,9 +229,39 @@ def style_swap_reconstruct(style: torch.Tensor, indices: torch.Tensor, out_size:
             raise ValueError(f"{_OP}: indices must lie in [0, {n_style}) (the style's patches), got "
                              f"values in [{lo}, {hi}]")
     style = style.detach()
-    name = resolve("style_swap_match", style, backend, label="style_swap_reconstruct")
+    name = resolve(STYLE_SWAP_RECONSTRUCT, style, backend)
     if indices.shape[0] == 0:  # every backend, as style_swap: an empty batch out
         return style.new_empty((0, style.shape[1], out_h, out_w))
     if name == "reference":
         return reference.style_swap_paste(style, indices, patch_size, stride, out_h, out_w)
     return _kernels(name)[1](style, indices, patch_size, stride, out_h, out_w)
+
+
+# ---- specs -------------------------------------------------------------------------------------
+def _style_swap_samples(device: torch.device, dtype: torch.dtype) -> list[Sample]:
+    def mk(*shape):
+        return torch.randn(shape, device=device, dtype=dtype)
+
+    return [Sample((mk(1, 4, 8, 9), mk(1, 4, 7, 6)), note="default 3x3, stride 1"),
+            Sample((mk(2, 6, 10, 9), mk(2, 6, 8, 8), 1, 1), note="1x1 patches, per-sample styles"),
+            Sample((mk(2, 5, 11, 10), mk(1, 5, 9, 12), 3, 2), note="stride 2: uncovered pixels")]
+
+
+def _reconstruct_samples(device: torch.device, dtype: torch.dtype) -> list[Sample]:
+    style = torch.randn(1, 4, 7, 6, device=device, dtype=dtype)
+    n_style = _grid(7, 3, 1) * _grid(6, 3, 1)
+    idx = torch.randint(n_style, (2, _grid(8, 3, 1), _grid(9, 3, 1)), device=device)
+    idx2 = torch.randint(_grid(7, 3, 2) * _grid(6, 3, 2), (1, _grid(9, 3, 2), _grid(9, 3, 2)), device=device)
+    return [Sample((style, idx, (8, 9)), note="3x3, stride 1"),
+            Sample((style, idx2, (9, 9), 3, 2), note="stride 2")]
+
+
+STYLE_SWAP = register(OpSpec(
+    name="style_swap", kernel="style_swap_match", triton="style_swap_match_triton", function=style_swap,
+    reference_call=lambda *a, **k: style_swap(*a, backend="reference", **k), samples=_style_swap_samples,
+    differentiable=False, doc="best normalised-cross-correlation style patch per content patch, overlap-averaged"))
+STYLE_SWAP_RECONSTRUCT = register(OpSpec(
+    name="style_swap_reconstruct", kernel="style_swap_reconstruct", triton="style_swap_reconstruct_triton",
+    function=style_swap_reconstruct,
+    reference_call=lambda *a, **k: style_swap_reconstruct(*a, backend="reference", **k),
+    samples=_reconstruct_samples, differentiable=False, doc="paste chosen style patches, average overlaps"))
