@@ -223,7 +223,9 @@ def style_swap_reconstruct(style: torch.Tensor, indices: torch.Tensor, out_size:
                          f"patch_size {patch_size}, stride {stride} (style batch 1 or B), got "
                          f"{shape_str(indices)} with style {shape_str(style)}")
     n_style = _grid(style.shape[2], patch_size, stride) * _grid(style.shape[3], patch_size, stride)
-    if indices.numel() and indices.device.type != "meta":  # meta: shapes only, no values
+    # Meta tensors have no values; under torch.compile the range check would break the graph
+    # (the CPU kernel still raises on an out-of-range index, the GPU kernels write NaN).
+    if indices.numel() and indices.device.type != "meta" and not torch.compiler.is_compiling():
         lo, hi = (int(v) for v in torch.aminmax(indices))
         if lo < 0 or hi >= n_style:
             raise ValueError(f"{_OP}: indices must lie in [0, {n_style}) (the style's patches), got "
@@ -244,7 +246,8 @@ def _style_swap_samples(device: torch.device, dtype: torch.dtype) -> list[Sample
 
     return [Sample((mk(1, 4, 8, 9), mk(1, 4, 7, 6)), note="default 3x3, stride 1"),
             Sample((mk(2, 6, 10, 9), mk(2, 6, 8, 8), 1, 1), note="1x1 patches, per-sample styles"),
-            Sample((mk(2, 5, 11, 10), mk(1, 5, 9, 12), 3, 2), note="stride 2: uncovered pixels")]
+            Sample((mk(2, 5, 11, 10), mk(1, 5, 9, 12), 3, 2), note="stride 2: uncovered pixels"),
+            Sample((mk(1, 3, 6, 7), mk(1, 3, 5, 5)), {"return_indices": True}, "indices too")]
 
 
 def _reconstruct_samples(device: torch.device, dtype: torch.dtype) -> list[Sample]:
