@@ -157,9 +157,7 @@ def gram_matrix(x: torch.Tensor, normalize: str = "chw", backend: str = "auto") 
     if name == "reference":
         return reference.gram_matrix(x, divisor)
     x3 = x.flatten(2) if x.dim() == 4 else x
-    if name == "triton":
-        return torch.ops.fastnst.gram_triton(x3, 1.0 / divisor)
-    return torch.ops.fastnst.gram(x3, 1.0 / divisor)
+    return GRAM.kernel_op(name)(x3, 1.0 / divisor)
 
 
 def gram_loss(x: torch.Tensor, target: torch.Tensor, normalize: str = "chw",

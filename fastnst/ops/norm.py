@@ -241,7 +241,7 @@ def _stats_op(x3: torch.Tensor, eps: float, unbiased: bool, backend: str):
     name = resolve(MEAN_STD, x3, backend)
     if name == "reference":
         return None
-    op = torch.ops.fastnst.mean_std_triton if name == "triton" else torch.ops.fastnst.mean_std
+    op = MEAN_STD.kernel_op(name)
     return op(x3, eps, unbiased)
 
 
@@ -287,7 +287,7 @@ def _check_affine(op: str, name: str, t, x: torch.Tensor) -> None:
 def _norm(x: torch.Tensor, weight, bias, eps: float, unbiased: bool, x_scale: float,
           activation: int, name: str) -> torch.Tensor:
     x3 = _flat(x)
-    op = torch.ops.fastnst.instance_norm_triton if name == "triton" else torch.ops.fastnst.instance_norm
+    op = INSTANCE_NORM.kernel_op(name)  # AdaIN's kernel too
     y, _, _ = op(x3, weight, bias, eps, unbiased, x_scale, activation)
     return y.view(x.shape) if x.dim() == 4 else y
 

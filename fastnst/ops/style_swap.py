@@ -81,11 +81,8 @@ for _op, _fake in _FAKES.items():
 
 
 def _kernels(backend: str):
-    """(match, reconstruct) registered ops of a kernel backend."""
-    ops = torch.ops.fastnst
-    if backend == "triton":
-        return ops.style_swap_match_triton, ops.style_swap_reconstruct_triton
-    return ops.style_swap_match, ops.style_swap_reconstruct
+    """(match, reconstruct) registered ops of a kernel backend, from the specs."""
+    return STYLE_SWAP.kernel_op(backend), STYLE_SWAP_RECONSTRUCT.kernel_op(backend)
 
 
 # ---- public API -----------------------------------------------------------------------------
