@@ -79,8 +79,7 @@ def get(op: "str | OpSpec") -> OpSpec:
     """The spec of a public op, by name (``"gram_matrix"``) or the spec itself."""
     if isinstance(op, OpSpec):
         return op
-    if not SPECS:  # the op modules register themselves on import
-        import fastnst.ops  # noqa: F401
+    # The op modules register themselves on import (importing any fastnst module imports them).
     try:
         return SPECS[op]
     except KeyError:
