@@ -1,7 +1,8 @@
 """fastnst: fast, exact neural style transfer kernels for PyTorch.
 
 Ops (registered as ``torch.ops.fastnst.*``, with autograd and torch.compile support):
-``gram_matrix``, ``mean_std``, ``instance_norm``, ``adain``, ``style_swap``. Every op takes ``backend="auto"|"cpu"|"cuda"|"triton"|"reference"``;
+``gram_matrix``, ``mean_std``, ``instance_norm``, ``adain``, ``style_swap``. Every op takes
+``backend="auto"|"cpu"|"cuda"|"triton"|"reference"``;
 ``use_backend(...)`` and ``FASTNST_BACKEND`` override "auto".
 """
 
@@ -25,9 +26,8 @@ def _invoked_as_cli() -> bool:
 try:  # torch takes seconds to import: Ctrl-C then must not print a traceback from the CLI
     from fastnst import _ext  # noqa: F401  (loads fastnst._C, or warns once)
     from fastnst.backend import BACKENDS, BackendError, resolve, use_backend
-    from fastnst.ops import (adain, gram_loss, gram_matrix, instance_norm, mean_std, style_swap,
-                             style_swap_reconstruct)
     from fastnst.nn import accelerate  # noqa: E402  (fastnst.nn: modules over the ops)
+    from fastnst.ops import adain, gram_loss, gram_matrix, instance_norm, mean_std, style_swap, style_swap_reconstruct
 except KeyboardInterrupt:
     if not _invoked_as_cli():
         raise

@@ -17,7 +17,7 @@ import contextlib
 import contextvars
 import functools
 import os
-from typing import Callable, Iterator
+from typing import Iterator
 
 import torch
 
@@ -162,7 +162,8 @@ def availability(op) -> dict[str, str]:
     (no CUDA init)."""
     out = {}
     cpu = torch.device("cpu")
-    out["cpu"] = "yes" if serves("cpu", op, cpu, torch.float32) is None else "no: " + serves("cpu", op, cpu, torch.float32)
+    why = serves("cpu", op, cpu, torch.float32)
+    out["cpu"] = "yes" if why is None else "no: " + why
     out["cuda"] = "yes (kernels built)" if cuda_op_registered(_kernel(op)) else "no: not built"
     ok, note = triton_status()
     if not ok:

@@ -493,7 +493,8 @@ def save_image(img: torch.Tensor, path, overwrite: bool = False, quality: int = 
     file is untouched); ``ImageError`` for an unknown extension (nothing is written);
     ``FileNotFoundError`` when the parent directory does not exist (no directory is
     created), ``NotADirectoryError`` when it is not a directory, the ``OSError`` of the
-    failed creation (naming ``path``) when no file can be created in it; ``ValueError`` for a tensor of the wrong shape or dtype, or containing NaN.
+    failed creation (naming ``path``) when no file can be created in it; ``ValueError`` for a
+    tensor of the wrong shape or dtype, or containing NaN.
 
     Limitations: no alpha channel, 8 bits per channel; no ICC profile is embedded (the values
     are meant as sRGB); the existence check and the final move are not one atomic step, so a

@@ -14,7 +14,6 @@ from fastnst.backend import BACKENDS, availability, triton_interpret, triton_sta
 from fastnst.ops.registry import SPECS
 
 
-
 def collect() -> dict:
     bi = _ext.build_info()
     ok, note = triton_status()

@@ -15,9 +15,8 @@
 
 from __future__ import annotations
 
-import numbers
-
 import logging
+import numbers
 from typing import Sequence
 
 import torch
@@ -86,8 +85,8 @@ class ConditionalInstanceNorm2d(nn.Module):
         b = x.shape[0]
         n = self.num_styles
         if isinstance(style, bool) or (isinstance(style, torch.Tensor) and style.dtype == torch.bool):
-            raise TypeError(f"style must be an int index, a LongTensor [B] of indices or a float tensor "
-                            f"of mixing weights, got a bool")
+            raise TypeError("style must be an int index, a LongTensor [B] of indices or a float tensor "
+                            "of mixing weights, got a bool")
         if isinstance(style, numbers.Integral):
             if not 0 <= style < n:
                 raise ValueError(f"style index must be in [0, {n}), got {style}")

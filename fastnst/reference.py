@@ -95,7 +95,8 @@ def adain(content: torch.Tensor, styles, alpha: float = 1.0, eps: float = 1e-5, 
     flat = content.reshape(b, c, -1)
     c_mean = flat.mean(dim=2, keepdim=True)
     # (c - μ) / σ with σ = sqrt(var + eps); 0 where var + eps = 0 (see inv_std).
-    normalized = ((flat - c_mean) * inv_std(flat.var(dim=2, unbiased=unbiased, keepdim=True), eps)).reshape(content.shape)
+    c_var = flat.var(dim=2, unbiased=unbiased, keepdim=True)
+    normalized = ((flat - c_mean) * inv_std(c_var, eps)).reshape(content.shape)
     out = 0
     for s, w in zip(styles, weights):
         s_mean, s_std = mean_std(s, eps if style_eps is None else style_eps, unbiased)

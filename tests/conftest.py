@@ -10,7 +10,7 @@ if shutil.which("nvidia-smi") is None and "TRITON_INTERPRET" not in os.environ:
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-import fastnst  # noqa: E402
+import fastnst  # noqa: E402,F401  (registers the ops before any test module imports them)
 from fastnst.backend import serves  # noqa: E402
 
 

@@ -27,6 +27,7 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 import fastnst  # noqa: E402
+
 from conftest import kernel_backends  # noqa: E402
 
 BACKENDS = kernel_backends("instance_norm")  # cpu, and triton under the interpreter

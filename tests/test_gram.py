@@ -178,7 +178,8 @@ def test_auto_picks_cpu_kernel_and_env_and_context(monkeypatch):
     monkeypatch.setenv("FASTNST_BACKEND", "reference")
     assert fastnst.resolve("gram_matrix", x) == "reference"
     monkeypatch.setenv("FASTNST_BACKEND", "fastest")
-    with pytest.raises(ValueError, match="FASTNST_BACKEND environment variable must be one of auto, cpu, cuda, triton, reference; got 'fastest'"):
+    with pytest.raises(ValueError, match="FASTNST_BACKEND environment variable must be one of auto, cpu, cuda, "
+                                         "triton, reference; got 'fastest'"):
         fastnst.gram_matrix(x)
 
 

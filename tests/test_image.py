@@ -20,8 +20,8 @@ from PIL import Image, features  # noqa: E402
 
 from fastnst.image import (  # noqa: E402
     CONVENTIONS,
-    check_output_path,
     ImageError,
+    check_output_path,
     from_convention,
     load_image,
     luminance_transfer,
@@ -545,7 +545,8 @@ def test_check_output_path(tmp_path):
     assert str(info.value) == f"cannot save {f / 'out.png'}: {f} is not a directory"
     with pytest.raises(NotADirectoryError) as info:
         check_output_path(f / "deeper" / "out.png")
-    assert str(info.value) == f"cannot save {f / 'deeper' / 'out.png'}: a component of {f / 'deeper'} is not a directory"
+    assert str(info.value) == (f"cannot save {f / 'deeper' / 'out.png'}: a component of {f / 'deeper'} "
+                               "is not a directory")
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux /proc")

@@ -149,7 +149,8 @@ def test_bad_input_messages():
         "instance_norm: weight must be [C] = [4] or [B, C] = [2, 4], got [3]"
     assert _err(lambda: fastnst.instance_norm(x, bias=torch.randn(4, 4))) == \
         "instance_norm: bias must be [C] = [4] or [B, C] = [2, 4], got [4, 4]"
-    assert _err(lambda: fastnst.instance_norm(x, eps=-1e-5)) == "instance_norm: eps must be a finite number >= 0, got -1e-05"
+    assert _err(lambda: fastnst.instance_norm(x, eps=-1e-5)) == \
+        "instance_norm: eps must be a finite number >= 0, got -1e-05"
     assert _err(lambda: fastnst.adain(x, x, eps=-1)) == "adain: eps must be a finite number >= 0, got -1"
     assert _err(lambda: fastnst.adain(x, [x, x], style_weights=[1.0])) == \
         "adain: style_weights must have one weight per style (2), got 1"

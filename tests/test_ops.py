@@ -18,10 +18,10 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from fastnst.ops import registry
-from conftest import kernel_backends
-
 import fastnst  # noqa: E402,F401  (importing fastnst registers the specs)
+from fastnst.ops import registry
+
+from conftest import kernel_backends
 
 SPECS = [registry.SPECS[n] for n in registry.SPECS]
 
@@ -228,8 +228,6 @@ def test_torch_compile_fullgraph(spec, backend):
 
 
 def test_every_public_op_has_a_spec():
-    import fastnst
-
     public = {"adain", "gram_matrix", "instance_norm", "mean_std", "style_swap", "style_swap_reconstruct"}
     assert public <= set(registry.SPECS)
     for name in public:

@@ -21,8 +21,8 @@ import torch
 
 from fastnst import _ext, reference
 from fastnst.backend import resolve
-from fastnst.ops.registry import OpSpec, Sample, register
 from fastnst.ops._common import check_same_device, check_tensor, grad_strides
+from fastnst.ops.registry import OpSpec, Sample, register
 
 NORMALIZE = ("chw", "hw", "none")
 _OP = "gram_matrix"

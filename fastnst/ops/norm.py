@@ -22,8 +22,8 @@ import torch
 
 from fastnst import _ext, reference
 from fastnst.backend import resolve
-from fastnst.ops.registry import OpSpec, Sample, register
 from fastnst.ops._common import check_same_device, check_tensor, grad_strides, shape_str
+from fastnst.ops.registry import OpSpec, Sample, register
 
 ACTIVATIONS = {None: 0, "relu": 1}
 
@@ -262,7 +262,8 @@ def mean_std(x: torch.Tensor, eps: float = 1e-5, unbiased: bool = True,
     unbiased = _check_bool("mean_std", "unbiased", unbiased)
     x3 = _flat(x)
     if unbiased and x3.shape[2] < 2:
-        raise ValueError(f"mean_std: the unbiased variance needs at least 2 values per channel, got x of {shape_str(x)}")
+        raise ValueError(f"mean_std: the unbiased variance needs at least 2 values per channel, "
+                         f"got x of {shape_str(x)}")
     out = _stats_op(x3, eps, unbiased, backend)
     if out is None:
         return reference.mean_std(x, eps, unbiased)

@@ -23,8 +23,8 @@ import torch
 
 from fastnst import _ext, reference
 from fastnst.backend import resolve
-from fastnst.ops.registry import OpSpec, Sample, register
 from fastnst.ops._common import check_same_device, check_tensor, shape_str
+from fastnst.ops.registry import OpSpec, Sample, register
 
 EPS = 1e-8  # as the Torch original: style patches are divided by (norm + 1e-8)
 _OP = "style_swap"
