@@ -142,24 +142,27 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Optimise an image so that its VGG features match CONTENT and its Gram "
                     "matrices match the STYLE image(s) (Gatys et al. 2016).")
+    from fastnst.methods.gatys import DEFAULTS as D  # the method's defaults, in one place
+
     g.add_argument("content", help="content image")
     g.add_argument("styles", nargs="+", metavar="STYLE", help="style image(s)")
     g.add_argument("-o", "--output", required=True, help="output image (.png, .jpg, .webp, ...)")
-    g.add_argument("--size", type=int, default=512, help="longest side of the output, pixels")
-    g.add_argument("--steps", type=int, default=500, help="optimiser steps (per scale)")
+    g.add_argument("--size", type=int, default=D.size, help="longest side of the output, pixels")
+    g.add_argument("--steps", type=int, default=D.steps, help="optimiser steps (per scale)")
     g.add_argument("--style-weights", type=_floats, default=None,
                    help="blend weights of the style images, comma-separated (default: equal)")
-    g.add_argument("--content-weight", type=_finite, default=5.0, help="content loss weight")
-    g.add_argument("--style-weight", type=_finite, default=100.0, help="style loss weight")
-    g.add_argument("--tv-weight", type=_finite, default=1e-3, help="total-variation weight")
-    g.add_argument("--content-layers", default="relu4_2", help="VGG layers of the content loss")
-    g.add_argument("--style-layers", default="relu1_1,relu2_1,relu3_1,relu4_1,relu5_1",
+    g.add_argument("--content-weight", type=_finite, default=D.content_weight, help="content loss weight")
+    g.add_argument("--style-weight", type=_finite, default=D.style_weight, help="style loss weight")
+    g.add_argument("--tv-weight", type=_finite, default=D.tv_weight, help="total-variation weight")
+    g.add_argument("--content-layers", default=",".join(D.content_layers), help="VGG layers of the content loss")
+    g.add_argument("--style-layers", default=",".join(D.style_layers),
                    help="VGG layers of the style loss")
-    g.add_argument("--init", default="content", help="'content', 'noise' or an image path")
-    g.add_argument("--optimizer", choices=["lbfgs", "adam"], default="lbfgs", help="optimiser")
+    g.add_argument("--init", default=D.init, help="'content', 'noise' or an image path")
+    g.add_argument("--optimizer", choices=["lbfgs", "adam"], default=D.optimizer, help="optimiser")
     g.add_argument("--lr", type=_finite, default=None, help="learning rate (default: 1 for L-BFGS, 10 for Adam)")
-    g.add_argument("--scales", type=int, default=1, help="coarse-to-fine levels (each half the size of the next)")
-    g.add_argument("--style-scale", type=_finite, default=1.0, help="style image size relative to --size")
+    g.add_argument("--scales", type=int, default=D.scales,
+                   help="coarse-to-fine levels (each half the size of the next)")
+    g.add_argument("--style-scale", type=_finite, default=D.style_scale, help="style image size relative to --size")
     g.add_argument("--preserve-color", choices=["none", "luminance", "match"], default="none",
                    help="keep the content's colours: luminance-only transfer, or recolour the styles first")
     g.add_argument("--pooling", choices=["max", "avg"], default="max", help="VGG pooling")
