@@ -13,7 +13,6 @@ from __future__ import annotations
 import re
 
 import torch
-import torch.nn.functional as F
 
 import fastnst
 from fastnst import bench
@@ -56,12 +55,9 @@ def step_fn(encoder, size: int, backend: str, channels_last: bool, defaults=None
     def step():
         x.grad = None
         f = encoder.features_of(x.contiguous(memory_format=fmt), layers)  # as stylize() does
-        loss = x.new_zeros(())
-        for n, t in zip(content_layers, tc):
-            loss = loss + d.content_weight * F.mse_loss(f[n], t)
-        for n, t in zip(style_layers, tg):
-            loss = loss + d.style_weight * F.mse_loss(fastnst.gram_matrix(f[n], backend=backend), t)
-        loss = loss + d.tv_weight * gatys.tv_loss(x)
+        loss = gatys.loss(f, x, tc, tg, content_layers=content_layers, style_layers=style_layers,
+                          content_weight=d.content_weight, style_weight=d.style_weight,
+                          tv_weight=d.tv_weight, backend=backend)  # the method's own loss
         loss.backward()
 
     step.reset = lambda: setattr(x, "grad", None)
