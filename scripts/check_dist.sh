@@ -5,7 +5,9 @@
 #   3. check the wheel: its tag (cpXY-abi3) agrees with Py_LIMITED_API and Requires-Python,
 #      the .so is stripped, kernels/ is installed as fastnst.kernels;
 #   4. install it into a fresh virtualenv that has only torch (the very torch it was built
-#      against) and run `fastnst info` and a one-op smoke test from outside the checkout.
+#      against) and run `fastnst info` and a one-op smoke test from outside the checkout;
+#   5. replace it there by `pip install --no-build-isolation` of the sdist itself (what a user
+#      with the .tar.gz does) and run the same checks again.
 # Exits non-zero with a "check_dist: FAIL: ..." line on the first failure. About 3-4 minutes on
 # 2 cores (most of it compiling fastnst._C). Environment: PYTHON (default python), MAX_JOBS,
 # KEEP=1 keeps the temp dir for inspection.
@@ -116,16 +118,17 @@ logged "$TMP/venv-wheel.log" "$VPY" -m pip install -c "$TMP/constraints.txt" "$W
 
 # 5. run it as a user would: from a directory outside the checkout, no PYTHONPATH.
 mkdir "$TMP/run"
-cd "$TMP/run"
 unset PYTHONPATH
 export PYTHONNOUSERSITE=1
-step "fastnst info (from $TMP/run)"
-"$TMP/venv/bin/fastnst" info >info.txt 2>&1 || { cat info.txt >&2; fail "fastnst info exited non-zero"; }
-grep -q "^fastnst $VERSION\$" info.txt || { cat info.txt >&2; fail "fastnst info does not print version $VERSION"; }
-grep -qE '^extension +loaded$' info.txt || { cat info.txt >&2; fail "fastnst info: the extension is not loaded"; }
-sed 's/^/  | /' info.txt
-step "one-op smoke test"
-"$VPY" - "$REPO" "$VERSION" <<'EOF' || fail "smoke test (above)"
+run_checks() {  # $1: what was installed
+  cd "$TMP/run"
+  step "fastnst info (from $TMP/run; installed from $1)"
+  "$TMP/venv/bin/fastnst" info >info.txt 2>&1 || { cat info.txt >&2; fail "fastnst info exited non-zero"; }
+  grep -q "^fastnst $VERSION\$" info.txt || { cat info.txt >&2; fail "fastnst info does not print version $VERSION"; }
+  grep -qE '^extension +loaded$' info.txt || { cat info.txt >&2; fail "fastnst info: the extension is not loaded"; }
+  sed 's/^/  | /' info.txt
+  step "one-op smoke test (installed from $1)"
+  "$VPY" - "$REPO" "$VERSION" <<'EOF' || fail "smoke test (above)"
 import importlib.util, os, sys, warnings
 repo, version = sys.argv[1:]
 warnings.simplefilter("error", RuntimeWarning)  # a missing extension warns: make it fail
@@ -145,4 +148,16 @@ ref = torch.bmm(f, f.transpose(1, 2)) / (8 * 5 * 7)
 torch.testing.assert_close(g, ref, rtol=1e-5, atol=1e-6)
 print(f"  gram_matrix(cpu) on [2, 8, 5, 7] matches torch.bmm; fastnst {fastnst.__version__} from {where}")
 EOF
-step "OK: sdist, wheel $(basename "$WHEEL"), clean install and smoke test passed in $((SECONDS - T0))s"
+  cd "$REPO"
+}
+run_checks "the wheel"
+
+# 6. the sdist itself, built by pip in that virtualenv (no build isolation: against its torch).
+step "pip install --no-build-isolation of the sdist into the same virtualenv"
+logged "$TMP/venv-tools.log" "$VPY" -m pip install -c "$TMP/constraints.txt" "setuptools>=64" wheel ninja
+logged "$TMP/venv-uninstall.log" "$VPY" -m pip uninstall -y fastnst
+logged "$TMP/venv-sdist.log" env MAX_JOBS="${MAX_JOBS:-$(nproc)}" "$VPY" -m pip install -c "$TMP/constraints.txt" \
+  --no-build-isolation "$SDIST"
+[ "$("$VPY" -c 'import torch; print(torch.__version__)')" = "$TORCH_VERSION" ] || fail "the venv's torch changed"
+run_checks "the sdist"
+step "OK: sdist, wheel $(basename "$WHEEL"), clean installs from both and smoke tests passed in $((SECONDS - T0))s"
