@@ -11,15 +11,19 @@
 * ``accelerate(model)``: rebuilds every ``nn.InstanceNorm2d`` it can serve as a fastnst
   module — and fuses an ``nn.ReLU`` that directly follows one inside an ``nn.Sequential`` —
   copying parameters, like ``nn.SyncBatchNorm.convert_sync_batchnorm``. No monkey-patching.
+  Then a ``torch.fx`` trace fuses the ReLUs a forward calls itself after a norm (returning a
+  GraphModule with the model's state_dict keys), where the forward can be traced.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import numbers
 from typing import Sequence
 
 import torch
+import torch.fx
 import torch.nn as nn
 
 from fastnst.ops.norm import adain, instance_norm
@@ -146,7 +150,8 @@ class StyleSwap(nn.Module):
 
 
 # ---- accelerate -------------------------------------------------------------------------------
-def _convert(m: nn.InstanceNorm2d, cls) -> InstanceNorm2d:
+def _convert(m: nn.Module, cls) -> InstanceNorm2d:
+    """A fastnst norm of class ``cls`` in place of ``m`` (an nn or fastnst InstanceNorm2d)."""
     new = cls(m.num_features, m.eps, m.momentum, m.affine)
     if m.affine:
         new.weight = m.weight  # the same Parameter objects: optimisers keep working
@@ -164,19 +169,135 @@ def _servable(m: nn.Module) -> str | None:
     return None
 
 
-def accelerate(model: nn.Module, verbose: bool = False) -> nn.Module:
+class _Tracer(torch.fx.Tracer):
+    """torch.fx's tracer, with fastnst's own modules kept whole (like torch.nn's)."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return type(m).__module__ == __name__ or super().is_leaf_module(m, qualname)
+
+
+_RELU_FUNCTIONS = (torch.relu, torch.relu_, torch.nn.functional.relu, torch.nn.functional.relu_)
+
+
+def _relu_of(node: torch.fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """True if ``node`` is a ReLU of its first argument and nothing else: ``nn.ReLU()`` (also
+    in-place), ``F.relu(x[, inplace])``, ``torch.relu(x)``, ``x.relu()`` and their ``_`` forms."""
+    if node.op == "call_module":
+        ok = type(modules.get(node.target)) is nn.ReLU
+    elif node.op == "call_function":
+        ok = node.target in _RELU_FUNCTIONS
+    elif node.op == "call_method":
+        ok = node.target in ("relu", "relu_")
+    else:
+        return False
+    if node.target is torch.nn.functional.relu:  # F.relu(x, inplace=...)
+        return len(node.args) in (1, 2) and set(node.kwargs) <= {"inplace"}
+    return ok and len(node.args) == 1 and not node.kwargs
+
+
+def _fx_fusions(graph: torch.fx.Graph, modules: dict[str, nn.Module]) -> dict[str, list[torch.fx.Node]]:
+    """{path of a plain fastnst InstanceNorm2d: the ReLU nodes to fold into it} for each norm
+    every call of which feeds exactly one node, a ReLU (a norm whose output is used by anything
+    else, or one called once with and once without a ReLU, is not fused)."""
+    calls: dict[str, list[torch.fx.Node]] = {}
+    for node in graph.nodes:
+        if node.op == "call_module" and type(modules.get(node.target)) is InstanceNorm2d:
+            calls.setdefault(node.target, []).append(node)
+    fused = {}
+    for path, nodes in calls.items():
+        relus = []
+        for node in nodes:
+            users = list(node.users)
+            if len(users) != 1 or not _relu_of(users[0], modules) or users[0].args[0] is not node:
+                break
+            relus.append(users[0])
+        else:
+            fused[path] = relus
+    return fused
+
+
+def _mirror(m: nn.Module, swaps: dict[str, nn.Module], prefix: str = "") -> nn.Module:
+    """``m`` with the modules at the paths in ``swaps`` replaced, without touching ``m``: the
+    containers on the way are shallow copies (same class, parameters, buffers and hooks, so the
+    same state_dict keys in the same order), everything else is shared."""
+    if prefix in swaps:
+        return swaps[prefix]
+    if not any(p.startswith(prefix) for p in swaps):
+        return m
+    c = copy.copy(m)
+    for k, v in vars(m).items():
+        if isinstance(v, (dict, set)):
+            c.__dict__[k] = copy.copy(v)
+    for name, child in m._modules.items():
+        if child is not None:
+            c._modules[name] = _mirror(child, swaps, f"{prefix}{name}.")
+    return c
+
+
+def _fx_accelerate(model: nn.Module, changed: dict[str, str]) -> tuple[nn.Module | None, str]:
+    """Trace ``model`` (whose norms are already fastnst's) and fuse the ReLUs its forward applies
+    to a plain norm. Returns (GraphModule or None if there was nothing to fuse, what it did)."""
+    before = set(vars(model))
+    try:
+        graph = _Tracer().trace(model)
+    except Exception as e:  # noqa: BLE001  (any failure to trace means: keep module replacement)
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        return None, f"modules (torch.fx could not trace forward: {type(e).__name__}: {reason})"
+    finally:  # the tracer stores the tensor constants of forward on the model: take them back
+        added = {k: model.__dict__.pop(k) for k in set(vars(model)) - before}
+    modules = dict(model.named_modules())
+    fused = _fx_fusions(graph, modules)
+    if not fused:
+        return None, "modules (traced with torch.fx: no ReLU left to fuse)"
+    for path, relus in fused.items():
+        for relu in relus:
+            relu.replace_all_uses_with(relu.args[0])
+            graph.erase_node(relu)
+        changed[path] = f"{path} + the ReLU its forward applies: InstanceNorm2d + ReLU -> InstanceNormReLU (fx)"
+    graph.lint()
+    root = _mirror(model, {f"{p}.": _convert(modules[p], InstanceNormReLU) for p in fused})
+    root.__dict__.update(added)  # a copy (the swaps are below it): the model stays as it was
+    gm = torch.fx.GraphModule(root, graph, class_name=type(model).__name__)
+    # The model's own hierarchy and state (GraphModule keeps only what the graph reads, and
+    # makes every tensor a persistent buffer): the same state_dict keys, in the same order.
+    gm.__dict__["_modules"] = dict(root._modules)
+    gm.__dict__["_parameters"] = dict(model._parameters)
+    gm.__dict__["_buffers"] = dict(model._buffers)
+    gm.__dict__["_non_persistent_buffers_set"] = set(model._non_persistent_buffers_set)
+    for name, value in added.items():  # forward's constants: follow .to(), stay out of state_dict
+        if isinstance(value, torch.Tensor):
+            gm.register_buffer(name, value, persistent=False)
+        else:
+            setattr(gm, name, value)
+    gm.train(model.training)
+    n = sum(len(r) for r in fused.values())
+    return gm, (f"fx (traced with torch.fx: fused the ReLU that forward applies after {len(fused)} "
+                f"norms, {n} calls; returns a torch.fx.GraphModule)")
+
+
+def accelerate(model: nn.Module, verbose: bool = False, trace: bool = True) -> nn.Module:
     """Replace, in place, every ``nn.InstanceNorm2d`` without running statistics by
     fastnst's fused ``InstanceNorm2d`` (sharing its parameters), and fuse an ``nn.ReLU`` that
     directly follows one inside an ``nn.Sequential`` into ``InstanceNormReLU`` (the ReLU's slot
     becomes ``nn.Identity``, so state_dict keys do not change). A module may also list, in a
     ``fastnst_relu_after`` attribute, the names of its instance norms whose output goes
     through a ReLU in its forward (which must then skip the ReLU for an InstanceNormReLU, as
-    fastnst.models.transformer.TransformerNet does). Returns ``model``.
+    fastnst.models.transformer.TransformerNet does).
 
-    What was changed and what was left (with the reason) is logged on the "fastnst" logger,
-    printed with ``verbose=True``, and kept in ``accelerate.last_report``.
+    Then, with ``trace=True``, it traces the forward with ``torch.fx`` to find the ReLUs a
+    forward applies itself (``self.relu(self.in1(x))``, ``F.relu``, ``torch.relu``,
+    ``x.relu()``, in-place or not) to a norm whose output feeds nothing else. If there are any,
+    it returns a ``torch.fx.GraphModule`` with those pairs fused: the model's modules (shared,
+    the fused norms sharing their parameters), the same state_dict keys in the same order, but
+    only ``forward`` of the model's methods; ``model`` itself stays accelerated as above.
+    Otherwise (nothing more to fuse, ``trace=False``, or a forward that fx cannot trace, e.g.
+    with data-dependent control flow) it returns ``model``.
+
+    What was changed and what was left (with the reason), and the method ("fx" or "modules"),
+    is logged on the "fastnst" logger, printed with ``verbose=True``, and kept in
+    ``accelerate.last_report`` (and ``accelerate.last_method``).
     """
-    changed: list[str] = []
+    changed: dict[str, str] = {}
     left: list[str] = []
 
     def visit(parent: nn.Module, prefix: str) -> None:
@@ -195,14 +316,14 @@ def accelerate(model: nn.Module, verbose: bool = False) -> nn.Module:
                 if name in getattr(parent, "fastnst_relu_after", ()):
                     # The parent declares that a ReLU follows (and skips it once fused).
                     parent._modules[name] = _convert(child, InstanceNormReLU)
-                    changed.append(f"{path} + its ReLU: InstanceNorm2d + ReLU -> InstanceNormReLU")
+                    changed[path] = f"{path} + its ReLU: InstanceNorm2d + ReLU -> InstanceNormReLU"
                 elif isinstance(parent, nn.Sequential) and type(nxt) is nn.ReLU:
                     parent._modules[name] = _convert(child, InstanceNormReLU)
                     parent._modules[names[i + 1]] = nn.Identity()
-                    changed.append(f"{path} + {prefix}{names[i + 1]}: InstanceNorm2d + ReLU -> InstanceNormReLU")
+                    changed[path] = f"{path} + {prefix}{names[i + 1]}: InstanceNorm2d + ReLU -> InstanceNormReLU"
                 else:
                     parent._modules[name] = _convert(child, InstanceNorm2d)
-                    changed.append(f"{path}: InstanceNorm2d -> fastnst InstanceNorm2d")
+                    changed[path] = f"{path}: InstanceNorm2d -> fastnst InstanceNorm2d"
             elif isinstance(child, (nn.InstanceNorm1d, nn.InstanceNorm3d)):
                 left.append(f"{path}: {type(child).__name__} (only 2-D instance norm is served)")
             else:
@@ -212,14 +333,20 @@ def accelerate(model: nn.Module, verbose: bool = False) -> nn.Module:
         raise ValueError("accelerate(model) rebuilds the modules inside a model; wrap a lone "
                          "InstanceNorm2d in a container, or construct fastnst.nn.InstanceNorm2d")
     visit(model, "")
-    report = [f"replaced {len(changed)}, left {len(left)}"] + [f"  replaced {c}" for c in changed] + \
-             [f"  left {x}" for x in left]
+    result, method = model, "modules (trace=False)"
+    if trace:
+        gm, method = _fx_accelerate(model, changed)
+        result = model if gm is None else gm
+    report = [f"replaced {len(changed)}, left {len(left)}", f"  method: {method}"] + \
+             [f"  replaced {c}" for c in changed.values()] + [f"  left {x}" for x in left]
     accelerate.last_report = report
+    accelerate.last_method = method.split(" ", 1)[0]
     for line in report:
         log.info(line)
     if verbose:
         print("\n".join(report))
-    return model
+    return result
 
 
 accelerate.last_report = []
+accelerate.last_method = None

@@ -13,9 +13,12 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 # Higher numbers may import lower ones (and their own level only where noted).
 LAYER = {
     "fastnst.cli": 8, "fastnst.__main__": 8, "fastnst.info": 7, "fastnst.bench": 7,
-    "fastnst.methods": 6, "fastnst.image": 5, "fastnst.models": 4, "fastnst.nn": 3, "fastnst.ops": 2,
+    "fastnst.methods": 6, "fastnst.data": 5, "fastnst.image": 5, "fastnst.models": 4, "fastnst.nn": 3,
+    "fastnst.ops": 2,
     "fastnst.backend": 1, "fastnst.reference": 1, "fastnst._ext": 0, "fastnst._C": 0, "fastnst.kernels": 0,
     "fastnst._version": 0, "fastnst.ops.registry": 1,  # the spec table: a leaf the backend reads
+    "fastnst.losses": 5,  # loss terms and the perceptual loss, just below the methods
+    "fastnst.compat": 3,  # pytorch/examples' helpers over the ops, beside nn
 }
 FACADE_FROM = 7  # cli, info and the benchmarks use the public API like any user
 # Within fastnst.ops, siblings share only these modules (an op module never imports another).
