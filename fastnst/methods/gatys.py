@@ -35,7 +35,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from fastnst import image, ops
+from fastnst import image, losses
 from fastnst.models.vgg import VGGEncoder, load_vgg
 
 STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
@@ -289,9 +289,33 @@ def _as_image(x, what: str, device) -> torch.Tensor:
     return image.load_image(x).to(device)
 
 
-def tv_loss(x: torch.Tensor) -> torch.Tensor:
-    """Squared total variation (neural-style's TV term), summed."""
-    return (x[..., 1:, :] - x[..., :-1, :]).pow(2).sum() + (x[..., :, 1:] - x[..., :, :-1]).pow(2).sum()
+tv_loss = losses.tv_loss  # squared total variation (neural-style's TV term), summed
+
+
+def _terms(content_layers: Sequence[str], style_layers: Sequence[str], content_weight: float,
+           style_weight: float, tv_weight: float, content_layer_weights, style_layer_weights,
+           backend: str) -> tuple[list[losses.ContentLoss], list[losses.GramLoss], list[losses.Loss]]:
+    """Gatys' terms: ContentLoss(l, content_weight · w_l), GramLoss(l, style_weight · w_l) and
+    TVLoss(tv_weight); a group whose overall weight is 0 is left out."""
+    cw = _layer_weights("content_layer_weights", content_layer_weights, content_layers)
+    sw = _layer_weights("style_layer_weights", style_layer_weights, style_layers)
+    content = [losses.ContentLoss(n, content_weight * w) for w, n in zip(cw, content_layers)] if content_weight else []
+    style = ([losses.GramLoss(n, style_weight * w, backend=backend) for w, n in zip(sw, style_layers)]
+             if style_weight else [])
+    return content, style, [losses.TVLoss(tv_weight)] if tv_weight else []
+
+
+def perceptual_loss(encoder: VGGEncoder, *, content_layers: Sequence[str] = DEFAULTS.content_layers,
+                    style_layers: Sequence[str] = DEFAULTS.style_layers,
+                    content_weight: float = DEFAULTS.content_weight, style_weight: float = DEFAULTS.style_weight,
+                    tv_weight: float = DEFAULTS.tv_weight, content_layer_weights: Sequence[float] | None = None,
+                    style_layer_weights: Sequence[float] | None = None,
+                    backend: str = "auto") -> losses.PerceptualLoss:
+    """Gatys' loss as a ``fastnst.losses.PerceptualLoss`` on images in the encoder's input
+    convention (``preprocess=False``): what ``stylize`` minimises."""
+    content, style, regs = _terms(content_layers, style_layers, content_weight, style_weight, tv_weight,
+                                  content_layer_weights, style_layer_weights, backend)
+    return losses.PerceptualLoss(encoder, content, style, regs, preprocess=False)
 
 
 def loss(feats: dict, x: torch.Tensor, content_targets: Sequence[torch.Tensor],
@@ -306,19 +330,16 @@ def loss(feats: dict, x: torch.Tensor, content_targets: Sequence[torch.Tensor],
         + style_weight · Σ_l w_l MSE(Gram(F_l), style target Gram_l) + tv_weight · TV(x)
 
     Gram = ``fastnst.gram_matrix`` (÷ C·H·W) on ``backend``; per-layer weights w_l default to 1.
-    What ``stylize`` minimises, and what the benchmark times."""
-    cw = _layer_weights("content_layer_weights", content_layer_weights, content_layers)
-    sw = _layer_weights("style_layer_weights", style_layer_weights, style_layers)
-    total = x.new_zeros(())
-    if content_weight:
-        for wgt, n, t in zip(cw, content_layers, content_targets):
-            total = total + content_weight * wgt * F.mse_loss(feats[n], t)
-    if style_weight:
-        for wgt, n, t in zip(sw, style_layers, style_targets):
-            total = total + style_weight * wgt * F.mse_loss(ops.gram_matrix(feats[n], backend=backend), t)
-    if tv_weight:
-        total = total + tv_weight * tv_loss(x)
-    return total
+    The terms of ``perceptual_loss`` with the targets given (``fastnst.losses.evaluate``): the
+    same numbers ``stylize`` minimises, on features computed elsewhere (the benchmark times it)."""
+    content, style, regs = _terms(content_layers, style_layers, content_weight, style_weight, tv_weight,
+                                  content_layer_weights, style_layer_weights, backend)
+    for term, t in zip(content, content_targets):
+        term.set_target_encoding((t,))
+    for term, t in zip(style, style_targets):
+        term.set_target_encoding((t,))
+    n_c, n_s = min(len(content), len(content_targets)), min(len(style), len(style_targets))
+    return losses.evaluate(content[:n_c] + style[:n_s], regs, feats, x)[0]
 
 
 class _Progress:
@@ -421,7 +442,8 @@ def stylize(content, styles, *, style_blend: Sequence[float] | None = None,
         if len(style_blend) != len(styles):
             raise ValueError(f"style_blend must have one weight per item ({len(styles)}), "
                              f"got {len(style_blend)}")
-    blend = _check_blend(style_blend if style_blend is not None else [1.0] * len(styles))
+    raw_blend = style_blend if style_blend is not None else [1.0] * len(styles)
+    _check_blend(raw_blend)  # refused before any work; the criterion normalises it the same way
     all_layers = list(dict.fromkeys(list(content_layers) + list(style_layers)))
     _check_encoder_finite(encoder, all_layers)
 
@@ -434,6 +456,11 @@ def stylize(content, styles, *, style_blend: Sequence[float] | None = None,
                  device)
     if preserve_color == "match":
         style_imgs = [image.match_color(s, content_img) for s in style_imgs]
+
+    criterion = perceptual_loss(encoder, content_layers=content_layers, style_layers=style_layers,
+                                content_weight=content_weight, style_weight=style_weight,
+                                tv_weight=tv_weight, content_layer_weights=cw, style_layer_weights=sw,
+                                backend=backend)
 
     gen = torch.Generator(device="cpu")
     if seed is not None:
@@ -448,16 +475,10 @@ def stylize(content, styles, *, style_blend: Sequence[float] | None = None,
     for level, s in enumerate(sizes):
         c_img = image.resize(content_img, size=s)
         h, w = c_img.shape[-2:]
-        with torch.no_grad():
-            c_feats = encoder(c_img, content_layers)
-            targets_c = [c_feats[n] for n in content_layers]
-            targets_s: list[torch.Tensor | None] = [None] * len(style_layers)
-            for st, beta in zip(style_imgs, blend):
-                st_r = image.resize(st, size=max(1, round(s * style_scale)))
-                feats = encoder(st_r, style_layers)
-                for k, n in enumerate(style_layers):
-                    g = ops.gram_matrix(feats[n], backend=backend) * beta
-                    targets_s[k] = g if targets_s[k] is None else targets_s[k] + g
+        criterion.set_content_target(encoder.preprocess(c_img))  # targets once per level, no autograd
+        st_size = max(1, round(s * style_scale))
+        criterion.set_style_target([encoder.preprocess(image.resize(st, size=st_size)) for st in style_imgs],
+                                   blend=raw_blend)
 
         # Initial image, in the encoder's input space.
         if x_prev is not None:
@@ -477,11 +498,7 @@ def stylize(content, styles, *, style_blend: Sequence[float] | None = None,
         fmt = torch.channels_last if h * w >= 128 * 128 else torch.contiguous_format
 
         def loss_fn() -> torch.Tensor:
-            feats = encoder.features_of(x.contiguous(memory_format=fmt), all_layers)
-            return loss(feats, x, targets_c, targets_s, content_layers=content_layers,
-                        style_layers=style_layers, content_weight=content_weight,
-                        style_weight=style_weight, tv_weight=tv_weight, content_layer_weights=cw,
-                        style_layer_weights=sw, backend=backend)
+            return criterion(x, memory_format=fmt)[0]  # one encoder pass up to the deepest layer
 
         if optimizer == "lbfgs":
             opt = torch.optim.LBFGS([x], lr=1.0 if lr is None else lr, max_iter=1,
