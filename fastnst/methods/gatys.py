@@ -79,13 +79,7 @@ def _check_weight(name: str, value: float, allow_zero: bool = True) -> float:
 
 def _check_blend(blend: list[float]) -> list[float]:
     """Style blend weights: finite, >= 0, with a finite positive sum; returned normalised."""
-    rule = "style_blend must be finite numbers >= 0 with a finite sum > 0"
-    if any(not math.isfinite(b) or b < 0 for b in blend):
-        raise ValueError(f"{rule}, got {blend}")
-    total = sum(blend)
-    if not 0 < total < math.inf:
-        raise ValueError(f"{rule}, got {blend} (sum {total})")
-    return [b / total for b in blend]
+    return losses.normalize_blend(blend, len(blend), "style_blend")
 
 
 # ---- sizes and memory, from the encoder's own layers ------------------------------------------
