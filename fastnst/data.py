@@ -43,7 +43,6 @@ import numbers
 import os
 import random
 import stat
-import struct
 import warnings
 
 import torch
@@ -51,15 +50,12 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from fastnst.image import (
-    _MAX_RATIO,
-    _MAX_RATIO_OTHER,
     DEFAULT_MAX_PIXELS,
     ImageError,
     _check_regular,
-    _decoded_bytes,
+    _open_checked,
     _pil,
     _pillow_limit_at_least,
-    _png_header,
     load_image,
 )
 
@@ -149,29 +145,14 @@ def _probe_header(path: str, max_pixels) -> tuple[int, int]:
         with open(fd, "rb") as fp:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise ImageError(f"not a regular file: {path}")
-            try:
-                img = Image.open(fp)
-            except Image.DecompressionBombError as e:
-                raise ImageError(f"image {path} is too large: {e}") from None
-            except UnidentifiedImageError:
-                raise ImageError(f"not an image file {path}: Pillow recognises no image "
-                                 "format in it") from None
-            except (OSError, SyntaxError, ValueError, EOFError, struct.error) as e:
-                raise ImageError(f"not an image file {path}: {type(e).__name__}: {e}") from None
+            img, _ = _open_checked(
+                fp, path, size, max_pixels, Image, UnidentifiedImageError,
+                lambda detail: ImageError(f"image {path} is too large: {detail}, the limit is "
+                                          f"max_pixels={max_pixels}"))
             with img:
                 w, h = img.size
                 if w <= 0 or h <= 0:
                     raise ImageError(f"image {path} has no pixels ({w}x{h})")
-                if max_pixels is not None and w * h > max_pixels:
-                    raise ImageError(f"image {path} is too large: {w}x{h} = {w * h} pixels, "
-                                     f"the limit is max_pixels={max_pixels}")
-                png = _png_header(fp) if img.format == "PNG" else None
-                need = _decoded_bytes(img, png)
-                ratio = _MAX_RATIO.get(img.format, _MAX_RATIO_OTHER)
-                if need > ratio * size:
-                    raise ImageError(f"cannot decode image {path}: truncated or crafted file: "
-                                     f"its header declares {w}x{h} {img.mode} ({need} bytes) "
-                                     f"but the file has {size} bytes")
                 try:
                     img.verify()
                 except Exception as e:  # noqa: BLE001 - whatever Pillow's verify raises

@@ -38,7 +38,12 @@ import torch
 import torch.nn.functional as F
 
 # Encoder input conventions live with the encoders; re-exported here for image conversions.
-from fastnst.models.conventions import CONVENTIONS, from_convention, to_convention
+from fastnst.models.conventions import (
+    CONVENTIONS,
+    _check_img4,  # the [B, 3, H, W] float image check
+    from_convention,
+    to_convention,
+)
 
 __all__ = [
     "CONVENTIONS",
@@ -194,6 +199,42 @@ def _check_regular(spath: str, stat_fn) -> os.stat_result:
     return st
 
 
+def _open_checked(fp, spath: str, file_size: int, max_pixels, Image, UnidentifiedImageError, too_large):
+    """Image.open on the open regular file ``fp`` and every check that needs only its header:
+    Pillow can identify it, at most ``max_pixels`` pixels (``too_large(detail)`` makes that
+    error), and no more pixel data than the file could hold. Returns (image, PNG header or
+    None); decodes no pixels. Shared by load_image and fastnst.data's folder scan."""
+    try:
+        img = Image.open(fp)
+    except Image.DecompressionBombError as e:
+        # Only reachable when max_pixels <= Pillow's error threshold (else it was lifted).
+        raise too_large(str(e)) from None
+    except UnidentifiedImageError:
+        raise ImageError(f"not an image file {spath}: Pillow recognises no image format "
+                         "in it") from None
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as e:
+        raise ImageError(f"not an image file {spath}: {type(e).__name__}: {e}") from None
+    try:
+        w, h = img.size
+        if max_pixels is not None and w * h > max_pixels:
+            raise too_large(f"{w}x{h} = {w * h} pixels")
+        # Before Pillow allocates the pixels: the header must not promise more data than the
+        # file can hold.
+        png = _png_header(fp) if img.format == "PNG" else None
+        need = _decoded_bytes(img, png)
+        ratio = _MAX_RATIO.get(img.format, _MAX_RATIO_OTHER)
+        if need > ratio * file_size:
+            raise ImageError(
+                f"cannot decode image {spath}: truncated or crafted file: its header "
+                f"declares {w}x{h} {img.mode} ({need} bytes of pixel data) but the file "
+                f"has {file_size} bytes, and {img.format or 'image'} data decodes to at "
+                f"most {ratio} times its size")
+    except BaseException:
+        img.close()
+        raise
+    return img, png
+
+
 def _load(fp, spath: str, file_size: int, max_pixels, Image, ImageOps,
           UnidentifiedImageError) -> torch.Tensor:
     """load_image on the open regular file ``fp`` of ``file_size`` bytes."""
@@ -206,31 +247,9 @@ def _load(fp, spath: str, file_size: int, max_pixels, Image, ImageOps,
     with _pillow_limit_at_least(Image, max_pixels), warnings.catch_warnings():
         # Our own limit decides; Pillow's warning between its two thresholds is noise.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        try:
-            img = Image.open(fp)
-        except Image.DecompressionBombError as e:
-            # Only reachable when max_pixels <= Pillow's error threshold (else it was lifted).
-            raise too_large(str(e)) from None
-        except UnidentifiedImageError:
-            raise ImageError(f"not an image file {spath}: Pillow recognises no image format "
-                             "in it") from None
-        except (OSError, SyntaxError, ValueError, EOFError, struct.error) as e:
-            raise ImageError(f"not an image file {spath}: {type(e).__name__}: {e}") from None
+        img, png = _open_checked(fp, spath, file_size, max_pixels, Image, UnidentifiedImageError, too_large)
         with img:
-            w, h = img.size
-            if max_pixels is not None and w * h > max_pixels:
-                raise too_large(f"{w}x{h} = {w * h} pixels")
-            # Before Pillow allocates the pixels: the header must not promise more data than
-            # the file can hold, and a PNG's compressed data must hold every row.
-            png = _png_header(fp) if img.format == "PNG" else None
-            need = _decoded_bytes(img, png)
-            ratio = _MAX_RATIO.get(img.format, _MAX_RATIO_OTHER)
-            if need > ratio * file_size:
-                raise ImageError(
-                    f"cannot decode image {spath}: truncated or crafted file: its header "
-                    f"declares {w}x{h} {img.mode} ({need} bytes of pixel data) but the file "
-                    f"has {file_size} bytes, and {img.format or 'image'} data decodes to at "
-                    f"most {ratio} times its size")
+            # ... and a PNG's compressed data must hold every row.
             if png is not None:
                 _check_png_rows(fp, spath, file_size, png)
             try:
@@ -549,15 +568,6 @@ def save_image(img: torch.Tensor, path, overwrite: bool = False, quality: int = 
 # --------------------------------------------------------------------------------------------
 # Resizing
 # --------------------------------------------------------------------------------------------
-
-def _check_img4(img, name: str = "img") -> None:
-    if not isinstance(img, torch.Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor [B, 3, H, W], got {type(img).__name__}")
-    if img.dim() != 4 or img.shape[1] != 3:
-        raise ValueError(f"{name} must be [B, 3, H, W], got {list(img.shape)}")
-    if not img.is_floating_point():
-        raise ValueError(f"{name} must be a floating-point tensor, got {img.dtype}")
-
 
 def _round_multiple(v: float, multiple: int) -> int:
     # Round half up (not Python's banker's rounding), never below one multiple.

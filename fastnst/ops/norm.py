@@ -18,6 +18,7 @@ import math
 import numbers
 from typing import Sequence
 
+import numpy as np
 import torch
 
 from fastnst import _ext, reference
@@ -209,8 +210,6 @@ def _check_eps(op: str, eps, name: str = "eps") -> float:
 
 def _check_bool(op: str, name: str, v) -> bool:
     """True or False (also NumPy's bool_); never a truthy int or None."""
-    import numpy as np
-
     if isinstance(v, (bool, np.bool_)):
         return bool(v)
     raise TypeError(f"{op}: {name} must be True or False, got {v!r}")
