@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
+import os
 import signal
 import sys
 import threading
@@ -131,7 +132,186 @@ def _cmd_stylize_gatys(args) -> int:
     return 0
 
 
+
+# ---------------------------------------------------------------------------------------------
+# Trained methods: train, stylize with a network, upscale, evaluate
+# ---------------------------------------------------------------------------------------------
+
+TRAINED = {"johnson": "Johnson et al.: a feed-forward network for one style (VGG Gram losses)",
+           "sr": "Johnson et al.: perceptual-loss super-resolution (x4 / x8, VGG-16 relu2_2 feature loss)"}
+
+
+def _method(name: str):
+    import importlib
+
+    return importlib.import_module(f"fastnst.methods.{name}")
+
+
+def _rank() -> tuple[int, int]:
+    from fastnst.data import world
+
+    return world()
+
+
+def _cmd_train(args) -> int:
+    from fastnst import cli_config
+    from fastnst.engine import checkpoint, trainer
+
+    m = _method(args.method)
+    saved = None
+    if args.resume is not None:
+        saved = checkpoint.load(args.resume, m.METHOD)["config"]
+    cfg = cli_config.build(args, m.Config, saved, f"fastnst train {args.method}")
+    # Refuse an unwritable output or run folder before loading data and weights.
+    trainer.prepare_output(args.output, args.run_dir, args.resume, args.overwrite)
+    result = m.train(cfg, args.output, resume=args.resume, run_dir=args.run_dir,
+                     progress=not args.quiet, overwrite=args.overwrite)
+    if result.output is not None:
+        args.written = result.output
+        run = os.path.dirname(result.checkpoint)
+        print(f"wrote {result.output} ({result.steps} steps, final loss {result.losses[-1]:.4g}, "
+              f"{result.seconds:.1f} s); run folder {run} (checkpoint.pt, log.jsonl"
+              f"{', loss.png' if result.plot else ''})")
+    return 0
+
+
+def _expand_inputs(items: list[str]) -> list[tuple[str, str]]:
+    """(path, output name without extension) per input image; folders give their images,
+    named by their paths relative to the folder."""
+    from fastnst.data import list_images
+
+    out = []
+    for item in items:
+        if os.path.isdir(item):
+            files = list_images(item)
+            if not files:
+                raise ValueError(f"input folder {item} holds no images (.jpg, .jpeg, .png, .webp, .bmp)")
+            out += [(f, os.path.splitext(os.path.relpath(f, item))[0]) for f in files]
+        elif not os.path.exists(item):
+            raise FileNotFoundError(f"input image {item} does not exist")
+        else:
+            out.append((item, os.path.splitext(os.path.basename(item))[0]))
+    names = [n for _, n in out]
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise ValueError(f"two inputs would be written to the same output name {dup!r}; "
+                         "stylize them into separate folders")
+    return out
+
+
+def _output_plan(inputs: list[tuple[str, str]], output: str, ext: str, overwrite: bool,
+                 single_ok: bool) -> list[tuple[str, str]]:
+    """(input, output path) per image, checked before any work: one input and an OUTPUT with
+    an image extension is a file; otherwise OUTPUT is a folder (created if missing)."""
+    from fastnst import image
+
+    is_file = os.path.splitext(output)[1].lower() in (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+    if single_ok and len(inputs) == 1 and is_file and not os.path.isdir(output):
+        image.check_output_path(output, overwrite=overwrite)
+        return [(inputs[0][0], output)]
+    if is_file:
+        raise ValueError(f"{len(inputs)} inputs need an output folder, got the file name {output}")
+    if os.path.exists(output) and not os.path.isdir(output):
+        raise NotADirectoryError(f"output {output} exists and is not a folder")
+    plan = [(src, os.path.join(output, name + "." + ext)) for src, name in inputs]
+    if not os.path.isdir(output):
+        parent = os.path.dirname(os.path.abspath(output))
+        if not os.path.isdir(parent):
+            raise FileNotFoundError(f"cannot create the output folder {output}: {parent} does not exist")
+        return plan
+    for _, dst in plan:
+        if os.path.exists(dst) and not overwrite:
+            raise FileExistsError(f"{dst} already exists; pass overwrite=True to replace it")
+    return plan
+
+
+def _write_all(plan, run_batch, batch_size: int, overwrite: bool, args) -> int:
+    """Run ``run_batch(list of input paths) -> list of images`` over this rank's share of
+    ``plan`` and save each result atomically; returns the number written."""
+    from fastnst import image
+
+    size, rank = _rank()
+    mine = plan[rank::size]
+    made = set()
+    n = 0
+    for k in range(0, len(mine), batch_size):
+        chunk = mine[k:k + batch_size]
+        results = run_batch([src for src, _ in chunk])
+        for (src, dst), img in zip(chunk, results):
+            folder = os.path.dirname(os.path.abspath(dst))
+            if folder not in made:
+                os.makedirs(folder, exist_ok=True)
+                made.add(folder)
+            image.save_image(img, dst, overwrite=overwrite)
+            args.written = dst
+            n += 1
+    return n
+
+
+def _cmd_stylize_johnson(args) -> int:
+    from fastnst import cli_config
+    from fastnst.engine import precision
+    from fastnst.methods import johnson
+
+    opts = cli_config.build(args, johnson.StylizeOptions)
+    precision.check(opts.precision, opts.device)
+    plan = _output_plan(_expand_inputs(args.inputs), args.output, args.format, args.overwrite, True)
+    if not os.path.exists(args.model):
+        raise FileNotFoundError(f"model {args.model} does not exist")
+    model, notes = johnson.load(args.model, opts.device)
+    for note in notes:
+        print(f"fastnst stylize johnson: {args.model}: {note}", file=sys.stderr)
+
+    def run_batch(paths):
+        return johnson.stylize(model, paths, size=opts.size,
+                               preserve_color=None if opts.preserve_color == "none" else opts.preserve_color,
+                               strength=opts.strength, batch_size=opts.batch_size,
+                               precision=opts.precision, device=opts.device)
+
+    n = _write_all(plan, run_batch, opts.batch_size, args.overwrite, args)
+    size, rank = _rank()
+    where = plan[0][1] if len(plan) == 1 else args.output
+    print(f"wrote {n} image{'s' if n != 1 else ''} to {where}" + (f" (rank {rank} of {size})" if size > 1 else ""))
+    return 0
+
+
+def _cmd_upscale(args) -> int:
+    from fastnst import cli_config
+    from fastnst.engine import precision
+    from fastnst.methods import sr
+
+    opts = cli_config.build(args, sr.UpscaleOptions)
+    precision.check(opts.precision, opts.device)
+    plan = _output_plan(_expand_inputs(args.inputs), args.output, args.format, args.overwrite, True)
+    if not os.path.exists(args.model):
+        raise FileNotFoundError(f"model {args.model} does not exist")
+    model, factor = sr.load(args.model, opts.device)
+
+    def run_batch(paths):
+        return sr.upscale(model, paths, precision=opts.precision, device=opts.device)
+
+    n = _write_all(plan, run_batch, 1, args.overwrite, args)
+    where = plan[0][1] if len(plan) == 1 else args.output
+    print(f"wrote {n} image{'s' if n != 1 else ''} (x{factor}) to {where}")
+    return 0
+
+
+def _cmd_evaluate_sr(args) -> int:
+    from fastnst import cli_config
+    from fastnst.methods import sr
+
+    opts = cli_config.build(args, sr.EvaluateOptions)
+    paths = [p for p, _ in _expand_inputs(args.images)]
+    model, factor = sr.load(args.model, opts.device)
+    report = sr.evaluate(model, paths, factor=factor, crop_border=opts.crop_border, channel=opts.channel,
+                         sigma=opts.sigma, precision=opts.precision, device=opts.device)
+    print(sr.format_report(report))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from fastnst import cli_config
+
     p = _Parser(prog="fastnst", description="Fast neural style transfer kernels.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
@@ -175,6 +355,59 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     g.set_defaults(func=_cmd_stylize_gatys)
+    j = methods.add_parser(
+        "johnson", help="run a feed-forward style network (fastnst, pytorch/examples .pth, jcjohnson .t7)",
+        description="Stylize images with a trained Johnson et al. network: fastnst's exported weights, "
+                    "pytorch/examples fast_neural_style .pth/.model files, or jcjohnson/fast-neural-style "
+                    ".t7 models. Under torchrun each process stylizes its share of the inputs.")
+    from fastnst.methods import johnson as _johnson
+    from fastnst.methods import sr as _sr
+
+    j.add_argument("model", help="the network's weights file")
+    j.add_argument("inputs", nargs="+", metavar="INPUT", help="images and/or folders of images")
+    j.add_argument("-o", "--output", required=True,
+                   help="output image (one input) or folder (several inputs, or a folder)")
+    cli_config.add_config(j, _johnson.StylizeOptions)
+    j.add_argument("--format", default="png", choices=["png", "jpg", "webp"],
+                   help="file type of outputs written into a folder")
+    j.add_argument("--overwrite", action="store_true", help="replace outputs that exist")
+    j.set_defaults(func=_cmd_stylize_johnson)
+    tr = sub.add_parser("train", help="train a network (johnson, sr)")
+    tms = tr.add_subparsers(dest="method", required=True)
+    for name, what in TRAINED.items():
+        m = _method(name)
+        t = tms.add_parser(name, help=what, description=(m.__doc__ or "").strip().split("\n\n")[0])
+        t.add_argument("-o", "--output", required=True,
+                       help="exported weights: .safetensors or .pth (a plain state_dict)")
+        t.add_argument("--resume", default=None, metavar="CHECKPOINT",
+                       help="continue the run of this checkpoint.pt exactly (options not given are the run's)")
+        t.add_argument("--run-dir", default=None,
+                       help="folder for checkpoint.pt, log.jsonl, loss.png, samples/ (default: OUTPUT's "
+                            "name + _run)")
+        t.add_argument("--overwrite", action="store_true", help="replace OUTPUT and a run folder's run")
+        t.add_argument("--quiet", action="store_true", help="no progress bar")
+        cli_config.add_config(t, m.Config, title="training settings")
+        t.set_defaults(func=_cmd_train)
+    u = sub.add_parser("upscale", help="super-resolve images with a trained SR network",
+                       description="Upscale images x4 / x8 with a network from `fastnst train sr`.")
+    u.add_argument("model", help="the SR network's weights file")
+    u.add_argument("inputs", nargs="+", metavar="INPUT", help="images and/or folders of images")
+    u.add_argument("-o", "--output", required=True, help="output image (one input) or folder")
+    cli_config.add_config(u, _sr.UpscaleOptions)
+    u.add_argument("--format", default="png", choices=["png", "jpg", "webp"],
+                   help="file type of outputs written into a folder")
+    u.add_argument("--overwrite", action="store_true", help="replace outputs that exist")
+    u.set_defaults(func=_cmd_upscale)
+    ev = sub.add_parser("evaluate", help="measure a trained network")
+    evs = ev.add_subparsers(dest="method", required=True)
+    e = evs.add_parser("sr", help="PSNR and SSIM of an SR network next to bicubic upscaling",
+                       description="Downsample each high-resolution image as training does (blur sigma 1, "
+                                   "bicubic), upscale it with the network and with bicubic interpolation, "
+                                   "and print PSNR / SSIM of both against the original.")
+    e.add_argument("model", help="the SR network's weights file")
+    e.add_argument("images", nargs="+", metavar="IMAGE", help="high-resolution images and/or folders")
+    cli_config.add_config(e, _sr.EvaluateOptions)
+    e.set_defaults(func=_cmd_evaluate_sr)
     s = sub.add_parser("info", help="versions, build, and the op x backend table")
     s.set_defaults(func=_cmd_info)
     s = sub.add_parser("bench", help="benchmark the ops against plain PyTorch and torch.compile",
@@ -203,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
     args = None
 
     def outcome() -> str:
-        if args is None or args.command != "stylize":
+        if args is None or args.command not in ("stylize", "train", "upscale"):
             return ""
         written = getattr(args, "written", None)
         return f" after writing {written}" if written else "; no output written"

@@ -68,6 +68,7 @@ __all__ = [
     "SRPairs",
     "UnreadableImageWarning",
     "gaussian_blur",
+    "list_images",
     "make_loader",
     "make_lr",
     "world",
@@ -127,6 +128,15 @@ def _list_files(root: str, exts: tuple[str, ...], follow_links: bool) -> list[st
                 found.append(os.path.join(dirpath, f))
     found.sort(key=lambda p: os.path.relpath(p, root).split(os.sep))
     return found
+
+
+def list_images(root, extensions=DEFAULT_EXTENSIONS, follow_links: bool = False) -> list[str]:
+    """The image files under the folder ``root`` (recursively, hidden entries left out), in
+    sorted order of their paths relative to ``root``; no file is opened."""
+    root = os.fspath(root)
+    if not os.path.isdir(root):
+        raise NotADirectoryError(f"{root} is not a folder")
+    return _list_files(root, _norm_extensions(extensions), follow_links)
 
 
 def _probe_header(path: str, max_pixels) -> tuple[int, int]:

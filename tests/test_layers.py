@@ -19,6 +19,9 @@ LAYER = {
     "fastnst._version": 0, "fastnst.ops.registry": 1,  # the spec table: a leaf the backend reads
     "fastnst.losses": 5,  # loss terms and the perceptual loss, just below the methods
     "fastnst.compat": 3,  # pytorch/examples' helpers over the ops, beside nn
+    "fastnst.metrics": 1,  # PSNR / SSIM: torch only
+    "fastnst.engine": 5.5,  # the training loop: over data, losses, image; under the methods
+    "fastnst.cli_config": 8,  # the CLI's options from the methods' configs
 }
 FACADE_FROM = 7  # cli, info and the benchmarks use the public API like any user
 # Within fastnst.ops, siblings share only these modules (an op module never imports another).

