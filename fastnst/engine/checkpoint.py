@@ -97,11 +97,18 @@ def _load_raw(path: str):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle errors, zip errors, truncation, unsafe globals
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if "weights_only" in str(e) or "Unsupported global" in str(e):
-            why = "it needs code to be unpickled (fastnst reads checkpoints with weights_only=True)"
+        import re
+
+        text = str(e)
+        glob_ = re.search(r"(?:unsupported GLOBAL|Unsupported global:?) ?(?:GLOBAL )?([\w.]+)", text)
+        if glob_:
+            why = (f"it needs code to be unpickled ({glob_.group(1)}; fastnst reads checkpoints with "
+                   "weights_only=True)")
         else:
-            why = f"it cannot be read ({first[:200]})"
+            detail = [ln.strip() for ln in text.splitlines() if ln.strip()]
+            detail = [ln for ln in detail if "Weights only load failed" not in ln and "file an issue" not in ln
+                      and "documentation" not in ln] or [type(e).__name__]
+            why = f"it cannot be read ({detail[0][:200]})"
         raise CheckpointError(f"{path} is not a fastnst checkpoint: {why}") from None
 
 

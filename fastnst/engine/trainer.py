@@ -80,6 +80,10 @@ class TrainResult:
         return [r["loss"] for r in self.records]
 
 
+def _one_line(e: BaseException) -> str:
+    return " ".join(ln.strip() for ln in str(e).splitlines() if ln.strip())[:400]
+
+
 def default_run_dir(output: str) -> str:
     return os.path.splitext(os.path.abspath(output))[0] + "_run"
 
@@ -233,7 +237,7 @@ def _train(task: Task, cfg: TrainConfig, w: dist.World, output: str, run_dir, re
             model.load_state_dict(ck["model"])
         except RuntimeError as e:
             raise ckpt.CheckpointError(f"--resume {resume}: its weights do not fit the model: "
-                                       f"{str(e).splitlines()[0][:300]}") from None
+                                       f"{_one_line(e)}") from None
     model.train()
     net = dist.wrap(model, w)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)

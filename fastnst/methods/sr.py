@@ -72,6 +72,10 @@ class EvaluateOptions:
     device: str = option("cpu", "cpu or cuda[:N]")
 
 
+def _one_line(e: BaseException) -> str:
+    return " ".join(ln.strip() for ln in str(e).splitlines() if ln.strip())[:400]
+
+
 def _check(cfg: Config) -> None:
     for name in ("content_weight", "pixel_weight", "tv_weight"):
         v = getattr(cfg, name)
@@ -151,7 +155,7 @@ def load(path: str, device: str | torch.device = "cpu", fuse: bool = True) -> tu
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
-        raise CheckpointError(f"{path}: weights do not fit an SR network: {str(e).splitlines()[0][:300]}") from None
+        raise CheckpointError(f"{path}: weights do not fit an SR network: {_one_line(e)}") from None
     if fuse:
         model = accelerate(model)
     model.eval().requires_grad_(False)
