@@ -219,7 +219,8 @@ def _output_plan(inputs: list[tuple[str, str]], output: str, ext: str, overwrite
         if not os.path.isdir(parent):
             raise FileNotFoundError(f"cannot create the output folder {output}: {parent} does not exist")
         return plan
-    for _, dst in plan:
+    size, rank = _rank()  # under torchrun each process checks (and later writes) its own share
+    for _, dst in plan[rank::size]:
         if os.path.exists(dst) and not overwrite:
             raise FileExistsError(f"{dst} already exists; pass overwrite=True to replace it")
     return plan

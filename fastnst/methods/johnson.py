@@ -173,6 +173,13 @@ def _check_strength(strength) -> float:
     return float(strength)
 
 
+def _check_stylize_sizes(size, batch_size) -> None:
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 4):
+        raise ValueError(f"size must be an integer >= 4, got {size!r}")
+
+
 def run_network(model: nn.Module, x: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
     """``model`` (RGB 0-255 in and out) on ``x`` [B, 3, H, W] in [0, 1], padded to a multiple
     of 4 (reflection) and cropped back, under ``precision``; returns [0, 1] float32."""
@@ -204,10 +211,7 @@ def stylize(model: nn.Module, images: Sequence, *, size: int | None = None, pres
     resizing the longest side to ``size``) run in batches of ``batch_size``."""
     strength = _check_strength(strength)
     prec.check(precision, device)
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 4):
-        raise ValueError(f"size must be an integer >= 4, got {size!r}")
+    _check_stylize_sizes(size, batch_size)
     loaded = []
     for item in images:
         img = _load_rgb(item, "input image") if isinstance(item, (str, os.PathLike)) else item
@@ -241,3 +245,10 @@ class StylizeOptions:
     batch_size: int = option(4, "images of equal size per forward pass")
     precision: str = option("fp32", "fp32, or bf16 / fp16 autocast", choices=("fp32", "bf16", "fp16"))
     device: str = option("cpu", "cpu or cuda[:N]")
+
+    def __post_init__(self):
+        _check_strength(self.strength)
+        _check_stylize_sizes(self.size, self.batch_size)
+        if self.preserve_color not in ("none", "luminance"):
+            raise ValueError(f"preserve_color must be 'none' or 'luminance', got {self.preserve_color!r}")
+        prec.check(self.precision, self.device)
