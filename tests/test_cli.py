@@ -84,10 +84,11 @@ def test_unknown_command_is_one_line(capsys):
         cli.main(["paint"])
     assert info.value.code == 2
     assert capsys.readouterr().err == ("fastnst: error: argument command: invalid choice: 'paint' "
-                                       "(choose from stylize, info, bench) (see fastnst --help)\n"
+                                       "(choose from stylize, train, upscale, evaluate, info, bench) (see fastnst --help)\n"
                                        if sys.version_info >= (3, 12, 8) else
                                        "fastnst: error: argument command: invalid choice: 'paint' "
-                                       "(choose from 'stylize', 'info', 'bench') (see fastnst --help)\n")
+                                       "(choose from 'stylize', 'train', 'upscale', 'evaluate', 'info', 'bench') "
+                                       "(see fastnst --help)\n")
 
 
 # ---- errors during the work: one line, exit 2 (finding 11) -----------------------------------

@@ -27,8 +27,7 @@ FORMAT = 1
 _TMP_SUFFIX = ".tmp"
 
 
-class CheckpointError(ValueError):
-    """A file that is not a fastnst checkpoint, or one of another method or shape."""
+from fastnst.models.loaders import CheckpointError  # noqa: E402  (one error class for every bad file)
 
 
 def _fsync_dir(folder: str) -> None:

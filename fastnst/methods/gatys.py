@@ -27,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import sys
 import time
 from typing import Callable, Sequence
 
@@ -36,6 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from fastnst import image, losses
+from fastnst.engine.progress import bar as progress_bar
 from fastnst.models.vgg import VGGEncoder, load_vgg
 
 STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
@@ -336,28 +336,6 @@ def loss(feats: dict, x: torch.Tensor, content_targets: Sequence[torch.Tensor],
     return losses.evaluate(content[:n_c] + style[:n_s], regs, feats, x)[0]
 
 
-class _Progress:
-    def __init__(self, total: int, enabled: bool):
-        self.total, self.enabled, self.t0 = total, enabled, time.perf_counter()
-        self.tty = sys.stderr.isatty()
-
-    def update(self, step: int, loss: float, scale_size: tuple[int, int]) -> None:
-        if not self.enabled:
-            return
-        if not self.tty and step % max(1, self.total // 10) and step != self.total:
-            return  # a log, not a terminal: about ten lines in all
-        done = step / self.total
-        bar = "#" * int(30 * done) + "-" * (30 - int(30 * done))
-        el = time.perf_counter() - self.t0
-        eta = el / max(step, 1) * (self.total - step)
-        lead = "\r" if self.tty else ""
-        sys.stderr.write(f"{lead}[{bar}] {step}/{self.total} loss {loss:.4g} "
-                         f"{scale_size[1]}x{scale_size[0]} {el:.0f}s (eta {eta:.0f}s) ")
-        if step == self.total or not self.tty:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
-
-
 def stylize(content, styles, *, style_blend: Sequence[float] | None = None,
             content_layers: Sequence[str] = DEFAULTS.content_layers,
             content_layer_weights: Sequence[float] | None = None,
@@ -463,7 +441,7 @@ def stylize(content, styles, *, style_blend: Sequence[float] | None = None,
         gen.seed()
 
     losses: list[float] = []
-    bar = _Progress(steps * scales, progress)
+    bar = progress_bar(steps * scales, "gatys", progress)
     x_prev: torch.Tensor | None = None
     step_count = 0
     for level, s in enumerate(sizes):
@@ -517,7 +495,8 @@ def stylize(content, styles, *, style_blend: Sequence[float] | None = None,
                 raise FloatingPointError(f"the loss became {value} at step {step_count}; "
                                          "lower the learning rate or the loss weights")
             losses.append(value)
-            bar.update(step_count, value, (h, w))
+            bar.update(1)
+            bar.set_postfix_str(f"loss {value:.4g} {w}x{h}", refresh=False)
             if callback is not None and (step_count % callback_every == 0 or step_count == steps * scales):
                 callback(step_count, value, lambda: encoder.postprocess(x.detach()).clamp(0, 1).cpu())
         x_prev = x.detach()
@@ -525,6 +504,7 @@ def stylize(content, styles, *, style_blend: Sequence[float] | None = None,
             raise FloatingPointError(f"the image became non-finite at step {step_count}; "
                                      "lower the learning rate or the loss weights")
 
+    bar.close()
     out = encoder.postprocess(x_prev).clamp(0, 1)
     if preserve_color == "luminance":
         out = image.luminance_transfer(out, content_img)
