@@ -84,7 +84,8 @@ def test_unknown_command_is_one_line(capsys):
         cli.main(["paint"])
     assert info.value.code == 2
     assert capsys.readouterr().err == ("fastnst: error: argument command: invalid choice: 'paint' "
-                                       "(choose from stylize, train, upscale, evaluate, info, bench) (see fastnst --help)\n"
+                                       "(choose from stylize, train, upscale, evaluate, info, bench) "
+                                       "(see fastnst --help)\n"
                                        if sys.version_info >= (3, 12, 8) else
                                        "fastnst: error: argument command: invalid choice: 'paint' "
                                        "(choose from 'stylize', 'train', 'upscale', 'evaluate', 'info', 'bench') "
