@@ -94,6 +94,24 @@ def _pad4(x: torch.Tensor, multiple: int = 4) -> tuple[torch.Tensor, int, int]:
     return x, H, W
 
 
+def build(cfg: Config) -> TransformerNet:
+    """A fresh TransformerNet, its initial weights drawn from ``cfg.seed``."""
+    torch.manual_seed(cfg.seed)
+    return TransformerNet()
+
+
+def loss_for(cfg: Config, encoder=None) -> losses.PerceptualLoss:
+    """The perceptual loss of ``cfg`` (content feature MSE, Gram style terms, optional TV) on
+    ``encoder`` (default: ``cfg.encoder`` with ``cfg.vgg_weights``)."""
+    encoder = encoder_for(cfg.encoder, cfg.vgg_weights) if encoder is None else encoder
+    encoder.check_layers([cfg.content_layer, *cfg.style_layers])
+    cw, sw = feature_weights(encoder, cfg.content_weight, cfg.style_weight)
+    style_terms = [losses.GramLoss(layer, weight=sw, normalize="chw") for layer in cfg.style_layers]
+    content_terms = [losses.ContentLoss(cfg.content_layer, weight=cw)]
+    regs = [losses.TVLoss(weight=cfg.tv_weight)] if cfg.tv_weight else []
+    return losses.PerceptualLoss(encoder, content=content_terms, style=style_terms, regularizers=regs)
+
+
 def task(cfg: Config, model: nn.Module | None = None) -> Task:
     """The engine's Task for ``cfg``: the network (a fresh TransformerNet seeded by
     ``cfg.seed``, or ``model``), the data, the perceptual loss and the sample function."""
@@ -104,18 +122,8 @@ def task(cfg: Config, model: nn.Module | None = None) -> Task:
     _check_loss_config(cfg)
     style = _load_rgb(cfg.style, "style image", cfg.style_size)
     dataset = ImageFolder(cfg.data, size=cfg.image_size, crop="center")
-    encoder = encoder_for(cfg.encoder, cfg.vgg_weights)
-    layers = encoder.check_layers([cfg.content_layer, *cfg.style_layers])
-    del layers
-    cw, sw = feature_weights(encoder, cfg.content_weight, cfg.style_weight)
-    style_terms = [losses.GramLoss(layer, weight=sw, normalize="chw") for layer in cfg.style_layers]
-    content_terms = [losses.ContentLoss(cfg.content_layer, weight=cw)]
-    regs = [losses.TVLoss(weight=cfg.tv_weight)] if cfg.tv_weight else []
-    perceptual = losses.PerceptualLoss(encoder, content=content_terms, style=style_terms, regularizers=regs)
-    if model is None:
-        torch.manual_seed(cfg.seed)
-        model = TransformerNet()
-    model = accelerate(model)
+    perceptual = loss_for(cfg)
+    model = accelerate(build(cfg) if model is None else model)
     if cfg.sample_image is not None:
         sample_in = _load_rgb(cfg.sample_image, "sample image", cfg.image_size)
     else:

@@ -85,17 +85,17 @@ def _check(cfg: Config) -> None:
         raise ValueError("content_weight and pixel_weight are both 0: nothing to train on")
 
 
-def task(cfg: Config, model: nn.Module | None = None) -> Task:
-    from fastnst.data import SRPairs
+def build(cfg: Config) -> SRNet:
+    """A fresh SRNet of ``cfg``'s factor, width and depth, its weights drawn from ``cfg.seed``."""
+    torch.manual_seed(cfg.seed)
+    return SRNet(cfg.factor, cfg.channels, cfg.blocks)
 
-    if cfg.data is None:
-        raise ValueError("sr training needs a data folder (data=)")
-    _check(cfg)
-    dataset = SRPairs(cfg.data, factor=cfg.factor, crop=cfg.crop, position="random", sigma=cfg.sigma)
+
+def loss_for(cfg: Config, encoder=None) -> losses.PerceptualLoss:
+    """Feature reconstruction at ``cfg.content_layer`` (plus the optional pixel and TV terms)."""
     terms: list[losses.ComparisonLoss] = []
-    encoder = None
     if cfg.content_weight:
-        encoder = encoder_for(cfg.encoder, cfg.vgg_weights)
+        encoder = encoder_for(cfg.encoder, cfg.vgg_weights) if encoder is None else encoder
         cw, _ = feature_weights(encoder, cfg.content_weight)
         terms.append(losses.ContentLoss(cfg.content_layer, weight=cw))
     if cfg.pixel_weight:
@@ -104,13 +104,24 @@ def task(cfg: Config, model: nn.Module | None = None) -> Task:
     if encoder is None:
         from fastnst.models.vgg import VGGEncoder
 
-        encoder = VGGEncoder("vgg16")  # never run: no feature term (layers are empty)
-    perceptual = losses.PerceptualLoss(encoder, content=terms, regularizers=regs)
-    if model is None:
-        torch.manual_seed(cfg.seed)
-        model = SRNet(cfg.factor, cfg.channels, cfg.blocks)
-    model = accelerate(model)
-    fixed_lr, _ = SRPairs(cfg.data, factor=cfg.factor, crop=cfg.crop, position="center", sigma=cfg.sigma)[0]
+        encoder = VGGEncoder("vgg16")  # never run: no feature term, so no layer is asked for
+    return losses.PerceptualLoss(encoder, content=terms, regularizers=regs)
+
+
+def task(cfg: Config, model: nn.Module | None = None) -> Task:
+    from fastnst.data import SRPairs
+
+    if cfg.data is None:
+        raise ValueError("sr training needs a data folder (data=)")
+    _check(cfg)
+    dataset = SRPairs(cfg.data, factor=cfg.factor, crop=cfg.crop, position="random", sigma=cfg.sigma)
+    perceptual = loss_for(cfg)
+    model = accelerate(build(cfg) if model is None else model)
+    import copy
+
+    centre = copy.copy(dataset)  # the same scan, centre crops: a fixed sample input
+    centre.position = "center"
+    fixed_lr, _ = centre[0]
     state = {"device": torch.device("cpu")}
 
     def to(device: torch.device) -> None:
