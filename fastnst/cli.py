@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import math
 import os
 import signal
 import sys
@@ -88,13 +87,9 @@ def _floats(text: str) -> list[float]:
 
 
 def _finite(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
-    return value
+    from fastnst.cli_config import _finite as finite
+
+    return finite(text)
 
 
 def _cmd_stylize_gatys(args) -> int:
@@ -249,18 +244,26 @@ def _write_all(plan, run_batch, batch_size: int, overwrite: bool, args) -> int:
     return n
 
 
-def _cmd_stylize_johnson(args) -> int:
+def _image_job(args, options_cls):
+    """(options, [(input, output)]) of an images-in, images-out command, every check done
+    before the model is loaded: options, inputs, output paths, the model file's existence."""
     from fastnst import cli_config
     from fastnst.engine import precision
-    from fastnst.methods import johnson
 
-    opts = cli_config.build(args, johnson.StylizeOptions)
+    opts = cli_config.build(args, options_cls)
     precision.check(opts.precision, opts.device)
     plan = _output_plan(_expand_inputs(args.inputs), args.output, args.format, args.overwrite, True)
     if not os.path.exists(args.model):
         raise FileNotFoundError(f"model {args.model} does not exist")
+    return opts, plan
+
+
+def _cmd_stylize_johnson(args) -> int:
+    from fastnst.methods import johnson
+
+    opts, plan = _image_job(args, johnson.StylizeOptions)
     model, notes = johnson.load(args.model, opts.device)
-    for note in notes:
+    for note in notes[1:]:  # the first says what the file is; the rest what was changed on loading
         print(f"fastnst stylize johnson: {args.model}: {note}", file=sys.stderr)
 
     def run_batch(paths):
@@ -277,15 +280,9 @@ def _cmd_stylize_johnson(args) -> int:
 
 
 def _cmd_upscale(args) -> int:
-    from fastnst import cli_config
-    from fastnst.engine import precision
     from fastnst.methods import sr
 
-    opts = cli_config.build(args, sr.UpscaleOptions)
-    precision.check(opts.precision, opts.device)
-    plan = _output_plan(_expand_inputs(args.inputs), args.output, args.format, args.overwrite, True)
-    if not os.path.exists(args.model):
-        raise FileNotFoundError(f"model {args.model} does not exist")
+    opts, plan = _image_job(args, sr.UpscaleOptions)
     model, factor = sr.load(args.model, opts.device)
 
     def run_batch(paths):

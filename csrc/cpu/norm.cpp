@@ -220,12 +220,15 @@ __attribute__((target("avx512f"))) void shifted_sums_avx512(const float* p, int6
   }
 }
 
-// Elements of a float row at o to store before o is 64-byte aligned (streaming stores need
-// it): 0..15, or -1 when o is not even 4-byte aligned (then no streaming).
-inline int64_t stream_head(const float* o, int64_t n) {
+// Elements of a row at o to store before o is aligned for streaming stores of 16 elements (64
+// bytes for float, 32 for 16-bit types): 0..15, or -1 when o is not even element-aligned (then
+// no streaming).
+template <typename T>
+inline int64_t stream_head(const T* o, int64_t n) {
+  constexpr int64_t kV = 16 * static_cast<int64_t>(sizeof(T));
   const uintptr_t a = reinterpret_cast<uintptr_t>(o);
-  if (a % 4 != 0) return -1;
-  return std::min<int64_t>(n, static_cast<int64_t>((64 - a % 64) % 64) / 4);
+  if (a % sizeof(T) != 0) return -1;
+  return std::min<int64_t>(n, static_cast<int64_t>((kV - a % kV) % kV) / static_cast<int64_t>(sizeof(T)));
 }
 
 // y = act(q (x - k) + s) over a float32 row (k: the row's mean rounded to float, so that the
@@ -270,7 +273,209 @@ __attribute__((target("avx512f"))) void map_row_avx512(const float* x, float* o,
     _mm512_mask_storeu_ps(o + i, t, v);
   }
 }
+
+// ---- float16 / bfloat16 rows on AVX-512 -------------------------------------------------------
+// The float32 kernels, reading and writing 16-bit elements. Each element widens exactly to fp32,
+// every operation is the float32 kernel's (same lanes, order and FMAs), and each result is
+// rounded to nearest even once, at the store: a 16-bit row gets exactly the float32 kernel's
+// result on its widened values, rounded (the scalar path also computes in fp32, as
+// at::opmath_type, and differs only in the order of its sums and in not fusing multiply-adds).
+// Row tails are masked 16-bit loads and stores (AVX-512 BW/VL, has_avx512_lowp()). The target
+// also names AVX512-BF16 so that Bf16Ne can use vcvtneps2bf16; that store runs only where
+// has_avx512bf16(), and the compilers emit BF16 instructions for nothing else here (only for
+// their intrinsics or __bf16 arithmetic), so the other formats run on any has_avx512_lowp() CPU.
+#define FASTNST_LOWP_FN __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
+#define FASTNST_LOWP __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"), always_inline)) inline
+
+// Element formats: how 16 lanes widen to fp32 and round back.
+struct Fp16 {
+  using T = c10::Half;
+  static FASTNST_LOWP __m512 widen(__m256i h) { return _mm512_cvtph_ps(h); }
+  // IEEE round to nearest even (subnormals, overflow to Inf) as c10::Half; NaN stays NaN.
+  static FASTNST_LOWP __m256i narrow(__m512 v) {
+    return _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  }
+};
+
+// bfloat16 rounded in integer arithmetic, as c10::BFloat16 (and torch's .to(torch.bfloat16)):
+// the top half of x + 0x7FFF + (bit 16 of x). A NaN instead keeps its top half with the quiet
+// bit set, as vcvtneps2bf16 does: rounding could carry its payload into Inf (or wrap to -0).
+struct Bf16 {
+  using T = c10::BFloat16;
+  static FASTNST_LOWP __m512 widen(__m256i h) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));  // exact
+  }
+  static FASTNST_LOWP __m256i narrow(__m512 v) {
+    const __m512i u = _mm512_castps_si512(v), hi = _mm512_srli_epi32(u, 16);
+    const __m512i bias = _mm512_add_epi32(_mm512_set1_epi32(0x7FFF), _mm512_and_si512(hi, _mm512_set1_epi32(1)));
+    __m512i r = _mm512_srli_epi32(_mm512_add_epi32(u, bias), 16);
+    r = _mm512_mask_or_epi32(r, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), hi, _mm512_set1_epi32(0x40));
+    return _mm512_cvtepi32_epi16(r);
+  }
+};
+
+// bfloat16 rounded by vcvtneps2bf16 (AVX512-BF16): nearest even as Bf16, in one instruction,
+// but it reads fp32 subnormals as zero; lanes holding one (|v| < 2^-126, v != 0: practically
+// never) are rounded as Bf16 instead, so both formats give the same bits.
+struct Bf16Ne {
+  using T = c10::BFloat16;
+  static FASTNST_LOWP __m512 widen(__m256i h) { return Bf16::widen(h); }
+  static FASTNST_LOWP __m256i narrow(__m512 v) {
+    __m256i r = (__m256i)_mm512_cvtneps_pbh(v);
+    const __m512i u = _mm512_castps_si512(v);
+    const __mmask16 sub = _mm512_mask_test_epi32_mask(_mm512_testn_epi32_mask(u, _mm512_set1_epi32(0x7F800000)), u,
+                                                      _mm512_set1_epi32(0x7FFFFFFF));
+    if (sub) r = _mm256_mask_mov_epi16(r, sub, Bf16::narrow(v));
+    return r;
+  }
+};
+
+// The format 16-bit T loads as (bfloat16 loads do not depend on how stores round).
+template <typename T>
+using LoadFormat = typename std::conditional<std::is_same<T, c10::Half>::value, Fp16, Bf16>::type;
+
+template <class E>
+FASTNST_LOWP __m512 lp_load(const typename E::T* p) {
+  return E::widen(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+// Lanes outside t read as 0 (and fault on nothing, as _mm512_maskz_loadu_ps).
+template <class E>
+FASTNST_LOWP __m512 lp_maskz_load(__mmask16 t, const typename E::T* p) {
+  return E::widen(_mm256_maskz_loadu_epi16(t, p));
+}
+template <class E>
+FASTNST_LOWP void lp_store(typename E::T* p, __m512 v) {
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), E::narrow(v));
+}
+template <class E>
+FASTNST_LOWP void lp_mask_store(typename E::T* p, __mmask16 t, __m512 v) {
+  _mm256_mask_storeu_epi16(p, t, E::narrow(v));
+}
+template <class E>
+FASTNST_LOWP void lp_stream(typename E::T* p, __m512 v) {  // p 32-byte aligned (stream_head)
+  _mm256_stream_si256(reinterpret_cast<__m256i*>(p), E::narrow(v));
+}
+
+// block_mean_avx512 on 16-bit elements.
+template <class E>
+FASTNST_LOWP_FN float block_mean_lowp(const typename E::T* p, int64_t n) {
+  __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    a0 = _mm512_add_ps(a0, lp_load<E>(p + i));
+    a1 = _mm512_add_ps(a1, lp_load<E>(p + i + 16));
+  }
+  for (; i < n; i += 16) {
+    const __mmask16 t = i + 16 <= n ? 0xFFFF : static_cast<__mmask16>((1u << (n - i)) - 1u);
+    a0 = _mm512_add_ps(a0, lp_maskz_load<E>(t, p + i));
+  }
+  return _mm512_reduce_add_ps(_mm512_add_ps(a0, a1)) / static_cast<float>(n);
+}
+
+// shifted_sums_avx512 on 16-bit elements.
+template <class E>
+FASTNST_LOWP_FN void shifted_sums_lowp(const typename E::T* p, int64_t n, float K, double& s1, double& s2) {
+  const __m512 k = _mm512_set1_ps(K), zero = _mm512_setzero_ps();
+  for (int64_t i0 = 0; i0 < n; i0 += kBlock) {
+    const int64_t i1 = std::min(n, i0 + kBlock);
+    __m512 a[4] = {zero, zero, zero, zero}, b[4] = {zero, zero, zero, zero};
+    int64_t i = i0;
+    for (; i + 64 <= i1; i += 64) {
+#pragma GCC unroll 4
+      for (int u = 0; u < 4; ++u) {
+        const __m512 d = _mm512_sub_ps(lp_load<E>(p + i + 16 * u), k);
+        a[u] = _mm512_add_ps(a[u], d);
+        b[u] = _mm512_fmadd_ps(d, d, b[u]);
+      }
+    }
+    for (; i < i1; i += 16) {
+      const __mmask16 t = i + 16 <= i1 ? 0xFFFF : static_cast<__mmask16>((1u << (i1 - i)) - 1u);
+      const __m512 d = _mm512_maskz_sub_ps(t, lp_maskz_load<E>(t, p + i), k);
+      a[0] = _mm512_add_ps(a[0], d);
+      b[0] = _mm512_fmadd_ps(d, d, b[0]);
+    }
+    const float ta = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a[0], a[1]), _mm512_add_ps(a[2], a[3])));
+    const float tb = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(b[0], b[1]), _mm512_add_ps(b[2], b[3])));
+    if (std::isfinite(tb)) {
+      s1 += ta;
+      s2 += tb;
+    } else {  // bfloat16 reaches ~3e38: squares overflow fp32 as for float rows
+      block_sums_fp64(p + i0, i1 - i0, static_cast<double>(K), s1, s2);
+    }
+  }
+}
+
+// The ReLU of the 16-bit kernels: max(0, v) is v when v is NaN (x86's max returns its second
+// operand when either is NaN), so NaN stays NaN and -0 stays -0, as std::max(v, 0) in the
+// scalar path and torch.relu.
+FASTNST_LOWP __m512 relu_lowp(__m512 v) { return _mm512_max_ps(_mm512_setzero_ps(), v); }
+
+// map_row_avx512 on 16-bit elements: y = act(q (x - k) + s).
+template <class E, bool RELU, bool STREAM>
+FASTNST_LOWP_FN void map_row_lowp(const typename E::T* x, typename E::T* o, int64_t n, float k, float q, float s) {
+  const __m512 vq = _mm512_set1_ps(q), vs = _mm512_set1_ps(s), vk = _mm512_set1_ps(k);
+  int64_t i = 0;
+  const int64_t head = STREAM ? stream_head(o, n) : -1;
+  if (head >= 0) {
+    // Unaligned head with a masked store, then 32-byte aligned streaming stores (two per line:
+    // the write-combining buffer joins them).
+    if (head > 0) {
+      const __mmask16 t = static_cast<__mmask16>((1u << head) - 1u);
+      __m512 v = _mm512_fmadd_ps(vq, _mm512_maskz_sub_ps(t, lp_maskz_load<E>(t, x), vk), vs);
+      if (RELU) v = relu_lowp(v);
+      lp_mask_store<E>(o, t, v);
+      i = head;
+    }
+    for (; i + 16 <= n; i += 16) {
+      __m512 v = _mm512_fmadd_ps(vq, _mm512_sub_ps(lp_load<E>(x + i), vk), vs);
+      if (RELU) v = relu_lowp(v);
+      lp_stream<E>(o + i, v);
+    }
+  }
+  for (; i + 32 <= n; i += 32) {
+    __m512 v0 = _mm512_fmadd_ps(vq, _mm512_sub_ps(lp_load<E>(x + i), vk), vs);
+    __m512 v1 = _mm512_fmadd_ps(vq, _mm512_sub_ps(lp_load<E>(x + i + 16), vk), vs);
+    if (RELU) {
+      v0 = relu_lowp(v0);
+      v1 = relu_lowp(v1);
+    }
+    lp_store<E>(o + i, v0);
+    lp_store<E>(o + i + 16, v1);
+  }
+  for (; i < n; i += 16) {
+    const __mmask16 t = i + 16 <= n ? 0xFFFF : static_cast<__mmask16>((1u << (n - i)) - 1u);
+    __m512 v = _mm512_fmadd_ps(vq, _mm512_maskz_sub_ps(t, lp_maskz_load<E>(t, x + i), vk), vs);
+    if (RELU) v = relu_lowp(v);
+    lp_mask_store<E>(o + i, t, v);
+  }
+}
 #endif
+
+// Calls f(E()) with 16-bit T's element format for this CPU (bfloat16 stores by vcvtneps2bf16
+// where it has AVX512-BF16) and returns true; false, without calling f, where T is not 16-bit
+// or the CPU lacks AVX-512 BW/VL (the scalar path).
+template <typename T, typename F>
+bool with_lowp(F&& f) {
+#if defined(FASTNST_X86)
+  if constexpr (std::is_same<T, c10::Half>::value) {
+    if (has_avx512_lowp()) {
+      f(Fp16());
+      return true;
+    }
+  } else if constexpr (std::is_same<T, c10::BFloat16>::value) {
+    if (has_avx512bf16()) {
+      f(Bf16Ne());
+      return true;
+    }
+    if (has_avx512_lowp()) {
+      f(Bf16());
+      return true;
+    }
+  }
+#endif
+  (void)f;
+  return false;
+}
 
 // mean and M2 (sum of squared deviations) of one contiguous row. Narrow inputs: shifted by the
 // mean of the first block, so (K - mean)^2 is ~var / 512 and s2 - s1^2 / L loses nothing;
@@ -293,6 +498,14 @@ void one_row_stats(const T* p, int64_t L, double& mean, double& m2) {
           shifted_sums_avx512(p, L, Kf, s1, s2);
           done = true;
         }
+      }
+    } else if (has_avx512_lowp()) {  // float16, bfloat16: the same sums on the widened values
+      using E = LoadFormat<T>;
+      const float Kf = block_mean_lowp<E>(p, n0);
+      if (std::isfinite(Kf)) {
+        K = Kf;
+        shifted_sums_lowp<E>(p, L, Kf, s1, s2);
+        done = true;
       }
     }
 #endif
@@ -538,6 +751,12 @@ void norm_rows_fused(const at::Tensor& x, const double* wp, const double* bp, do
   const bool use_avx512 = has_avx512();
   // Outputs that cannot stay in the caches are written with streaming stores.
   const bool stream = static_cast<int64_t>(sizeof(T)) * B * C * L >= kStreamBytes;
+  // float16 / bfloat16: the AVX-512 map for T's format, if the CPU has one.
+  void (*lowp_map)(const T*, T*, int64_t, float, float, float) = nullptr;
+  with_lowp<T>([&](auto e) {
+    using E = decltype(e);
+    lowp_map = stream ? map_row_lowp<E, RELU, true> : map_row_lowp<E, RELU, false>;
+  });
   (void)use_avx512;
   (void)stream;
   at::parallel_for(0, B * C, 1, [&](int64_t r0, int64_t r1) {
@@ -563,6 +782,13 @@ void norm_rows_fused(const at::Tensor& x, const double* wp, const double* bp, do
         }
       }
 #endif
+      if (lowp_map) {
+        lowp_map(X + r * L, Y + r * L, L, k, q, sh);
+#if defined(FASTNST_X86)
+        if (stream && r + 1 == r1) _mm_sfence();
+#endif
+        continue;
+      }
       map_row<T, false, false, RELU>(X + r * L, nullptr, nullptr, Y + r * L, L, A(0), q, sh, k);
     }
   });
@@ -640,6 +866,79 @@ __attribute__((target("avx512f"))) void masked_map_avx512(const float* G, const 
   for (; l + 16 <= L; l += 16) _mm512_storeu_ps(O + l, masked_affine16(G + l, M + l, X + l, vp, vq, vs, vmu, vr));
   if (l < L) masked_affine_part(G + l, M + l, X + l, O + l, L - l, vp, vq, vs, vmu, vr);
 }
+
+// The same on 16-bit elements (see map_row_lowp). MASK: g' = g where y > 0 (ReLU; M unread
+// without it: callers pass X). Without it the float32 kernels' masks are all-true, so that the 16-bit backward without ReLU runs them
+// too (float32 rows without ReLU keep the compiler-vectorised loop, which GCC handles there).
+template <class E, bool MASK>
+FASTNST_LOWP_FN void masked_sums_lowp(const typename E::T* G, const typename E::T* M, const typename E::T* X,
+                                      int64_t L, float mu, double& t1, double& t2) {
+  const __m512 vmu = _mm512_set1_ps(mu), zero = _mm512_setzero_ps();
+  for (int64_t i0 = 0; i0 < L; i0 += kBlock) {
+    const int64_t i1 = std::min(L, i0 + kBlock);
+    __m512 a[2] = {zero, zero}, b[2] = {zero, zero};
+    int64_t l = i0;
+    for (; l + 32 <= i1; l += 32) {
+#pragma GCC unroll 2
+      for (int u = 0; u < 2; ++u) {
+        __m512 g = lp_load<E>(G + l + 16 * u);
+        if (MASK) g = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(lp_load<E>(M + l + 16 * u), zero, _CMP_GT_OQ), g);
+        const __m512 d = _mm512_sub_ps(lp_load<E>(X + l + 16 * u), vmu);
+        a[u] = _mm512_add_ps(a[u], g);
+        b[u] = _mm512_fmadd_ps(g, d, b[u]);
+      }
+    }
+    for (; l < i1; l += 16) {
+      const __mmask16 tail = l + 16 <= i1 ? 0xFFFF : static_cast<__mmask16>((1u << (i1 - l)) - 1u);
+      const __mmask16 k =
+          MASK ? _mm512_mask_cmp_ps_mask(tail, lp_maskz_load<E>(tail, M + l), zero, _CMP_GT_OQ) : tail;
+      const __m512 g = lp_maskz_load<E>(k, G + l);
+      const __m512 x = lp_maskz_load<E>(k, X + l);
+      a[0] = _mm512_add_ps(a[0], g);
+      b[0] = _mm512_fmadd_ps(g, _mm512_maskz_sub_ps(k, x, vmu), b[0]);
+    }
+    t1 += _mm512_reduce_add_ps(_mm512_add_ps(a[0], a[1]));
+    t2 += _mm512_reduce_add_ps(_mm512_add_ps(b[0], b[1]));
+  }
+}
+
+template <class E, bool MASK>
+FASTNST_LOWP __m512 masked_affine16_lowp(const typename E::T* G, const typename E::T* M, const typename E::T* X,
+                                         __m512 vp, __m512 vq, __m512 vs, __m512 vmu, __m512 vr) {
+  __m512 g = lp_load<E>(G);
+  if (MASK) g = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(lp_load<E>(M), _mm512_setzero_ps(), _CMP_GT_OQ), g);
+  const __m512 xh = _mm512_mul_ps(_mm512_sub_ps(lp_load<E>(X), vmu), vr);
+  return _mm512_fmadd_ps(vp, g, _mm512_fmadd_ps(vq, xh, vs));
+}
+
+template <class E, bool MASK>
+FASTNST_LOWP void masked_affine_part_lowp(const typename E::T* G, const typename E::T* M, const typename E::T* X,
+                                          typename E::T* O, int64_t n, __m512 vp, __m512 vq, __m512 vs, __m512 vmu,
+                                          __m512 vr) {
+  const __mmask16 t = static_cast<__mmask16>((1u << n) - 1u);
+  const __mmask16 k =
+      MASK ? _mm512_mask_cmp_ps_mask(t, lp_maskz_load<E>(t, M), _mm512_setzero_ps(), _CMP_GT_OQ) : t;
+  const __m512 g = lp_maskz_load<E>(k, G);
+  const __m512 x = _mm512_mul_ps(_mm512_maskz_sub_ps(t, lp_maskz_load<E>(t, X), vmu), vr);
+  lp_mask_store<E>(O, t, _mm512_fmadd_ps(vp, g, _mm512_fmadd_ps(vq, x, vs)));
+}
+
+template <class E, bool MASK, bool STREAM>
+FASTNST_LOWP_FN void masked_map_lowp(const typename E::T* G, const typename E::T* M, const typename E::T* X,
+                                     typename E::T* O, int64_t L, float p, float q, float s, float mu, float r) {
+  const __m512 vp = _mm512_set1_ps(p), vq = _mm512_set1_ps(q), vs = _mm512_set1_ps(s), vmu = _mm512_set1_ps(mu),
+               vr = _mm512_set1_ps(r);
+  int64_t l = 0;
+  const int64_t head = STREAM ? stream_head(O, L) : -1;
+  if (head >= 0) {
+    if (head > 0) masked_affine_part_lowp<E, MASK>(G, M, X, O, head, vp, vq, vs, vmu, vr);
+    for (l = head; l + 16 <= L; l += 16)
+      lp_stream<E>(O + l, masked_affine16_lowp<E, MASK>(G + l, M + l, X + l, vp, vq, vs, vmu, vr));
+  }
+  for (; l + 16 <= L; l += 16)
+    lp_store<E>(O + l, masked_affine16_lowp<E, MASK>(G + l, M + l, X + l, vp, vq, vs, vmu, vr));
+  if (l < L) masked_affine_part_lowp<E, MASK>(G + l, M + l, X + l, O + l, L - l, vp, vq, vs, vmu, vr);
+}
 #endif
 
 // Backward, row layout: per row, the two gradient sums then dx = p g' + q x + s.
@@ -657,6 +956,14 @@ void norm_rows_backward_fused(const at::Tensor& x, const at::Tensor& g, const T*
   // dx bypasses it from a quarter of the forward's threshold (it is not read again soon: it
   // becomes x.grad or the next layer's incoming gradient, consumed after other work).
   const bool stream = static_cast<int64_t>(sizeof(T)) * B * C * L >= kStreamBytes / 4;
+  // float16 / bfloat16: the AVX-512 kernels for T's format, if the CPU has them.
+  void (*lowp_sums)(const T*, const T*, const T*, int64_t, float, double&, double&) = nullptr;
+  void (*lowp_map)(const T*, const T*, const T*, T*, int64_t, float, float, float, float, float) = nullptr;
+  with_lowp<T>([&](auto e) {
+    using E = decltype(e);
+    lowp_sums = masked_sums_lowp<E, RELU>;
+    lowp_map = stream ? masked_map_lowp<E, RELU, true> : masked_map_lowp<E, RELU, false>;
+  });
   (void)use_avx512;
   (void)stream;
   at::parallel_for(0, B * C, 1, [&](int64_t r0, int64_t r1) {
@@ -670,6 +977,9 @@ void norm_rows_backward_fused(const at::Tensor& x, const at::Tensor& g, const T*
                            reinterpret_cast<const float*>(X + r * L), L, static_cast<float>(mu), t1, t2);
       } else
 #endif
+      if (lowp_sums) {
+        lowp_sums(G + r * L, RELU ? M + r * L : X + r * L, X + r * L, L, static_cast<float>(mu), t1, t2);
+      } else
       for (int64_t i0 = 0; i0 < L; i0 += kBlock) {
         const int64_t i1 = std::min(L, i0 + kBlock);
         A a = 0, b = 0;
@@ -704,6 +1014,14 @@ void norm_rows_backward_fused(const at::Tensor& x, const at::Tensor& g, const T*
         continue;
       }
 #endif
+      if (lowp_map) {
+        lowp_map(G + r * L, RELU ? M + r * L : X + r * L, X + r * L, D + r * L, L, static_cast<float>(pp),
+                 static_cast<float>(q), static_cast<float>(ss), static_cast<float>(mu), static_cast<float>(rstd));
+#if defined(FASTNST_X86)
+        if (stream && r + 1 == r1) _mm_sfence();
+#endif
+        continue;
+      }
       map_row<T, true, RELU, false>(X + r * L, G + r * L, RELU ? M + r * L : nullptr, D + r * L, L, pp,
                                     static_cast<A>(q), ss, mu, static_cast<A>(rstd));
     }
