@@ -254,3 +254,41 @@ def test_bf16_training_tracks_fp32_over_200_steps(setup, tmp_path):
     a, b = sum(fp[-10:]) / 10, sum(bf[-10:]) / 10
     assert abs(b - a) <= 0.02 * a, (a, b)
     assert fp[-1] < 0.5 * fp[0]  # it learns
+
+
+@pytest.mark.parametrize("shape,scale,pad", [((2, 3, 5, 7), 2, 1), ((1, 2, 1, 3), 2, 1), ((1, 4, 4, 4), 2, 4),
+                                             ((1, 1, 3, 9), 3, 2), ((1, 2, 6, 5), 2, 0)])
+def test_upsample_reflect_pad_is_interpolate_then_pad(shape, scale, pad):
+    from fastnst.models.transformer import upsample_reflect_pad
+
+    x = torch.randn(shape)
+    want = F.interpolate(x, scale_factor=scale, mode="nearest")
+    want = F.pad(want, (pad,) * 4, mode="reflect") if pad else want
+    with torch.no_grad():
+        assert torch.equal(upsample_reflect_pad(x, scale, pad), want)  # the gather
+    xg = x.clone().requires_grad_()
+    got = upsample_reflect_pad(xg, scale, pad)  # with autograd: the aten ops
+    assert torch.equal(got, want)
+    got.sum().backward()
+    assert xg.grad is not None
+
+
+_MEMORY_DRIVER = r"""
+import resource, sys, torch
+from fastnst.methods import johnson
+from fastnst.models.transformer import TransformerNet
+from fastnst.nn import accelerate
+model = accelerate(TransformerNet()).eval().requires_grad_(False)
+x = torch.rand(1, 3, 2048, 2048)
+y = johnson.stylize(model, [x])[0]
+assert y.shape == (1, 3, 2048, 2048)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+@pytest.mark.slow
+def test_stylize_2048_fits_in_4_gb():
+    p = subprocess.run([sys.executable, "-c", _MEMORY_DRIVER], env=ENV, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    peak_kib = int(p.stdout.split()[-1])
+    assert peak_kib < 4 * 1024 * 1024, f"peak RSS {peak_kib / 2**20:.2f} GiB"

@@ -9,6 +9,7 @@ turns those into fused ``InstanceNormReLU`` modules, and ``forward`` then skips 
 from __future__ import annotations
 
 import torch
+import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -29,6 +30,32 @@ class ConvLayer(nn.Module):
         return self.conv2d(self.reflection_pad(x))
 
 
+def _reflect_index(n: int, scale: int, pad: int, device) -> torch.Tensor:
+    """Source rows of reflection-padding (by ``pad``) a nearest-upsampled (x ``scale``) axis
+    of length ``n``: padded position j reflects into [0, n·scale), then // scale."""
+    j = torch.arange(-pad, n * scale + pad, device=device)
+    m = n * scale
+    r = torch.where(j < 0, -j, torch.where(j >= m, 2 * (m - 1) - j, j))
+    return r // scale
+
+
+def upsample_reflect_pad(x: torch.Tensor, scale: int, pad: int) -> torch.Tensor:
+    """``F.pad(F.interpolate(x, scale_factor=scale, mode="nearest"), [pad] * 4, "reflect")``,
+    bit for bit (both are copies). Without autograd it is one gather into the padded result,
+    so the upsampled tensor, the largest of the network at its last stage, is never allocated
+    (it is what bounds the memory of stylizing a 2048² image); with autograd the two aten
+    ops, whose backward is faster."""
+    if torch.is_grad_enabled() and x.requires_grad or pad >= x.shape[-1] * scale or pad >= x.shape[-2] * scale:
+        x = F.interpolate(x, mode="nearest", scale_factor=scale)
+        return F.pad(x, (pad, pad, pad, pad), mode="reflect") if pad else x
+    ih = _reflect_index(x.shape[-2], scale, pad, x.device)
+    iw = _reflect_index(x.shape[-1], scale, pad, x.device)
+    return x[:, :, ih[:, None], iw]
+
+
+torch.fx.wrap("upsample_reflect_pad")  # a leaf for fastnst.accelerate's tracer
+
+
 class UpsampleConvLayer(nn.Module):
     def __init__(self, cin: int, cout: int, kernel: int, stride: int, upsample: int | None = None):
         super().__init__()
@@ -38,7 +65,7 @@ class UpsampleConvLayer(nn.Module):
 
     def forward(self, x):
         if self.upsample:
-            x = F.interpolate(x, mode="nearest", scale_factor=self.upsample)
+            return self.conv2d(upsample_reflect_pad(x, int(self.upsample), self.reflection_pad.padding[0]))
         return self.conv2d(self.reflection_pad(x))
 
 
