@@ -262,7 +262,7 @@ def _cmd_stylize_johnson(args) -> int:
     from fastnst.methods import johnson
 
     opts, plan = _image_job(args, johnson.StylizeOptions)
-    model, notes = johnson.load(args.model, opts.device)
+    model, notes = johnson.load(args.model, opts.device, compile=opts.compile)
     for note in notes[1:]:  # the first says what the file is; the rest what was changed on loading
         print(f"fastnst stylize johnson: {args.model}: {note}", file=sys.stderr)
 

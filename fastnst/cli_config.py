@@ -50,7 +50,9 @@ def add_config(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = (),
     hints = typing.get_type_hints(cls)
     defaults = cls()
     group = parser.add_argument_group(title) if title else parser
-    for f in dataclasses.fields(cls):
+    own = set(cls.__dict__.get("__annotations__", {}))
+    fields = dataclasses.fields(cls)  # the method's own settings first, then the inherited ones
+    for f in [f for f in fields if f.name in own] + [f for f in fields if f.name not in own]:
         meta = f.metadata
         if f.name in skip or not meta.get("cli", True):
             continue

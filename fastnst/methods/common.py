@@ -41,3 +41,13 @@ def feature_weights(encoder, content_weight: float, gram_weight: float = 0.0) ->
     return content_weight, gram_weight
 
 
+
+
+def compile_for_inference(model):
+    """``torch.compile`` of an eval-mode network for inference: Inductor with ``freezing`` (the
+    weights become constants: convolutions prepacked for oneDNN, norms and pads fused into
+    generated kernels). The plain network is compiled: fastnst's fused norm is opaque to
+    Inductor, which fuses the decomposed one itself. Recompiles for every new input size."""
+    import torch
+
+    return torch.compile(model, dynamic=False, options={"freezing": True})

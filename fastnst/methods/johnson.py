@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from fastnst import image, losses
 from fastnst.engine import Task, TrainConfig, option
 from fastnst.engine import precision as prec
-from fastnst.methods.common import encoder_for, feature_weights
+from fastnst.methods.common import compile_for_inference, encoder_for, feature_weights
 from fastnst.models.transformer import TransformerNet
 from fastnst.nn import accelerate
 
@@ -162,17 +162,22 @@ def train(cfg: Config, output: str, *, resume: str | None = None, run_dir: str |
 # Stylizing
 # ---------------------------------------------------------------------------------------------
 
-def load(path: str, device: str | torch.device = "cpu", fuse: bool = True) -> tuple[nn.Module, list[str]]:
+def load(path: str, device: str | torch.device = "cpu", fuse: bool = True,
+         compile: bool = False) -> tuple[nn.Module, list[str]]:
     """A style network from ``path`` (fastnst export, pytorch/examples .pth / .model, safetensors,
     or jcjohnson .t7) in eval mode on ``device``, run through ``fastnst.accelerate`` when
-    ``fuse``; returns (model, notes about the file)."""
+    ``fuse``, or compiled (``compile_for_inference``) when ``compile``; returns (model, notes
+    about the file)."""
     from fastnst.models.loaders import load_johnson
 
     model, notes = load_johnson(path)
+    model.eval().requires_grad_(False)
+    model = model.to(device)
+    if compile:
+        return compile_for_inference(model), list(notes)
     if fuse:
         model = accelerate(model)
-    model.eval().requires_grad_(False)
-    return model.to(device), list(notes)
+    return model, list(notes)
 
 
 def _check_strength(strength) -> float:
@@ -253,6 +258,8 @@ class StylizeOptions:
     batch_size: int = option(4, "images of equal size per forward pass")
     precision: str = option("fp32", "fp32, or bf16 / fp16 autocast", choices=("fp32", "bf16", "fp16"))
     device: str = option("cpu", "cpu or cuda[:N]")
+    compile: bool = option(False, "torch.compile the network (Inductor with frozen, prepacked weights): "
+                           "about 20 s to compile for each image size, then faster; for many images of one size")
 
     def __post_init__(self):
         _check_strength(self.strength)
