@@ -15,7 +15,19 @@
 //           dx = x_scale g' + rstd w (g' - db / L - xhat dw / N')  =  p g' + q x + s.
 // Two passes over a row (statistics, then the elementwise map), for rows laid out with L
 // contiguous or, for channels_last images, with C contiguous (vectorised over channels).
+// float16 and bfloat16 are widened exactly to fp32, computed as float32 is, and rounded to
+// nearest even once, when stored; statistics and weight gradients stay fp32. On AVX-512 CPUs
+// (with BW/VL) their rows run 16-bit twins of the float32 kernels and their channels-innermost
+// layouts vectorised twins of the scalar loops: either way bit for bit the float32 result on
+// the widened input, rounded.
 
+// GCC 12's AVX-512 headers make their "undefined" operands as `__m512 __Y = __Y;` and then
+// warn, once per inlined intrinsic, that __Y is used uninitialised (GCC bug 105593, fixed in
+// 13). The warning belongs to the header's lines, so it is silenced where the headers are first
+// read (ATen already includes <immintrin.h>).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -29,6 +41,7 @@
 #if defined(FASTNST_X86)
 #include <immintrin.h>
 #endif
+#pragma GCC diagnostic pop
 
 #include "cpu_features.h"
 #include "layout.h"
@@ -82,16 +95,61 @@ void check_cpu(const at::Tensor& t, const char* name, const char* op) {
               " must be a CPU tensor like x, got ", t.device());
 }
 
-// Per-(b, c) weight/bias as a [B, C] fp32/fp64 tensor (w = fill when absent).
-at::Tensor per_sample(const c10::optional<at::Tensor>& t, int64_t B, int64_t C, double fill,
-                      at::ScalarType acc, const char* name, const char* op) {
-  if (!t.has_value() || !t->defined()) return at::full({B, C}, fill, at::TensorOptions().dtype(acc));
-  const at::Tensor& v = *t;
-  check_cpu(v, name, op);
-  TORCH_CHECK((v.dim() == 1 && v.size(0) == C) || (v.dim() == 2 && v.size(0) == B && v.size(1) == C),
+// The small per-(b, c) arguments (weight, bias, saved statistics) are read in place, whatever
+// their float dtype and strides, rather than converted by ATen: under bf16 autocast the fp32
+// parameters of a bf16 activation would otherwise cost an aten::copy_ per tensor and call.
+bool readable(const at::Tensor& t) {
+  const auto dt = t.scalar_type();
+  return dt == at::kFloat || dt == at::kDouble || dt == at::kHalf || dt == at::kBFloat16;
+}
+
+// double(t[i * s0 + j * s1]) at [i * cols + j] for i < rows, j < cols; t readable().
+std::vector<double> gather(const at::Tensor& t, int64_t rows, int64_t cols, int64_t s0, int64_t s1) {
+  std::vector<double> out(rows * cols);
+  auto read = [&](auto tag) {
+    using U = decltype(tag);
+    const U* p = t.data_ptr<U>();
+    for (int64_t i = 0; i < rows; ++i)
+      for (int64_t j = 0; j < cols; ++j) out[i * cols + j] = static_cast<double>(p[i * s0 + j * s1]);
+  };
+  switch (t.scalar_type()) {
+    case at::kFloat: read(float()); break;
+    case at::kDouble: read(double()); break;
+    case at::kHalf: read(c10::Half()); break;
+    default: read(c10::BFloat16()); break;
+  }
+  return out;
+}
+
+// t's n elements in logical order as doubles.
+std::vector<double> flat_doubles(const at::Tensor& t0) {
+  const at::Tensor t = readable(t0) && t0.is_contiguous() ? t0 : t0.to(at::kDouble).contiguous();
+  return gather(t, 1, t.numel(), 0, 1);
+}
+
+// Per-(b, c) weight/bias as B * C doubles (fill when absent).
+std::vector<double> per_sample(const c10::optional<at::Tensor>& t, int64_t B, int64_t C, double fill,
+                               const char* name, const char* op) {
+  if (!t.has_value() || !t->defined()) return std::vector<double>(B * C, fill);
+  check_cpu(*t, name, op);
+  const at::Tensor& t0 = *t;
+  TORCH_CHECK((t0.dim() == 1 && t0.size(0) == C) || (t0.dim() == 2 && t0.size(0) == B && t0.size(1) == C),
               "fastnst::", op, ": ", name, " must be [C] or [B, C] = [", C, "] or [", B, ", ", C,
-              "], got ", v.sizes());
-  return v.to(acc).expand({B, C}).contiguous();
+              "], got ", t0.sizes());
+  const at::Tensor v = readable(t0) ? t0 : t0.to(at::kDouble);  // e.g. an integer tensor: as before
+  return gather(v, B, C, v.dim() == 2 ? v.stride(0) : 0, v.stride(v.dim() - 1));  // [C]: shared by the batch
+}
+
+// A [B, C] statistics tensor of dtype sd (float or double) holding v.
+at::Tensor stats_tensor(const std::vector<double>& v, int64_t B, int64_t C, at::ScalarType sd) {
+  at::Tensor t = at::empty({B, C}, at::TensorOptions().dtype(sd));
+  if (sd == at::kDouble) {
+    std::copy(v.begin(), v.end(), t.data_ptr<double>());
+  } else {
+    float* p = t.data_ptr<float>();
+    for (size_t i = 0; i < v.size(); ++i) p[i] = static_cast<float>(v[i]);
+  }
+  return t;
 }
 
 // ---- statistics -----------------------------------------------------------------------------
@@ -449,6 +507,157 @@ FASTNST_LOWP_FN void map_row_lowp(const typename E::T* x, typename E::T* o, int6
     lp_mask_store<E>(o + i, t, v);
   }
 }
+
+// ---- float16 / bfloat16, channels innermost ---------------------------------------------------
+// The scalar channels-layout loops (row_stats, affine_map_impl, grad_sums) vectorise over
+// channels for float32 but not through the 16-bit conversions. These are those loops, 16
+// channels a vector, lane for lane the same fp32 operations in the same order, products rounded
+// on their own (the scalar loops have no FMA: the generic code targets baseline x86-64): bit
+// for bit the scalar loops' result, which is the float32 loops' result on the widened values,
+// rounded.
+
+// a * b rounded, never contracted with a following add into an FMA (GCC contracts the plain
+// _mm512_mul_ps / _mm512_add_ps, which are vector arithmetic to it; the rounding-mode form is a
+// builtin it leaves alone).
+FASTNST_LOWP __m512 mul_rounded(__m512 a, __m512 b) { return _mm512_mul_round_ps(a, b, _MM_FROUND_CUR_DIRECTION); }
+
+// 1.0 where m > 0, else 0.0: the scalar loops' `g *= (m > 0)` (a product, so an Inf or NaN
+// gradient under a masked-out output gives NaN there, as in those loops).
+FASTNST_LOWP __m512 positive01(__m512 m) {
+  return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(m, _mm512_setzero_ps(), _CMP_GT_OQ), _mm512_set1_ps(1.0f));
+}
+
+inline __mmask16 lanes(int64_t n) { return n >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << n) - 1u); }
+
+// Per-channel shifted sums over n rows of x (row l at x + l * C): a[c] = sum (x - k[c]),
+// q[c] = sum (x - k[c])^2, from zero, rows in order (row_stats' block).
+template <class E>
+FASTNST_LOWP_FN void channel_sums_lowp(const typename E::T* x, int64_t C, int64_t n, const float* k, float* a,
+                                       float* q) {
+  const __m512 zero = _mm512_setzero_ps();
+  int64_t c = 0;
+  for (; c + 64 <= C; c += 64) {  // four channel vectors: independent add chains
+    __m512 va[4], vq[4], vk[4];
+#pragma GCC unroll 4
+    for (int u = 0; u < 4; ++u) {
+      va[u] = vq[u] = zero;
+      vk[u] = _mm512_loadu_ps(k + c + 16 * u);
+    }
+    for (int64_t l = 0; l < n; ++l) {
+#pragma GCC unroll 4
+      for (int u = 0; u < 4; ++u) {
+        const __m512 d = _mm512_sub_ps(lp_load<E>(x + l * C + c + 16 * u), vk[u]);
+        va[u] = _mm512_add_ps(va[u], d);
+        vq[u] = _mm512_add_ps(vq[u], mul_rounded(d, d));
+      }
+    }
+#pragma GCC unroll 4
+    for (int u = 0; u < 4; ++u) {
+      _mm512_storeu_ps(a + c + 16 * u, va[u]);
+      _mm512_storeu_ps(q + c + 16 * u, vq[u]);
+    }
+  }
+  for (; c < C; c += 16) {
+    const __mmask16 t = lanes(C - c);
+    const __m512 vk = _mm512_maskz_loadu_ps(t, k + c);
+    __m512 va = zero, vq = zero;
+    for (int64_t l = 0; l < n; ++l) {
+      const __m512 d = _mm512_sub_ps(lp_maskz_load<E>(t, x + l * C + c), vk);
+      va = _mm512_add_ps(va, d);
+      vq = _mm512_add_ps(vq, mul_rounded(d, d));
+    }
+    _mm512_mask_storeu_ps(a + c, t, va);
+    _mm512_mask_storeu_ps(q + c, t, vq);
+  }
+}
+
+// 16 lanes (full) or those in t, the others 0.
+template <class E>
+FASTNST_LOWP __m512 ld_lanes(bool full, __mmask16 t, const typename E::T* a) {
+  return full ? lp_load<E>(a) : lp_maskz_load<E>(t, a);
+}
+FASTNST_LOWP __m512 ld_lanes(bool full, __mmask16 t, const float* a) {
+  return full ? _mm512_loadu_ps(a) : _mm512_maskz_loadu_ps(t, a);
+}
+
+// affine_map_impl's element on 16 channels: p g' + q ((x - k) r) + s, g' = g (HAS_G) times
+// (m > 0) (HAS_M), else 0.
+template <class E, bool HAS_G, bool HAS_M>
+FASTNST_LOWP __m512 channel_map16(__mmask16 t, bool full, const typename E::T* x, const typename E::T* g,
+                                  const typename E::T* m, const float* p, const float* q, const float* s,
+                                  const float* k, const float* r) {
+  __m512 gv = HAS_G ? ld_lanes<E>(full, t, g) : _mm512_setzero_ps();
+  if (HAS_M) gv = mul_rounded(gv, positive01(ld_lanes<E>(full, t, m)));
+  const __m512 xk = _mm512_sub_ps(ld_lanes<E>(full, t, x), ld_lanes(full, t, k));
+  const __m512 qx = mul_rounded(ld_lanes(full, t, q), mul_rounded(xk, ld_lanes(full, t, r)));
+  return _mm512_add_ps(_mm512_add_ps(mul_rounded(ld_lanes(full, t, p), gv), qx), ld_lanes(full, t, s));
+}
+
+// n rows of C channels (row l at offset l * C), act() of the above. Rows come in runs, not one
+// call per row: with tens of channels the call and loop set-up would cost as much as the row.
+template <class E, bool HAS_G, bool HAS_M, bool RELU>
+FASTNST_LOWP_FN void channel_map_lowp(const typename E::T* x, const typename E::T* g, const typename E::T* m,
+                                      typename E::T* o, int64_t C, int64_t n, const float* p, const float* q,
+                                      const float* s, const float* k, const float* r) {
+  for (int64_t l = 0; l < n; ++l, x += C, g += C, m += C, o += C) {
+    int64_t c = 0;
+    for (; c + 16 <= C; c += 16) {
+      __m512 v = channel_map16<E, HAS_G, HAS_M>(0xFFFF, true, x + c, g + c, m + c, p + c, q + c, s + c, k + c, r + c);
+      if (RELU) v = relu_lowp(v);
+      lp_store<E>(o + c, v);
+    }
+    if (c < C) {
+      const __mmask16 t = lanes(C - c);
+      __m512 v = channel_map16<E, HAS_G, HAS_M>(t, false, x + c, g + c, m + c, p + c, q + c, s + c, k + c, r + c);
+      if (RELU) v = relu_lowp(v);
+      lp_mask_store<E>(o + c, t, v);
+    }
+  }
+}
+
+// grad_sums' block over n rows: a[c] = sum g', q[c] = sum g' (x - mu[c]), from zero.
+template <class E, bool HAS_M>
+FASTNST_LOWP_FN void channel_grad_sums_lowp(const typename E::T* g, const typename E::T* m, const typename E::T* x,
+                                            int64_t C, int64_t n, const float* mu, float* a, float* q) {
+  const __m512 zero = _mm512_setzero_ps();
+  int64_t c = 0;
+  for (; c + 64 <= C; c += 64) {
+    __m512 va[4], vq[4], vmu[4];
+#pragma GCC unroll 4
+    for (int u = 0; u < 4; ++u) {
+      va[u] = vq[u] = zero;
+      vmu[u] = _mm512_loadu_ps(mu + c + 16 * u);
+    }
+    for (int64_t l = 0; l < n; ++l) {
+      const int64_t off = l * C + c;
+#pragma GCC unroll 4
+      for (int u = 0; u < 4; ++u) {
+        __m512 gv = lp_load<E>(g + off + 16 * u);
+        if (HAS_M) gv = mul_rounded(gv, positive01(lp_load<E>(m + off + 16 * u)));
+        va[u] = _mm512_add_ps(va[u], gv);
+        vq[u] = _mm512_add_ps(vq[u], mul_rounded(gv, _mm512_sub_ps(lp_load<E>(x + off + 16 * u), vmu[u])));
+      }
+    }
+#pragma GCC unroll 4
+    for (int u = 0; u < 4; ++u) {
+      _mm512_storeu_ps(a + c + 16 * u, va[u]);
+      _mm512_storeu_ps(q + c + 16 * u, vq[u]);
+    }
+  }
+  for (; c < C; c += 16) {
+    const __mmask16 t = lanes(C - c);
+    const __m512 vmu = _mm512_maskz_loadu_ps(t, mu + c);
+    __m512 va = zero, vq = zero;
+    for (int64_t l = 0; l < n; ++l) {
+      __m512 gv = lp_maskz_load<E>(t, g + l * C + c);
+      if (HAS_M) gv = mul_rounded(gv, positive01(lp_maskz_load<E>(t, m + l * C + c)));
+      va = _mm512_add_ps(va, gv);
+      vq = _mm512_add_ps(vq, mul_rounded(gv, _mm512_sub_ps(lp_maskz_load<E>(t, x + l * C + c), vmu)));
+    }
+    _mm512_mask_storeu_ps(a + c, t, va);
+    _mm512_mask_storeu_ps(q + c, t, vq);
+  }
+}
 #endif
 
 // Calls f(E()) with 16-bit T's element format for this CPU (bfloat16 stores by vcvtneps2bf16
@@ -548,6 +757,11 @@ void row_stats(const at::Tensor& x0, bool channels, std::vector<double>& mean, s
       for (int64_t c = 0; c < C; ++c) K0[b * C + c] += static_cast<double>(X[(b * L + l) * C + c]);
     for (int64_t c = 0; c < C; ++c) K0[b * C + c] = static_cast<float>(K0[b * C + c] / n0);
   }
+  // float16 / bfloat16: the block sums by channel_sums_lowp, if the CPU has it.
+  void (*lowp_sums)(const T*, int64_t, int64_t, const float*, float*, float*) = nullptr;
+#if defined(FASTNST_X86)
+  with_lowp<T>([&](auto e) { lowp_sums = channel_sums_lowp<LoadFormat<typename decltype(e)::T>>; });
+#endif
   at::parallel_for(0, B * nchunk, 1, [&](int64_t t0, int64_t t1) {
     std::vector<float> a(C), q(C), k(C);
     for (int64_t t = t0; t < t1; ++t) {
@@ -559,15 +773,19 @@ void row_stats(const at::Tensor& x0, bool channels, std::vector<double>& mean, s
       for (int64_t c = 0; c < C; ++c) k[c] = static_cast<float>(K0[b * C + c]);
       for (int64_t i0 = l0; i0 < l1; i0 += kBlock / 8) {
         const int64_t i1 = std::min(l1, i0 + kBlock / 8);
-        std::fill(a.begin(), a.end(), 0.f);
-        std::fill(q.begin(), q.end(), 0.f);
-        for (int64_t l = i0; l < i1; ++l) {
-          const T* row = base + l * C;
+        if (lowp_sums) {
+          lowp_sums(base + i0 * C, C, i1 - i0, k.data(), a.data(), q.data());
+        } else {
+          std::fill(a.begin(), a.end(), 0.f);
+          std::fill(q.begin(), q.end(), 0.f);
+          for (int64_t l = i0; l < i1; ++l) {
+            const T* row = base + l * C;
 #pragma omp simd
-          for (int64_t c = 0; c < C; ++c) {
-            const float d = static_cast<float>(row[c]) - k[c];
-            a[c] += d;
-            q[c] += d * d;
+            for (int64_t c = 0; c < C; ++c) {
+              const float d = static_cast<float>(row[c]) - k[c];
+              a[c] += d;
+              q[c] += d * d;
+            }
           }
         }
         for (int64_t c = 0; c < C; ++c) {
@@ -635,6 +853,12 @@ void affine_map_impl(const at::Tensor& x, const T* G, const T* M, bool channels,
     });
     return;
   }
+  // float16 / bfloat16: rows by channel_map_lowp, if the CPU has it.
+  void (*lowp_map)(const T*, const T*, const T*, T*, int64_t, int64_t, const float*, const float*, const float*,
+                   const float*, const float*) = nullptr;
+#if defined(FASTNST_X86)
+  with_lowp<T>([&](auto e) { lowp_map = channel_map_lowp<decltype(e), HAS_G, HAS_M, RELU>; });
+#endif
   at::parallel_for(0, B * L, 64, [&](int64_t t0, int64_t t1) {
     std::vector<A> p(C), q(C), s(C), k(C), sc(C);
     int64_t cur_b = -1;
@@ -654,6 +878,14 @@ void affine_map_impl(const at::Tensor& x, const T* G, const T* M, bool channels,
       const T* gr = HAS_G ? G + t * C : xr;
       const T* mr = HAS_M ? M + t * C : xr;
       T* orow = O + t * C;
+      if constexpr (std::is_same<A, float>::value) {
+        if (lowp_map) {  // the rest of sample b's rows in this chunk, in one call
+          const int64_t n = std::min(t1, (b + 1) * L) - t;
+          lowp_map(xr, gr, mr, orow, C, n, p.data(), q.data(), s.data(), k.data(), sc.data());
+          t += n - 1;
+          continue;
+        }
+      }
 #pragma omp simd
       for (int64_t c = 0; c < C; ++c)
         orow[c] = static_cast<T>(elem(p[c], q[c], s[c], k[c], sc[c], static_cast<A>(xr[c]), static_cast<A>(gr[c]),
@@ -687,6 +919,14 @@ void grad_sums(const at::Tensor& x, const at::Tensor& g, const T* M,
   const int64_t nthreads = at::get_num_threads();
   const int64_t nchunk = std::max<int64_t>(1, std::min<int64_t>(nthreads, L / 64));
   std::vector<double> p1(B * nchunk * C, 0.0), p2(B * nchunk * C, 0.0);
+  // float16 / bfloat16: the block sums by channel_grad_sums_lowp, if the CPU has it.
+  void (*lowp_sums)(const T*, const T*, const T*, int64_t, int64_t, const float*, float*, float*) = nullptr;
+#if defined(FASTNST_X86)
+  with_lowp<T>([&](auto e) {
+    using E = LoadFormat<typename decltype(e)::T>;
+    lowp_sums = M ? channel_grad_sums_lowp<E, true> : channel_grad_sums_lowp<E, false>;
+  });
+#endif
   at::parallel_for(0, B * nchunk, 1, [&](int64_t t0, int64_t t1) {
     std::vector<A> a(C), q(C), mu(C);
     for (int64_t t = t0; t < t1; ++t) {
@@ -695,16 +935,26 @@ void grad_sums(const at::Tensor& x, const at::Tensor& g, const T* M,
       for (int64_t c = 0; c < C; ++c) mu[c] = static_cast<A>(mean[b * C + c]);
       for (int64_t i0 = l0; i0 < l1; i0 += kBlock / 8) {
         const int64_t i1 = std::min(l1, i0 + kBlock / 8);
-        std::fill(a.begin(), a.end(), A(0));
-        std::fill(q.begin(), q.end(), A(0));
-        for (int64_t l = i0; l < i1; ++l) {
-          const int64_t off = (b * L + l) * C;
+        bool done = false;
+        if constexpr (std::is_same<A, float>::value) {
+          if (lowp_sums) {
+            const int64_t off = (b * L + i0) * C;
+            lowp_sums(G + off, M ? M + off : X + off, X + off, C, i1 - i0, mu.data(), a.data(), q.data());
+            done = true;
+          }
+        }
+        if (!done) {
+          std::fill(a.begin(), a.end(), A(0));
+          std::fill(q.begin(), q.end(), A(0));
+          for (int64_t l = i0; l < i1; ++l) {
+            const int64_t off = (b * L + l) * C;
 #pragma omp simd
-          for (int64_t c = 0; c < C; ++c) {
-            A gv = static_cast<A>(G[off + c]);
-            if (M) gv *= static_cast<A>(static_cast<A>(M[off + c]) > A(0));
-            a[c] += gv;
-            q[c] += gv * (static_cast<A>(X[off + c]) - mu[c]);
+            for (int64_t c = 0; c < C; ++c) {
+              A gv = static_cast<A>(G[off + c]);
+              if (M) gv *= static_cast<A>(static_cast<A>(M[off + c]) > A(0));
+              a[c] += gv;
+              q[c] += gv * (static_cast<A>(X[off + c]) - mu[c]);
+            }
           }
         }
         for (int64_t c = 0; c < C; ++c) {
@@ -753,10 +1003,12 @@ void norm_rows_fused(const at::Tensor& x, const double* wp, const double* bp, do
   const bool stream = static_cast<int64_t>(sizeof(T)) * B * C * L >= kStreamBytes;
   // float16 / bfloat16: the AVX-512 map for T's format, if the CPU has one.
   void (*lowp_map)(const T*, T*, int64_t, float, float, float) = nullptr;
+#if defined(FASTNST_X86)
   with_lowp<T>([&](auto e) {
     using E = decltype(e);
     lowp_map = stream ? map_row_lowp<E, RELU, true> : map_row_lowp<E, RELU, false>;
   });
+#endif
   (void)use_avx512;
   (void)stream;
   at::parallel_for(0, B * C, 1, [&](int64_t r0, int64_t r1) {
@@ -867,9 +1119,9 @@ __attribute__((target("avx512f"))) void masked_map_avx512(const float* G, const 
   if (l < L) masked_affine_part(G + l, M + l, X + l, O + l, L - l, vp, vq, vs, vmu, vr);
 }
 
-// The same on 16-bit elements (see map_row_lowp). MASK: g' = g where y > 0 (ReLU; M unread
-// without it: callers pass X). Without it the float32 kernels' masks are all-true, so that the 16-bit backward without ReLU runs them
-// too (float32 rows without ReLU keep the compiler-vectorised loop, which GCC handles there).
+// The same on 16-bit elements (see map_row_lowp). MASK: g' = g where y > 0 (ReLU). Without it
+// (M unread: callers pass X) the masks are all-true, so that the 16-bit backward without ReLU
+// runs these kernels too (float32 rows without ReLU keep the loop GCC vectorises itself).
 template <class E, bool MASK>
 FASTNST_LOWP_FN void masked_sums_lowp(const typename E::T* G, const typename E::T* M, const typename E::T* X,
                                       int64_t L, float mu, double& t1, double& t2) {
@@ -959,11 +1211,13 @@ void norm_rows_backward_fused(const at::Tensor& x, const at::Tensor& g, const T*
   // float16 / bfloat16: the AVX-512 kernels for T's format, if the CPU has them.
   void (*lowp_sums)(const T*, const T*, const T*, int64_t, float, double&, double&) = nullptr;
   void (*lowp_map)(const T*, const T*, const T*, T*, int64_t, float, float, float, float, float) = nullptr;
+#if defined(FASTNST_X86)
   with_lowp<T>([&](auto e) {
     using E = decltype(e);
     lowp_sums = masked_sums_lowp<E, RELU>;
     lowp_map = stream ? masked_map_lowp<E, RELU, true> : masked_map_lowp<E, RELU, false>;
   });
+#endif
   (void)use_avx512;
   (void)stream;
   at::parallel_for(0, B * C, 1, [&](int64_t r0, int64_t r1) {
@@ -1038,14 +1292,11 @@ void dispatch(at::ScalarType t, F&& f) {
   }
 }
 
-// v rounded to the precision of dtype (the shift of the elementwise maps).
+// v rounded to the precision the elementwise maps of dtype compute in (the shift K): fp64 for
+// float64, fp32 otherwise. float16/bfloat16 take the fp32 shift as in norm_rows_fused (not one
+// rounded to 16 bits), so that they compute exactly what float32 does on their widened values.
 double round_to(at::ScalarType dtype, double v) {
-  switch (dtype) {
-    case at::kDouble: return v;
-    case at::kHalf: return static_cast<double>(static_cast<c10::Half>(static_cast<float>(v)));
-    case at::kBFloat16: return static_cast<double>(static_cast<c10::BFloat16>(static_cast<float>(v)));
-    default: return static_cast<double>(static_cast<float>(v));
-  }
+  return dtype == at::kDouble ? v : static_cast<double>(static_cast<float>(v));
 }
 
 // Statistics and weight gradients: fp32, fp64 for fp64 input (a float64 gradcheck must be
@@ -1084,8 +1335,7 @@ at::Tensor mean_std_backward_cpu(const at::Tensor& gm, const at::Tensor& gs, con
     check_cpu(t, name, "mean_std_backward");
     TORCH_CHECK(t.numel() == B * C, "fastnst::mean_std_backward: ", name, " must be [B, C] = [", B,
                 ", ", C, "], got ", t.sizes());
-    at::Tensor v = t.to(at::kDouble).contiguous();
-    return std::vector<double>(v.data_ptr<double>(), v.data_ptr<double>() + B * C);
+    return flat_doubles(t);
   };
   const std::vector<double> g1 = d(gm, "grad_mean"), g2 = d(gs, "grad_std"), mu = d(mean, "mean"),
                             sd = d(std_, "std");
@@ -1131,8 +1381,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_cpu(
   TORCH_CHECK(!unbiased || L > 1, "fastnst::instance_norm: the unbiased variance needs L >= 2, got L = ", L);
   const bool channels = channels_innermost(x0);
   const at::Tensor x = canonical(x0, channels);
-  const at::Tensor w = per_sample(weight, B, C, 1.0, at::kDouble, "weight", "instance_norm");
-  const at::Tensor bb = per_sample(bias, B, C, 0.0, at::kDouble, "bias", "instance_norm");
+  const std::vector<double> w = per_sample(weight, B, C, 1.0, "weight", "instance_norm");
+  const std::vector<double> bb = per_sample(bias, B, C, 0.0, "bias", "instance_norm");
   const auto sopts = at::TensorOptions().dtype(stats_dtype(x0));
   if (!channels) {
     at::Tensor mean_t = at::empty({B, C}, sopts);
@@ -1143,7 +1393,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_cpu(
       using T = decltype(tag);
       using S = typename std::conditional<std::is_same<T, double>::value, double, float>::type;
       auto run = activation == 1 ? norm_rows_fused<T, true, S> : norm_rows_fused<T, false, S>;
-      run(x, w.data_ptr<double>(), bb.data_ptr<double>(), eps, n, x_scale, mean_t.data_ptr<S>(),
+      run(x, w.data(), bb.data(), eps, n, x_scale, mean_t.data_ptr<S>(),
           rstd_t.data_ptr<S>(), y);
     });
     return {y, mean_t, rstd_t};
@@ -1152,18 +1402,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_cpu(
   dispatch(x.scalar_type(), [&](auto tag) { row_stats<decltype(tag)>(x, channels, mean, m2); });
   const double n = static_cast<double>(L - (unbiased ? 1 : 0));
   std::vector<double> P(B * C, 0.0), Q(B * C), R(B * C), K(B * C), rstd(B * C);
-  const double* wp = w.data_ptr<double>();
-  const double* bp = bb.data_ptr<double>();
+  const double* wp = w.data();
+  const double* bp = bb.data();
   for (int64_t r = 0; r < B * C; ++r) {
-    // y = Q (x - K) + R, K = mean rounded to x's precision (see norm_rows_fused).
+    // y = Q (x - K) + R, K = mean rounded to the map's precision (see norm_rows_fused).
     rstd[r] = inv_std(m2[r] / n + eps);
     Q[r] = wp[r] * rstd[r] + x_scale;
     K[r] = round_to(x.scalar_type(), mean[r]);
     R[r] = bp[r] + x_scale * mean[r] - Q[r] * (mean[r] - K[r]);
   }
-  auto dopts = at::TensorOptions().dtype(at::kDouble);
-  at::Tensor mean_t = at::from_blob(mean.data(), {B, C}, dopts).to(sopts.dtype(), false, /*copy=*/true);
-  at::Tensor rstd_t = at::from_blob(rstd.data(), {B, C}, dopts).to(sopts.dtype(), false, /*copy=*/true);
+  at::Tensor mean_t = stats_tensor(mean, B, C, stats_dtype(x0));
+  at::Tensor rstd_t = stats_tensor(rstd, B, C, stats_dtype(x0));
   at::Tensor y = output_rule(x0, OutSlot::kNormForward);
   dispatch(x.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
@@ -1190,12 +1439,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_backward_cpu(
   const at::Tensor x = canonical(x0, channels);
   const at::Tensor g = same_layout(grad0.to(x.scalar_type()), x);
   const at::Tensor y = activation == 1 ? same_layout(y0.to(x.scalar_type()), x) : at::Tensor();
-  const at::Tensor w = per_sample(weight, B, C, 1.0, at::kDouble, "weight", "instance_norm_backward");
-  const at::Tensor mu_d = mean_t.to(at::kDouble).contiguous(), r_d = rstd_t.to(at::kDouble).contiguous();
-  const std::vector<double> mean(mu_d.data_ptr<double>(), mu_d.data_ptr<double>() + B * C);
-  const double* rs = r_d.data_ptr<double>();
-  const std::vector<double> rstd_v(rs, rs + B * C);
-  const double* wp = w.data_ptr<double>();
+  const std::vector<double> w = per_sample(weight, B, C, 1.0, "weight", "instance_norm_backward");
+  const std::vector<double> mean = flat_doubles(mean_t), rstd_v = flat_doubles(rstd_t);
+  const double* rs = rstd_v.data();
+  const double* wp = w.data();
   const double n = static_cast<double>(L - (unbiased ? 1 : 0));
   if (!channels) {
     const auto sopts = at::TensorOptions().dtype(stats_dtype(x0));
@@ -1235,11 +1482,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_backward_cpu(
     }
   }
   const auto sd = stats_dtype(x0);
-  const auto dopts = at::TensorOptions().dtype(at::kDouble);
-  at::Tensor dw = weight_grads ? at::from_blob(dwv_all.data(), {B, C}, dopts).to(sd, false, true)
-                               : at::empty({0}, at::TensorOptions().dtype(sd));
-  at::Tensor db = weight_grads ? at::from_blob(dbv_all.data(), {B, C}, dopts).to(sd, false, true)
-                               : at::empty({0}, at::TensorOptions().dtype(sd));
+  at::Tensor dw = weight_grads ? stats_tensor(dwv_all, B, C, sd) : at::empty({0}, at::TensorOptions().dtype(sd));
+  at::Tensor db = weight_grads ? stats_tensor(dbv_all, B, C, sd) : at::empty({0}, at::TensorOptions().dtype(sd));
   at::Tensor dx = output_rule(x0, OutSlot::kNormBackward);
   dispatch(x.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
