@@ -23,6 +23,11 @@ def _invoked_as_cli() -> bool:
     return i + 1 < len(orig) and orig[i + 1] in ("fastnst", "fastnst.cli")
 
 
+if _invoked_as_cli():  # before torch: glibc reads its malloc settings at start-up
+    from fastnst.runtime.malloc import apply_for_cli as _apply_malloc
+
+    _apply_malloc()
+
 try:  # torch takes seconds to import: Ctrl-C then must not print a traceback from the CLI
     from fastnst import _ext  # noqa: F401  (loads fastnst._C, or warns once)
     from fastnst.backend import BACKENDS, BackendError, resolve, use_backend

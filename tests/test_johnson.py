@@ -292,3 +292,18 @@ def test_stylize_2048_fits_in_4_gb():
     assert p.returncode == 0, p.stderr[-2000:]
     peak_kib = int(p.stdout.split()[-1])
     assert peak_kib < 4 * 1024 * 1024, f"peak RSS {peak_kib / 2**20:.2f} GiB"
+
+
+@pytest.mark.parametrize("shape,pad", [((2, 3, 5, 7), 1), ((1, 2, 2, 3), 1), ((1, 4, 9, 9), 4), ((1, 2, 6, 5), 0)])
+def test_reflect_pad_is_f_pad(shape, pad):
+    from fastnst.models.transformer import reflect_pad
+
+    x = torch.randn(shape)
+    want = F.pad(x, (pad,) * 4, mode="reflect")
+    with torch.no_grad():
+        assert torch.equal(reflect_pad(x, pad), want)
+        assert torch.equal(reflect_pad(x.to(torch.bfloat16), pad), want.to(torch.bfloat16))
+        xc = x.contiguous(memory_format=torch.channels_last)
+        assert torch.equal(reflect_pad(xc, pad), want)  # channels_last: F.pad's path
+    xg = x.clone().requires_grad_()
+    assert torch.equal(reflect_pad(xg, pad), want)

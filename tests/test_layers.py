@@ -21,7 +21,8 @@ LAYER = {
     "fastnst.compat": 3,  # pytorch/examples' helpers over the ops, beside nn
     "fastnst.metrics": 1,  # PSNR / SSIM: torch only
     "fastnst.engine": 5.5,  # the training loop: over data, losses, image; under the methods
-    "fastnst.cli_config": 8,  # the CLI's options from the methods' configs
+    "fastnst.cli_config": 8,
+    "fastnst.runtime": 1,  # process settings (malloc)  # the CLI's options from the methods' configs
 }
 FACADE_FROM = 7  # cli, info and the benchmarks use the public API like any user
 # Within fastnst.ops, siblings share only these modules (an op module never imports another).

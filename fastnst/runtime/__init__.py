@@ -1,0 +1,1 @@
+"""Process-level run-time settings for long CPU jobs (DESIGN.md: fastnst/runtime/)."""
