@@ -307,3 +307,11 @@ def test_reflect_pad_is_f_pad(shape, pad):
         assert torch.equal(reflect_pad(xc, pad), want)  # channels_last: F.pad's path
     xg = x.clone().requires_grad_()
     assert torch.equal(reflect_pad(xg, pad), want)
+
+
+@pytest.mark.slow
+def test_compiled_network_matches(setup):
+    model, _ = johnson.load(setup["model"])
+    compiled, _ = johnson.load(setup["model"], compile=True)
+    x = torch.rand(1, 3, 40, 36, generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(johnson.stylize(compiled, [x])[0], johnson.stylize(model, [x])[0], rtol=0, atol=1e-4)

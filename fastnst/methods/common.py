@@ -47,7 +47,16 @@ def compile_for_inference(model):
     """``torch.compile`` of an eval-mode network for inference: Inductor with ``freezing`` (the
     weights become constants: convolutions prepacked for oneDNN, norms and pads fused into
     generated kernels). The plain network is compiled: fastnst's fused norm is opaque to
-    Inductor, which fuses the decomposed one itself. Recompiles for every new input size."""
+    Inductor, which fuses the decomposed one itself. Compiles at the first call of each input
+    size (freezing must be on then, so the call is wrapped)."""
     import torch
+    import torch._inductor.config as inductor_config
 
-    return torch.compile(model, dynamic=False, options={"freezing": True})
+    compiled = torch.compile(model, dynamic=False)
+
+    def run(x):
+        with inductor_config.patch(freezing=True):
+            return compiled(x)
+
+    run._orig_mod = model
+    return run

@@ -44,8 +44,10 @@ def _fill_reflect_border(P: torch.Tensor, p: int, h: int, w: int) -> torch.Tenso
 
 
 def _plain_path(x: torch.Tensor, pad: int, h: int, w: int) -> bool:
-    return (torch.is_grad_enabled() and x.requires_grad) or pad >= h or pad >= w or x.dim() != 4 \
-        or not x.is_contiguous()
+    """The aten ops: with autograd, under torch.compile (Inductor fuses them itself), and for
+    shapes or layouts the copy path does not take."""
+    return (torch.is_grad_enabled() and x.requires_grad) or torch.compiler.is_compiling() or pad >= h \
+        or pad >= w or x.dim() != 4 or not x.is_contiguous()
 
 
 def reflect_pad(x: torch.Tensor, pad: int) -> torch.Tensor:
