@@ -307,6 +307,21 @@ def _cmd_evaluate_sr(args) -> int:
     return 0
 
 
+def _image_job_arguments(p: argparse.ArgumentParser, model_help: str, options_cls, func) -> None:
+    """MODEL INPUT... -o OUT, the options dataclass's settings, --format, --overwrite."""
+    from fastnst import cli_config
+
+    p.add_argument("model", help=model_help)
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="images and/or folders of images")
+    p.add_argument("-o", "--output", required=True,
+                   help="output image (one input) or folder (several inputs, or a folder)")
+    cli_config.add_config(p, options_cls)
+    p.add_argument("--format", default="png", choices=["png", "jpg", "webp"],
+                   help="file type of outputs written into a folder")
+    p.add_argument("--overwrite", action="store_true", help="replace outputs that exist")
+    p.set_defaults(func=func)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from fastnst import cli_config
 
@@ -361,15 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     from fastnst.methods import johnson as _johnson
     from fastnst.methods import sr as _sr
 
-    j.add_argument("model", help="the network's weights file")
-    j.add_argument("inputs", nargs="+", metavar="INPUT", help="images and/or folders of images")
-    j.add_argument("-o", "--output", required=True,
-                   help="output image (one input) or folder (several inputs, or a folder)")
-    cli_config.add_config(j, _johnson.StylizeOptions)
-    j.add_argument("--format", default="png", choices=["png", "jpg", "webp"],
-                   help="file type of outputs written into a folder")
-    j.add_argument("--overwrite", action="store_true", help="replace outputs that exist")
-    j.set_defaults(func=_cmd_stylize_johnson)
+    _image_job_arguments(j, "the network's weights file", _johnson.StylizeOptions, _cmd_stylize_johnson)
     tr = sub.add_parser("train", help="train a network (johnson, sr)")
     tms = tr.add_subparsers(dest="method", required=True)
     for name, what in TRAINED.items():
@@ -388,14 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
         t.set_defaults(func=_cmd_train)
     u = sub.add_parser("upscale", help="super-resolve images with a trained SR network",
                        description="Upscale images x4 / x8 with a network from `fastnst train sr`.")
-    u.add_argument("model", help="the SR network's weights file")
-    u.add_argument("inputs", nargs="+", metavar="INPUT", help="images and/or folders of images")
-    u.add_argument("-o", "--output", required=True, help="output image (one input) or folder")
-    cli_config.add_config(u, _sr.UpscaleOptions)
-    u.add_argument("--format", default="png", choices=["png", "jpg", "webp"],
-                   help="file type of outputs written into a folder")
-    u.add_argument("--overwrite", action="store_true", help="replace outputs that exist")
-    u.set_defaults(func=_cmd_upscale)
+    _image_job_arguments(u, "the SR network's weights file", _sr.UpscaleOptions, _cmd_upscale)
     ev = sub.add_parser("evaluate", help="measure a trained network")
     evs = ev.add_subparsers(dest="method", required=True)
     e = evs.add_parser("sr", help="PSNR and SSIM of an SR network next to bicubic upscaling",
