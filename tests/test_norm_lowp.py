@@ -295,3 +295,16 @@ def test_autocast_module_keeps_bfloat16():
         yf = fastnst.instance_norm(x.float(), norm.weight, norm.bias, norm.eps, activation="relu")
     if AVX512_LOWP:  # the float32 kernel's result, rounded (elsewhere: test_parity_with_float64_reference)
         assert torch.equal(y, yf.to(torch.bfloat16))
+
+
+@pytest.mark.parametrize("L", [35, 4096])  # a masked tail; full 32-wide vectors (+ streaming at size)
+def test_fp32_fused_relu_keeps_nan_like_torch_relu(L):
+    """The fp32 AVX-512 map computes ReLU as max(0, v): NaN in, NaN out (torch.relu's rule),
+    also when the NaN comes from the affine parameters."""
+    b, c = 2, 8
+    x = torch.randn(b, c, L)
+    bias = torch.zeros(b, c)
+    bias[0, 3] = math.nan
+    y, _, _ = _op()(x, torch.zeros(b, c), bias, 1e-5, False, 0.0, 1)
+    assert y[0, 3].isnan().all()
+    assert torch.equal(y[~bias.isnan()], torch.zeros(b * c - 1, L))

@@ -293,6 +293,8 @@ inline int64_t stream_head(const T* o, int64_t n) {
 // cancellation happens in x - k, exactly for x near k, not between q x and s). STREAM: non-temporal stores (for outputs larger than
 // the caches: no read-for-ownership of y's lines, ~1/3 less memory traffic); the caller
 // issues the store fence.
+// ReLU as max(0, v): MAXPS returns its second operand when either is NaN, so a NaN stays NaN
+// (and -0 stays -0), as torch.relu and the 16-bit kernels give.
 template <bool RELU, bool STREAM>
 __attribute__((target("avx512f"))) void map_row_avx512(const float* x, float* o, int64_t n, float k, float q,
                                                        float s) {
@@ -304,13 +306,13 @@ __attribute__((target("avx512f"))) void map_row_avx512(const float* x, float* o,
     if (head > 0) {
       const __mmask16 t = static_cast<__mmask16>((1u << head) - 1u);
       __m512 v = _mm512_fmadd_ps(vq, _mm512_maskz_sub_ps(t, _mm512_maskz_loadu_ps(t, x), vk), vs);
-      if (RELU) v = _mm512_max_ps(v, zero);
+      if (RELU) v = _mm512_max_ps(zero, v);
       _mm512_mask_storeu_ps(o, t, v);
       i = head;
     }
     for (; i + 16 <= n; i += 16) {
       __m512 v = _mm512_fmadd_ps(vq, _mm512_sub_ps(_mm512_loadu_ps(x + i), vk), vs);
-      if (RELU) v = _mm512_max_ps(v, zero);
+      if (RELU) v = _mm512_max_ps(zero, v);
       _mm512_stream_ps(o + i, v);
     }
   }
@@ -318,8 +320,8 @@ __attribute__((target("avx512f"))) void map_row_avx512(const float* x, float* o,
     __m512 v0 = _mm512_fmadd_ps(vq, _mm512_sub_ps(_mm512_loadu_ps(x + i), vk), vs);
     __m512 v1 = _mm512_fmadd_ps(vq, _mm512_sub_ps(_mm512_loadu_ps(x + i + 16), vk), vs);
     if (RELU) {
-      v0 = _mm512_max_ps(v0, zero);
-      v1 = _mm512_max_ps(v1, zero);
+      v0 = _mm512_max_ps(zero, v0);
+      v1 = _mm512_max_ps(zero, v1);
     }
     _mm512_storeu_ps(o + i, v0);
     _mm512_storeu_ps(o + i + 16, v1);
@@ -327,7 +329,7 @@ __attribute__((target("avx512f"))) void map_row_avx512(const float* x, float* o,
   for (; i < n; i += 16) {
     const __mmask16 t = i + 16 <= n ? 0xFFFF : static_cast<__mmask16>((1u << (n - i)) - 1u);
     __m512 v = _mm512_fmadd_ps(vq, _mm512_maskz_sub_ps(t, _mm512_maskz_loadu_ps(t, x + i), vk), vs);
-    if (RELU) v = _mm512_max_ps(v, zero);
+    if (RELU) v = _mm512_max_ps(zero, v);
     _mm512_mask_storeu_ps(o + i, t, v);
   }
 }
