@@ -150,15 +150,14 @@ def _rank() -> tuple[int, int]:
 
 def _cmd_train(args) -> int:
     from fastnst import cli_config
-    from fastnst.engine import checkpoint, trainer
+    from fastnst.engine import checkpoint
 
     m = _method(args.method)
     saved = None
     if args.resume is not None:
         saved = checkpoint.load(args.resume, m.METHOD)["config"]
     cfg = cli_config.build(args, m.Config, saved, f"fastnst train {args.method}")
-    # Refuse an unwritable output or run folder before loading data and weights.
-    trainer.prepare_output(args.output, args.run_dir, args.resume, args.overwrite)
+    # m.train refuses an unwritable output or run folder before loading data and weights.
     result = m.train(cfg, args.output, resume=args.resume, run_dir=args.run_dir,
                      progress=not args.quiet, overwrite=args.overwrite)
     if result.output is not None:
@@ -194,14 +193,13 @@ def _expand_inputs(items: list[str]) -> list[tuple[str, str]]:
     return out
 
 
-def _output_plan(inputs: list[tuple[str, str]], output: str, ext: str, overwrite: bool,
-                 single_ok: bool) -> list[tuple[str, str]]:
+def _output_plan(inputs: list[tuple[str, str]], output: str, ext: str, overwrite: bool) -> list[tuple[str, str]]:
     """(input, output path) per image, checked before any work: one input and an OUTPUT with
     an image extension is a file; otherwise OUTPUT is a folder (created if missing)."""
     from fastnst import image
 
-    is_file = os.path.splitext(output)[1].lower() in (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
-    if single_ok and len(inputs) == 1 and is_file and not os.path.isdir(output):
+    is_file = os.path.splitext(output)[1].lower() in image.SAVE_EXTENSIONS
+    if len(inputs) == 1 and is_file and not os.path.isdir(output):
         image.check_output_path(output, overwrite=overwrite)
         return [(inputs[0][0], output)]
     if is_file:
@@ -252,7 +250,7 @@ def _image_job(args, options_cls):
 
     opts = cli_config.build(args, options_cls)
     precision.check(opts.precision, opts.device)
-    plan = _output_plan(_expand_inputs(args.inputs), args.output, args.format, args.overwrite, True)
+    plan = _output_plan(_expand_inputs(args.inputs), args.output, args.format, args.overwrite)
     if not os.path.exists(args.model):
         raise FileNotFoundError(f"model {args.model} does not exist")
     return opts, plan

@@ -69,6 +69,7 @@ _SAVE_FORMATS = {
     ".tif": "TIFF",
     ".tiff": "TIFF",
 }
+SAVE_EXTENSIONS = tuple(_SAVE_FORMATS)  # what save_image writes, by extension
 
 DEFAULT_MAX_PIXELS = 178_956_970  # Pillow's own error threshold: 2 * Image.MAX_IMAGE_PIXELS
 

@@ -129,6 +129,16 @@ def load(path: str, method: str | None = None) -> dict:
     return ck
 
 
+def load_state(model, state: dict, context: str) -> None:
+    """``model.load_state_dict(state)`` (strict); a mismatch is a CheckpointError
+    "<context>: <torch's message on one line>"."""
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        detail = " ".join(ln.strip() for ln in str(e).splitlines() if ln.strip())[:400]
+        raise CheckpointError(f"{context}: {detail}") from None
+
+
 def export_weights(state_dict: dict, path: str, metadata: dict | None = None) -> str:
     """Write a model's weights for use without fastnst's training state: ``.safetensors``
     (with ``metadata`` as JSON strings) or ``.pth`` / ``.pt`` (a plain state_dict that

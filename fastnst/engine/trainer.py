@@ -80,10 +80,6 @@ class TrainResult:
         return [r["loss"] for r in self.records]
 
 
-def _one_line(e: BaseException) -> str:
-    return " ".join(ln.strip() for ln in str(e).splitlines() if ln.strip())[:400]
-
-
 def default_run_dir(output: str) -> str:
     return os.path.splitext(os.path.abspath(output))[0] + "_run"
 
@@ -195,22 +191,31 @@ def prepare_output(output: str, run_dir: str | None, resume: str | None, overwri
     return run_dir
 
 
-def train(task: Task, output: str, *, run_dir: str | None = None, resume: str | None = None,
+def train(task, output: str, *, run_dir: str | None = None, resume: str | None = None,
           progress_bar: bool = True, overwrite: bool = False) -> TrainResult:
     """Train ``task.model`` (see the module docstring); returns the steps run, the log records
-    and the written paths (None on ranks other than 0)."""
-    cfg = task.config
+    and the written paths (None on ranks other than 0).
+
+    ``task`` is a ``Task``, or ``(config, make_task)``: then the config and the output paths
+    are checked first and ``make_task(config)`` (which loads data and weights) runs after, so
+    a bad setting or an unwritable output is refused before any of that work."""
+    if isinstance(task, tuple):
+        cfg, make_task = task
+    else:
+        cfg, make_task = task.config, None
     check_config(cfg)
+    run_dir = prepare_output(output, run_dir, resume, overwrite)
+    if make_task is not None:
+        task = make_task(cfg)
     w = dist.setup(cfg.device)
     try:
-        return _train(task, cfg, w, output, run_dir, resume, progress_bar, overwrite)
+        return _train(task, cfg, w, output, run_dir, resume, progress_bar)
     finally:
         dist.teardown(w)
 
 
-def _train(task: Task, cfg: TrainConfig, w: dist.World, output: str, run_dir, resume, progress_bar,
-           overwrite) -> TrainResult:
-    run_dir = prepare_output(output, run_dir, resume, overwrite)
+def _train(task: Task, cfg: TrainConfig, w: dist.World, output: str, run_dir: str, resume,
+           progress_bar) -> TrainResult:
     if cfg.batch_size % w.size:
         raise ValueError(f"batch_size {cfg.batch_size} must be a multiple of the number of processes ({w.size})")
     local_batch = cfg.batch_size // w.size
@@ -227,17 +232,12 @@ def _train(task: Task, cfg: TrainConfig, w: dist.World, output: str, run_dir, re
                                        + "; ".join(diff[:6]) + " (a resumed run keeps them; only steps, "
                                        "epochs, checkpoint_every, sample_every, plot, num_workers and device "
                                        "may change)")
-        if ck.get("world_size", 1) != w.size:
-            pass  # allowed: the global batch and data order do not depend on the process count
+        # Another process count is fine: the global batch and data order do not depend on it.
     model = task.model.to(device)
     if task.to is not None:
         task.to(device)
     if ck is not None:
-        try:
-            model.load_state_dict(ck["model"])
-        except RuntimeError as e:
-            raise ckpt.CheckpointError(f"--resume {resume}: its weights do not fit the model: "
-                                       f"{_one_line(e)}") from None
+        ckpt.load_state(model, ck["model"], f"--resume {resume}: its weights do not fit the model")
     model.train()
     net = dist.wrap(model, w)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)

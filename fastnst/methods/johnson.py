@@ -21,7 +21,6 @@ and ``strength`` (blend with the content).
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Sequence
 
 import torch
@@ -31,7 +30,7 @@ import torch.nn.functional as F
 from fastnst import image, losses
 from fastnst.engine import Task, TrainConfig, option
 from fastnst.engine import precision as prec
-from fastnst.methods.common import compile_for_inference, encoder_for, feature_weights
+from fastnst.methods.common import as_image, compile_for_inference, encoder_for, feature_weights
 from fastnst.models.transformer import TransformerNet
 from fastnst.nn import accelerate
 
@@ -79,9 +78,7 @@ def _check_loss_config(cfg: Config) -> None:
 
 
 def _load_rgb(path: str, what: str, size: int | None = None) -> torch.Tensor:
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{what} {path} does not exist")
-    img = image.load_image(path)
+    img = as_image(path, what)
     return image.resize(img, size) if size else img
 
 
@@ -154,7 +151,7 @@ def train(cfg: Config, output: str, *, resume: str | None = None, run_dir: str |
     (``.safetensors`` or ``.pth``, pytorch/examples' TransformerNet keys)."""
     from fastnst.engine import train as engine_train
 
-    return engine_train(task(cfg), output, run_dir=run_dir, resume=resume, progress_bar=progress,
+    return engine_train((cfg, task), output, run_dir=run_dir, resume=resume, progress_bar=progress,
                         overwrite=overwrite)
 
 
@@ -227,11 +224,8 @@ def stylize(model: nn.Module, images: Sequence, *, size: int | None = None, pres
     _check_stylize_sizes(size, batch_size)
     loaded = []
     for item in images:
-        img = _load_rgb(item, "input image") if isinstance(item, (str, os.PathLike)) else item
-        if img.dim() == 3:
-            img = img.unsqueeze(0)
-        image._check_img4(img, "image")
-        loaded.append(image.resize(img.float(), size) if size else img.float())
+        img = as_image(item)
+        loaded.append(image.resize(img, size) if size else img)
     out: list[torch.Tensor | None] = [None] * len(loaded)
     groups: dict[tuple[int, int], list[int]] = {}
     for i, img in enumerate(loaded):

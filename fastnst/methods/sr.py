@@ -18,10 +18,10 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from fastnst import image, losses
+from fastnst import losses
 from fastnst.engine import Task, TrainConfig, option
 from fastnst.engine import precision as prec
-from fastnst.methods.common import encoder_for, feature_weights
+from fastnst.methods.common import as_image, encoder_for, feature_weights
 from fastnst.models.sr import SRNet, bicubic
 from fastnst.nn import accelerate
 
@@ -70,10 +70,6 @@ class EvaluateOptions:
     sigma: float = option(1.0, "blur before downsampling, as in training")
     precision: str = option("fp32", "fp32, or bf16 / fp16 autocast", choices=("fp32", "bf16", "fp16"))
     device: str = option("cpu", "cpu or cuda[:N]")
-
-
-def _one_line(e: BaseException) -> str:
-    return " ".join(ln.strip() for ln in str(e).splitlines() if ln.strip())[:400]
 
 
 def _check(cfg: Config) -> None:
@@ -146,7 +142,7 @@ def train(cfg: Config, output: str, *, resume: str | None = None, run_dir: str |
     """Train an SR network with the engine; exports the weights to ``output``."""
     from fastnst.engine import train as engine_train
 
-    return engine_train(task(cfg), output, run_dir=run_dir, resume=resume, progress_bar=progress,
+    return engine_train((cfg, task), output, run_dir=run_dir, resume=resume, progress_bar=progress,
                         overwrite=overwrite)
 
 
@@ -154,6 +150,7 @@ def load(path: str, device: str | torch.device = "cpu", fuse: bool = True) -> tu
     """(network, factor) from weights ``fastnst train sr`` exported (or its checkpoint); the
     factor, width and depth are read from the weights' shapes."""
     from fastnst.engine import CheckpointError, read_weights
+    from fastnst.engine.checkpoint import load_state
 
     state, _ = read_weights(path)
     ups = sorted({k.split(".")[0] for k in state if k.startswith("up") and k.split(".")[0][2:].isdigit()})
@@ -163,24 +160,11 @@ def load(path: str, device: str | torch.device = "cpu", fuse: bool = True) -> tu
         raise CheckpointError(f"{path} holds no fastnst SR network (no head.conv.conv2d / up1 / tail keys); "
                               "train one with `fastnst train sr`")
     model = SRNet(2 ** len(ups), int(w.shape[0]), blocks)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        raise CheckpointError(f"{path}: weights do not fit an SR network: {_one_line(e)}") from None
+    load_state(model, state, f"{path}: weights do not fit an SR network")
     if fuse:
         model = accelerate(model)
     model.eval().requires_grad_(False)
     return model.to(device), 2 ** len(ups)
-
-
-def _as_batch(item) -> torch.Tensor:
-    if isinstance(item, (str, os.PathLike)):
-        if not os.path.exists(item):
-            raise FileNotFoundError(f"input image {item} does not exist")
-        return image.load_image(item)
-    x = item.unsqueeze(0) if item.dim() == 3 else item
-    image._check_img4(x, "image")
-    return x.float()
 
 
 def upscale(model: nn.Module, images: Sequence, *, precision: str = "fp32",
@@ -190,7 +174,7 @@ def upscale(model: nn.Module, images: Sequence, *, precision: str = "fp32",
     prec.check(precision, device)
     out = []
     for item in images:
-        x = _as_batch(item).to(device)
+        x = as_image(item).to(device)
         with torch.inference_mode(), prec.autocast(precision, device):
             y = model(x * 255.0)
         out.append((y.float() / 255.0).clamp(0, 1).cpu())
@@ -209,7 +193,7 @@ def evaluate(model: nn.Module, images: Sequence, *, factor: int, crop_border: in
     border = factor if crop_border is None else crop_border
     rows = []
     for item in images:
-        hr = _as_batch(item)
+        hr = as_image(item)
         H, W = (hr.shape[-2] // factor) * factor, (hr.shape[-1] // factor) * factor
         if min(H, W) // factor < 5:
             raise ValueError(f"{item}: {hr.shape[-1]}x{hr.shape[-2]} is too small to score at x{factor} "
