@@ -51,6 +51,16 @@ TORCH_LIBRARY(fastnst, m) {
         "Tensor rstd, bool unbiased, float x_scale, int activation, bool weight_grads) "
         "-> (Tensor, Tensor, Tensor)");
 
+  // Inference form of instance_norm (biased variance, x_scale 0) for the networks' norm ->
+  // [upsample ->] reflection pad -> conv stages, written straight into the next conv's input:
+  //   out = reflect_pad(upsample_nearest(act(instance_norm(x)) + residual, upsample), pad)
+  // x [B, C, H, W] (any strides; computed channels_last), residual None or x's shape and dtype
+  // (any strides), upsample >= 1, 0 <= pad < H * upsample, W * upsample. Returns
+  // [B, C, H * upsample + 2 pad, W * upsample + 2 pad] channels_last in x's dtype, each value
+  // bit for bit instance_norm's (plus the residual, rounded in x's dtype). No autograd.
+  m.def("instance_norm_pad(Tensor x, Tensor? weight, Tensor? bias, float eps, int activation, "
+        "Tensor? residual, int upsample, int pad) -> Tensor");
+
   // Style swap (Chen & Schmidt 2016), in two ops. Geometry shared by both, k = patch_size,
   // s = stride: content patches sit at (i s, j s), i < nh = (Hc - k) / s + 1, j < nw =
   // (Wc - k) / s + 1; style patches at (qi s, qj s), qi < mh = (Hs - k) / s + 1,

@@ -13,9 +13,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 from test_engine import ENV, small_vgg16
-from test_nn import ExTransformerNet
 
 from fastnst import cli, image
+from fastnst.bench.examples import ExTransformerNet
 from fastnst.engine import read_weights
 from fastnst.methods import johnson
 from fastnst.models.transformer import TransformerNet

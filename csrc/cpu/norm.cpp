@@ -35,6 +35,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <type_traits>
 #include <vector>
 
@@ -819,6 +820,18 @@ void row_stats(const at::Tensor& x0, bool channels, std::vector<double>& mean, s
     }
 }
 
+// The element of the maps below: act(p g' + q ((x - k) r) + s), g' = g (HAS_G) zeroed where
+// m <= 0 (HAS_M). One definition, so that every kernel computing a forward value (instance_norm,
+// instance_norm_pad) rounds it the same way.
+template <typename A, bool HAS_G, bool HAS_M, bool RELU>
+inline A map_elem(A p, A q, A s, A k, A r, A xv, A gv, A mv) {
+  A g = HAS_G ? gv : A(0);
+  if (HAS_M) g *= static_cast<A>(mv > A(0));  // branch-free: the mask is data, not control
+  A v = p * g + q * ((xv - k) * r) + s;
+  if (RELU) v = std::max(v, A(0));
+  return v;
+}
+
 // ---- the elementwise map y = f(x[, g]) with per-(b, c) coefficients ---------------------------
 // out[b, c, l] = act(P[bc] * g' + Q[bc] * (x - K[bc]) + R[bc]); g' = g (HAS_G), zeroed where the mask
 // m <= 0 (HAS_M: the ReLU's mask recomputed from y). Flags are template parameters so that
@@ -833,11 +846,7 @@ void affine_map_impl(const at::Tensor& x, const T* G, const T* M, bool channels,
   T* O = out.data_ptr<T>();
   using A = at::opmath_type<T>;
   auto elem = [](A p, A q, A s, A k, A r, A xv, A gv, A mv) {
-    A g = HAS_G ? gv : A(0);
-    if (HAS_M) g *= static_cast<A>(mv > A(0));  // branch-free: the mask is data, not control
-    A v = p * g + q * ((xv - k) * r) + s;
-    if (RELU) v = std::max(v, A(0));
-    return v;
+    return map_elem<A, HAS_G, HAS_M, RELU>(p, q, s, k, r, xv, gv, mv);
   };
   if (!channels) {
     at::parallel_for(0, B * C, 1, [&](int64_t r0, int64_t r1) {
@@ -1305,7 +1314,179 @@ double round_to(at::ScalarType dtype, double v) {
 // float64 all the way).
 at::ScalarType stats_dtype(const at::Tensor& x) { return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
 
+// The forward map's coefficients from the statistics: y = Q (x - K) + R, K = the mean rounded to
+// the map's precision (see norm_rows_fused), rstd = 1 / sqrt(M2 / n + eps).
+void forward_coefficients(at::ScalarType dtype, const std::vector<double>& mean, const std::vector<double>& m2,
+                          const std::vector<double>& w, const std::vector<double>& bb, double eps, double n,
+                          double x_scale, std::vector<double>& Q, std::vector<double>& R,
+                          std::vector<double>& K, std::vector<double>& rstd) {
+  const size_t N = mean.size();
+  Q.resize(N);
+  R.resize(N);
+  K.resize(N);
+  rstd.resize(N);
+  for (size_t r = 0; r < N; ++r) {
+    rstd[r] = inv_std(m2[r] / n + eps);
+    Q[r] = w[r] * rstd[r] + x_scale;
+    K[r] = round_to(dtype, mean[r]);
+    R[r] = bb[r] + x_scale * mean[r] - Q[r] * (mean[r] - K[r]);
+  }
+}
+
+// ---- instance_norm_pad: inference, channels_last, written straight into the padded input of
+// the next convolution --------------------------------------------------------------------------
+// out = reflect_pad(upsample_nearest(act(instance_norm(x)) + residual, u), p). The statistics and
+// the per-element map are instance_norm's (row_stats, forward_coefficients, map_elem or
+// channel_map_lowp, on the same channels-innermost layout), so each value is bit for bit
+// instance_norm's y; the residual is added in x's dtype, as `y + residual` rounds. Pass 1 maps
+// the rows of pixels of x (parallel over (b, h)) into the interior of the result, each value
+// u x u times; pass 2 (parallel over the result's rows) copies the reflected border, rows from
+// interior rows first, then each row's columns from its own interior (corners included), as
+// F.pad's "reflect". Saves the normalised tensor, the padded copy and, with u > 1, the
+// upsampled one.
+template <typename T, bool RELU>
+void norm_pad_map(const at::Tensor& x, const at::Tensor* res, const std::vector<double>& Q,
+                  const std::vector<double>& R, const std::vector<double>& K, int64_t u, int64_t pad,
+                  at::Tensor& out) {
+  using A = at::opmath_type<T>;
+  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  const int64_t Ho = out.size(2), Wo = out.size(3), h = H * u, w = W * u;
+  const T* X = x.data_ptr<T>();
+  T* O = out.data_ptr<T>();
+  std::vector<A> q(B * C), s(B * C), k(B * C), zero(C, A(0)), one(C, A(1));
+  for (int64_t i = 0; i < B * C; ++i) {
+    q[i] = static_cast<A>(Q[i]);
+    s[i] = static_cast<A>(R[i]);
+    k[i] = static_cast<A>(K[i]);
+  }
+  void (*lowp_map)(const T*, const T*, const T*, T*, int64_t, int64_t, const float*, const float*, const float*,
+                   const float*, const float*) = nullptr;
+#if defined(FASTNST_X86)
+  with_lowp<T>([&](auto e) { lowp_map = channel_map_lowp<decltype(e), false, false, RELU>; });
+#endif
+  const T* RS = res ? res->data_ptr<T>() : nullptr;
+  const int64_t rb = res ? res->stride(0) : 0, rc = res ? res->stride(1) : 0;
+  const int64_t rh = res ? res->stride(2) : 0, rw = res ? res->stride(3) : 0;
+  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, W * C));
+  at::parallel_for(0, B * H, grain, [&](int64_t t0, int64_t t1) {
+    std::vector<T> tmp(u > 1 ? W * C : 0);
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t b = t / H, i = t % H;
+      const T* xr = X + t * W * C;  // channels_last: (b, i) is row t of W pixels
+      T* first = O + ((b * Ho + pad + i * u) * Wo + pad) * C;
+      T* row = u > 1 ? tmp.data() : first;
+      const A *qb = q.data() + b * C, *sb = s.data() + b * C, *kb = k.data() + b * C;
+      if constexpr (std::is_same<A, float>::value) {
+        if (lowp_map) {
+          lowp_map(xr, xr, xr, row, C, W, zero.data(), qb, sb, kb, one.data());
+        }
+      }
+      if (!lowp_map) {
+        for (int64_t j = 0; j < W; ++j) {
+          const T* xp = xr + j * C;
+          T* op = row + j * C;
+#pragma omp simd
+          for (int64_t c = 0; c < C; ++c)
+            op[c] = static_cast<T>(map_elem<A, false, false, RELU>(A(0), qb[c], sb[c], kb[c], A(1),
+                                                                 static_cast<A>(xp[c]), A(0), A(0)));
+        }
+      }
+      if (RS) {
+        const T* rr = RS + b * rb + i * rh;
+        for (int64_t j = 0; j < W; ++j) {
+          T* op = row + j * C;
+          const T* rp = rr + j * rw;
+          for (int64_t c = 0; c < C; ++c) op[c] = static_cast<T>(static_cast<A>(op[c]) + static_cast<A>(rp[c * rc]));
+        }
+      }
+      if (u > 1) {
+        for (int64_t j = 0; j < W; ++j)
+          for (int64_t d = 0; d < u; ++d) std::memcpy(first + (j * u + d) * C, row + j * C, C * sizeof(T));
+        for (int64_t d = 1; d < u; ++d) std::memcpy(first + d * Wo * C, first, w * C * sizeof(T));
+      }
+    }
+  });
+  if (pad == 0) return;
+  at::parallel_for(0, B * Ho, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, Wo * C)),
+                   [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t b = t / Ho, r = t % Ho;
+      T* row = O + t * Wo * C;
+      int64_t src = -1;
+      if (r < pad) src = 2 * pad - r;
+      else if (r >= pad + h) src = 2 * (pad + h) - 2 - r;
+      if (src >= 0) std::memcpy(row + pad * C, O + ((b * Ho + src) * Wo + pad) * C, w * C * sizeof(T));
+      for (int64_t kk = 0; kk < pad; ++kk) {
+        std::memcpy(row + (pad - 1 - kk) * C, row + (pad + 1 + kk) * C, C * sizeof(T));
+        std::memcpy(row + (pad + w + kk) * C, row + (pad + w - 2 - kk) * C, C * sizeof(T));
+      }
+    }
+  });
+}
+
 }  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_cpu(
+    const at::Tensor& x0, const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& bias,
+    double eps, bool unbiased, double x_scale, int64_t activation);
+
+at::Tensor instance_norm_pad_cpu(const at::Tensor& x0, const c10::optional<at::Tensor>& weight,
+                                 const c10::optional<at::Tensor>& bias, double eps, int64_t activation,
+                                 const c10::optional<at::Tensor>& residual, int64_t upsample, int64_t pad) {
+  const char* op = "instance_norm_pad";
+  TORCH_CHECK(x0.device().is_cpu(), "fastnst::", op, " (cpu): x must be a CPU tensor, got ", x0.device());
+  TORCH_CHECK(x0.dim() == 4, "fastnst::", op, ": x must be [B, C, H, W], got ", x0.sizes());
+  const auto dt = x0.scalar_type();
+  TORCH_CHECK(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16 || dt == at::kDouble,
+              "fastnst::", op, ": x must be float32, float16, bfloat16 or float64 (cpu), got ", dt);
+  TORCH_CHECK(activation == 0 || activation == 1, "fastnst::", op, ": activation must be 0 (none) or 1 (relu)");
+  TORCH_CHECK(eps >= 0, "fastnst::", op, ": eps must be >= 0, got ", eps);
+  TORCH_CHECK(upsample >= 1, "fastnst::", op, ": upsample must be >= 1, got ", upsample);
+  TORCH_CHECK(pad >= 0, "fastnst::", op, ": pad must be >= 0, got ", pad);
+  const int64_t B = x0.size(0), C = x0.size(1), H = x0.size(2), W = x0.size(3);
+  TORCH_CHECK(H * W > 1, "fastnst::", op, ": x must have more than 1 spatial element per channel, got ",
+              x0.sizes());
+  TORCH_CHECK(pad < H * upsample && pad < W * upsample, "fastnst::", op, ": reflection padding ", pad,
+              " must be smaller than the (upsampled) height and width ", H * upsample, " x ", W * upsample);
+  check_cpu(weight.has_value() ? *weight : at::Tensor(), "weight", op);
+  check_cpu(bias.has_value() ? *bias : at::Tensor(), "bias", op);
+  at::Tensor res;
+  if (residual.has_value() && residual->defined()) {
+    res = *residual;
+    check_cpu(res, "residual", op);
+    TORCH_CHECK(res.sizes() == x0.sizes() && res.scalar_type() == dt, "fastnst::", op,
+                ": residual must have x's shape ", x0.sizes(), " and dtype ", dt, ", got ", res.sizes(), " ",
+                res.scalar_type());
+  }
+  // x channels_last ([B][H][W][C], viewed as [B, C, L] with channels innermost), copied if not.
+  const at::Tensor x4 = x0.contiguous(at::MemoryFormat::ChannelsLast);
+  const at::Tensor x = x4.view({B, C, H * W});  // C == 1: contiguous rows, the same data
+  at::Tensor out = at::empty({B, C, H * upsample + 2 * pad, W * upsample + 2 * pad},
+                             x0.options().memory_format(at::MemoryFormat::ChannelsLast));
+  std::vector<double> Q, R, K;
+  at::Tensor src = x4;
+  if (C > 1) {
+    const std::vector<double> w = per_sample(weight, B, C, 1.0, "weight", op);
+    const std::vector<double> bb = per_sample(bias, B, C, 0.0, "bias", op);
+    std::vector<double> mean, m2, rstd;
+    dispatch(dt, [&](auto tag) { row_stats<decltype(tag)>(x, true, mean, m2); });
+    forward_coefficients(dt, mean, m2, w, bb, eps, static_cast<double>(H * W), 0.0, Q, R, K, rstd);
+  } else {
+    // One channel: instance_norm takes its row kernels, whose map differs in rounding from the
+    // channels-innermost one; its y is taken as it is and copied by the identity map (exact).
+    src = std::get<0>(instance_norm_cpu(x, weight, bias, eps, false, 0.0, activation)).view({B, C, H, W});
+    Q.assign(B, 1.0);
+    R.assign(B, 0.0);
+    K.assign(B, 0.0);
+    activation = 0;
+  }
+  dispatch(dt, [&](auto tag) {
+    using T = decltype(tag);
+    auto run = activation == 1 ? norm_pad_map<T, true> : norm_pad_map<T, false>;
+    run(src, res.defined() ? &res : nullptr, Q, R, K, upsample, pad, out);
+  });
+  return out;
+}
 
 std::tuple<at::Tensor, at::Tensor> mean_std_cpu(const at::Tensor& x0, double eps, bool unbiased) {
   check_x(x0, "mean_std");
@@ -1403,16 +1584,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_cpu(
   std::vector<double> mean, m2;
   dispatch(x.scalar_type(), [&](auto tag) { row_stats<decltype(tag)>(x, channels, mean, m2); });
   const double n = static_cast<double>(L - (unbiased ? 1 : 0));
-  std::vector<double> P(B * C, 0.0), Q(B * C), R(B * C), K(B * C), rstd(B * C);
-  const double* wp = w.data();
-  const double* bp = bb.data();
-  for (int64_t r = 0; r < B * C; ++r) {
-    // y = Q (x - K) + R, K = mean rounded to the map's precision (see norm_rows_fused).
-    rstd[r] = inv_std(m2[r] / n + eps);
-    Q[r] = wp[r] * rstd[r] + x_scale;
-    K[r] = round_to(x.scalar_type(), mean[r]);
-    R[r] = bp[r] + x_scale * mean[r] - Q[r] * (mean[r] - K[r]);
-  }
+  std::vector<double> P(B * C, 0.0), Q, R, K, rstd;
+  forward_coefficients(x.scalar_type(), mean, m2, w, bb, eps, n, x_scale, Q, R, K, rstd);
   at::Tensor mean_t = stats_tensor(mean, B, C, stats_dtype(x0));
   at::Tensor rstd_t = stats_tensor(rstd, B, C, stats_dtype(x0));
   at::Tensor y = output_rule(x0, OutSlot::kNormForward);
@@ -1500,6 +1673,7 @@ TORCH_LIBRARY_IMPL(fastnst, CPU, m) {
   m.impl("mean_std_backward", &mean_std_backward_cpu);
   m.impl("instance_norm", &instance_norm_cpu);
   m.impl("instance_norm_backward", &instance_norm_backward_cpu);
+  m.impl("instance_norm_pad", &instance_norm_pad_cpu);
 }
 
 }  // namespace cpu

@@ -197,6 +197,25 @@ if _ext.available():
               torch.ops.fastnst.instance_norm_backward, "fastnst::instance_norm_backward")
 
 
+def _instance_norm_pad_fake(x, weight, bias, eps, activation, residual, upsample, pad):
+    _same_device("instance_norm_pad", x, weight=weight, bias=bias, residual=residual)
+    b, c, h, w = x.shape
+    return x.new_empty(b, c, h * upsample + 2 * pad, w * upsample + 2 * pad).contiguous(
+        memory_format=torch.channels_last)
+
+
+def _instance_norm_pad_no_backward(ctx, grad):
+    raise RuntimeError("fastnst::instance_norm_pad is inference-only (no backward); call "
+                       "fastnst.ops.norm.instance_norm_pad, which takes differentiable aten ops when a "
+                       "gradient is needed")
+
+
+if _ext.available():
+    torch.library.register_fake("fastnst::instance_norm_pad")(_instance_norm_pad_fake)
+    torch.library.register_autograd("fastnst::instance_norm_pad", _instance_norm_pad_no_backward,
+                                    setup_context=lambda ctx, inputs, output: None)
+
+
 # ---- public API ----------------------------------------------------------------------------
 def _check_eps(op: str, eps, name: str = "eps") -> float:
     """A finite real number >= 0 (Python or NumPy scalars; not bool)."""
@@ -315,6 +334,59 @@ def instance_norm(x: torch.Tensor, weight: torch.Tensor | None = None, bias: tor
     if name == "reference":
         return reference.instance_norm(x, weight, bias, eps, activation)
     return _norm(x, weight, bias, eps, False, 0.0, ACTIVATIONS[activation], name)
+
+
+def _needs_grad(*tensors) -> bool:
+    return torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in tensors)
+
+
+def instance_norm_pad(x: torch.Tensor, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None,
+                      eps: float = 1e-5, activation: str | None = None, residual: torch.Tensor | None = None,
+                      upsample: int = 1, pad: int = 0) -> torch.Tensor:
+    """``F.pad(F.interpolate(instance_norm(x, weight, bias, eps, activation) + residual,
+    scale_factor=upsample, mode="nearest"), [pad] * 4, mode="reflect")``: a network's
+    norm -> [upsample ->] reflection pad -> conv stage up to the convolution.
+
+    Without autograd, on the CPU, it is one kernel (``fastnst::instance_norm_pad``) that writes
+    the normalised values straight into the padded (upsampled) result, channels_last: bit for
+    bit the composite's values (instance_norm's y, the residual added in x's dtype), without
+    the intermediate tensors or their copies. With a gradient to compute, under torch.compile
+    (Inductor fuses the composite itself) and on other devices it is the composite of
+    differentiable ops. x: [B, C, H, W]; residual: None or x's shape and dtype; upsample an
+    integer >= 1; 0 <= pad < the upsampled height and width.
+    """
+    check_tensor("instance_norm_pad", "x", x, (4,), "[B, C, H, W]")
+    if x.shape[2] * x.shape[3] < 2:
+        raise ValueError(f"instance_norm_pad: x must have more than 1 spatial element per channel, "
+                         f"got {shape_str(x)}")
+    eps = _check_eps("instance_norm_pad", eps)
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"instance_norm_pad: activation must be None or 'relu', got {activation!r}")
+    _check_affine("instance_norm_pad", "weight", weight, x)
+    _check_affine("instance_norm_pad", "bias", bias, x)
+    for name, v, lo in (("upsample", upsample, 1), ("pad", pad, 0)):
+        if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < lo:
+            raise ValueError(f"instance_norm_pad: {name} must be an integer >= {lo}, got {v!r}")
+    h, w = x.shape[2] * upsample, x.shape[3] * upsample
+    if pad >= h or pad >= w:
+        raise ValueError(f"instance_norm_pad: reflection padding {pad} must be smaller than the "
+                         f"(upsampled) height and width {h} x {w}")
+    if residual is not None:
+        if not isinstance(residual, torch.Tensor) or residual.shape != x.shape or residual.dtype != x.dtype:
+            got = shape_str(residual) if isinstance(residual, torch.Tensor) else type(residual).__name__
+            raise ValueError(f"instance_norm_pad: residual must have x's shape {shape_str(x)} and dtype "
+                             f"{x.dtype}, got {got}")
+        check_same_device("instance_norm_pad", "x", x, "residual", residual)
+    if (_ext.available() and x.device.type == "cpu" and not torch.compiler.is_compiling()
+            and not _needs_grad(x, weight, bias, residual)):
+        return torch.ops.fastnst.instance_norm_pad(x, weight, bias, eps, ACTIVATIONS[activation], residual,
+                                                   int(upsample), int(pad))
+    y = instance_norm(x, weight, bias, eps, activation)
+    if residual is not None:
+        y = y + residual
+    if upsample > 1:
+        y = torch.nn.functional.interpolate(y, scale_factor=int(upsample), mode="nearest")
+    return torch.nn.functional.pad(y, (pad,) * 4, mode="reflect") if pad else y
 
 
 def adain(content: torch.Tensor, style: torch.Tensor | Sequence[torch.Tensor], alpha: float = 1.0,

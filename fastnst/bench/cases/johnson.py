@@ -54,6 +54,7 @@ def _examples_normalize(batch: torch.Tensor) -> torch.Tensor:
 def train_steps(batch: int, size: int):
     """{provider: step()} for the three training steps, on the same weights and batch."""
     from fastnst import losses
+    from fastnst.bench.examples import ExTransformerNet
     from fastnst.engine import precision
     from fastnst.methods import johnson
     from fastnst.models.transformer import TransformerNet
@@ -89,7 +90,7 @@ def train_steps(batch: int, size: int):
         return step, net
 
     def examples_step():
-        net = TransformerNet()
+        net = ExTransformerNet()
         net.load_state_dict(init)
         opt = torch.optim.Adam(net.parameters(), lr=d.lr)
         with torch.no_grad():
@@ -120,12 +121,13 @@ def train_steps(batch: int, size: int):
 
 
 def stylize_calls(size: int, compile_reference: bool = True):
+    from fastnst.bench.examples import ExTransformerNet
     from fastnst.methods import johnson
     from fastnst.models.transformer import TransformerNet
     from fastnst.nn import accelerate
 
     torch.manual_seed(0)
-    plain = TransformerNet().eval().requires_grad_(False)
+    plain = ExTransformerNet().eval().requires_grad_(False)
     fast = accelerate(TransformerNet()).eval().requires_grad_(False)
     fast.load_state_dict(plain.state_dict())
     x = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))

@@ -73,11 +73,12 @@ def cases(opts: bench.Options):
 
 
 def transformer_cases(opts: bench.Options):
-    """Johnson's TransformerNet (nn.InstanceNorm2d + nn.ReLU in Sequentials): forward and an
-    Adam training step, before and after fastnst.accelerate(). CPU runs only."""
+    """pytorch/examples' TransformerNet as users have it (fastnst.bench.examples: nn.InstanceNorm2d,
+    the ReLU called in forward): forward and an Adam training step, before and after
+    fastnst.accelerate() (which fuses norm + ReLU by tracing). CPU runs only."""
     if opts.device != "cpu":
         return
-    from fastnst.models.transformer import TransformerNet
+    from fastnst.bench.examples import ExTransformerNet as TransformerNet
 
     size, batch = (64, 2) if opts.quick else (256, 4)
     torch.manual_seed(0)
