@@ -163,14 +163,19 @@ def test_fused_network_is_the_plain_path_bit_for_bit(net, precision, size):
     x = torch.rand(2, 3, *size) * 255
     with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16"):
         y = net(x)
+        net.grouped_output_conv = False
+        y_ungrouped = net(x)
         net.fused_inference = False
         try:
             plain_cl = net(x.contiguous(memory_format=CL))  # the same channels_last convolutions
             plain = net(x)
         finally:
-            net.fused_inference = True
+            net.fused_inference = net.grouped_output_conv = True
     assert y.is_contiguous() and y.shape == x.shape
-    assert torch.equal(y, plain_cl.contiguous())
+    assert torch.equal(y_ungrouped, plain_cl.contiguous())
+    scale = plain_cl.float().abs().max()
+    atol = scale * (1e-6 if precision == "fp32" else 1e-2)
+    torch.testing.assert_close(y.float(), plain_cl.float(), rtol=0, atol=atol)
     tol = dict(rtol=0, atol=1e-3) if precision == "fp32" else dict(rtol=0.05, atol=4.0)
     torch.testing.assert_close(y.float(), plain.float(), **tol)  # NCHW convolutions round differently
 
@@ -195,3 +200,59 @@ def test_fused_network_keeps_channels_last_and_leaves_autograd_alone(net):
     y = net(x)  # a gradient is wanted: the plain, differentiable path
     y.sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("hw", [(20, 26), (21, 26), (2, 2)])
+def test_output_conv_is_the_convolution(dtype, hw):
+    from fastnst.models.transformer import output_conv
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(32, 3, 9).eval().requires_grad_(False)
+    P = torch.randn(2, 32, hw[0] + 8, hw[1] + 8).contiguous(memory_format=CL)
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=dtype == torch.bfloat16):
+        y, want = output_conv(conv, P), conv(P)
+        with torch.no_grad():
+            conv.weight.mul_(2)  # the cached grouped weight follows the module's weight
+        y2, want2 = output_conv(conv, P), conv(P)
+    assert y.is_contiguous() and y.shape == want.shape == (2, 3, *hw)
+    tol = dict(rtol=0, atol=1e-5) if dtype == torch.float32 else dict(rtol=0.02, atol=0.02)
+    torch.testing.assert_close(y.float(), want.float(), **tol)
+    torch.testing.assert_close(y2.float(), want2.float(), **{k: 2 * v for k, v in tol.items()})
+
+
+_DIGEST = r"""
+import hashlib, torch
+from fastnst.ops.norm import instance_norm, instance_norm_pad
+torch.manual_seed(0)
+h = hashlib.sha256()
+for dtype in (torch.float32, torch.bfloat16, torch.float16):
+    for C in (3, 16, 40, 64, 130):
+        x = (torch.randn(2, C, 13, 17) * 2 + 3).to(dtype).contiguous(memory_format=torch.channels_last)
+        x.requires_grad_(True)
+        w, b = torch.randn(C, requires_grad=True), torch.randn(C, requires_grad=True)
+        for act in (None, "relu"):
+            y = instance_norm(x, w, b, 1e-5, act)
+            dx, dw, db = torch.autograd.grad(y, (x, w, b), torch.randn_like(y))
+            with torch.no_grad():
+                p = instance_norm_pad(x, w, b, 1e-5, act, x * 0.5, 1, 2)
+            for t in (y, dx, dw, db, p):
+                h.update(t.detach().float().contiguous().numpy().tobytes())
+print(h.hexdigest())
+"""
+
+
+def test_channels_last_kernels_equal_the_generic_loops():
+    """The channels-innermost AVX-512 kernels (float32, float16, bfloat16; forward, backward,
+    instance_norm_pad) give the generic loops' bits: FASTNST_AVX512=0 in a child process."""
+    import os
+    import subprocess
+    import sys
+
+    from fastnst.engine.precision import cpu_flags
+
+    if "avx512bw" not in cpu_flags():
+        pytest.skip("this CPU has no AVX-512 BW: only the generic loops run here")
+    runs = [subprocess.run([sys.executable, "-c", _DIGEST], capture_output=True, text=True, check=True,
+                           env=dict(os.environ, **extra)).stdout.strip() for extra in ({}, {"FASTNST_AVX512": "0"})]
+    assert len(runs[0]) == 64 and runs[0] == runs[1]

@@ -8,9 +8,14 @@
 namespace fastnst {
 namespace cpu {
 
+// FASTNST_AVX512=0 hides AVX-512 altogether (every kernel takes its generic path), so that
+// those paths can be tested, and compared with the AVX-512 ones, on CPUs with it.
 inline bool has_avx512() {
 #if defined(FASTNST_X86)
-  static const bool ok = __builtin_cpu_supports("avx512f") != 0;
+  static const bool ok = [] {
+    const char* v = std::getenv("FASTNST_AVX512");
+    return __builtin_cpu_supports("avx512f") != 0 && !(v && std::strcmp(v, "0") == 0);
+  }();
   return ok;
 #else
   return false;

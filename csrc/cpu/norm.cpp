@@ -391,29 +391,43 @@ struct Bf16Ne {
   }
 };
 
-// The format 16-bit T loads as (bfloat16 loads do not depend on how stores round).
+// float32 itself, for the channels-innermost loops below: the scalar loops vectorise over
+// channels only to the baseline target's 4 lanes, these kernels take 16, with the same
+// operations in the same order (so the same bits).
+struct F32 {
+  using T = float;
+};
+
+// The format T loads as (bfloat16 loads do not depend on how stores round).
 template <typename T>
-using LoadFormat = typename std::conditional<std::is_same<T, c10::Half>::value, Fp16, Bf16>::type;
+using LoadFormat = typename std::conditional<
+    std::is_same<T, float>::value, F32,
+    typename std::conditional<std::is_same<T, c10::Half>::value, Fp16, Bf16>::type>::type;
 
 template <class E>
 FASTNST_LOWP __m512 lp_load(const typename E::T* p) {
-  return E::widen(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  if constexpr (std::is_same<E, F32>::value) return _mm512_loadu_ps(p);
+  else return E::widen(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
 }
 // Lanes outside t read as 0 (and fault on nothing, as _mm512_maskz_loadu_ps).
 template <class E>
 FASTNST_LOWP __m512 lp_maskz_load(__mmask16 t, const typename E::T* p) {
-  return E::widen(_mm256_maskz_loadu_epi16(t, p));
+  if constexpr (std::is_same<E, F32>::value) return _mm512_maskz_loadu_ps(t, p);
+  else return E::widen(_mm256_maskz_loadu_epi16(t, p));
 }
 template <class E>
 FASTNST_LOWP void lp_store(typename E::T* p, __m512 v) {
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), E::narrow(v));
+  if constexpr (std::is_same<E, F32>::value) _mm512_storeu_ps(p, v);
+  else _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), E::narrow(v));
 }
 template <class E>
 FASTNST_LOWP void lp_mask_store(typename E::T* p, __mmask16 t, __m512 v) {
-  _mm256_mask_storeu_epi16(p, t, E::narrow(v));
+  if constexpr (std::is_same<E, F32>::value) _mm512_mask_storeu_ps(p, t, v);
+  else _mm256_mask_storeu_epi16(p, t, E::narrow(v));
 }
 template <class E>
 FASTNST_LOWP void lp_stream(typename E::T* p, __m512 v) {  // p 32-byte aligned (stream_head)
+  static_assert(!std::is_same<E, F32>::value, "float32 rows stream through map_row_avx512");
   _mm256_stream_si256(reinterpret_cast<__m256i*>(p), E::narrow(v));
 }
 
@@ -689,6 +703,22 @@ bool with_lowp(F&& f) {
   return false;
 }
 
+// with_lowp for the channels-innermost kernels, which also take float32 (format F32): the
+// scalar loops vectorise over channels only to the baseline target's 4 lanes.
+template <typename T, typename F>
+bool with_channel_format(F&& f) {
+#if defined(FASTNST_X86)
+  if constexpr (std::is_same<T, float>::value) {
+    if (has_avx512_lowp()) {
+      f(F32());
+      return true;
+    }
+    return false;
+  }
+#endif
+  return with_lowp<T>(std::forward<F>(f));
+}
+
 // mean and M2 (sum of squared deviations) of one contiguous row. Narrow inputs: shifted by the
 // mean of the first block, so (K - mean)^2 is ~var / 512 and s2 - s1^2 / L loses nothing;
 // rows where it would (near-constant rows, overflowed or non-finite values) are recomputed
@@ -763,7 +793,7 @@ void row_stats(const at::Tensor& x0, bool channels, std::vector<double>& mean, s
   // float16 / bfloat16: the block sums by channel_sums_lowp, if the CPU has it.
   void (*lowp_sums)(const T*, int64_t, int64_t, const float*, float*, float*) = nullptr;
 #if defined(FASTNST_X86)
-  with_lowp<T>([&](auto e) { lowp_sums = channel_sums_lowp<LoadFormat<typename decltype(e)::T>>; });
+  with_channel_format<T>([&](auto e) { lowp_sums = channel_sums_lowp<LoadFormat<typename decltype(e)::T>>; });
 #endif
   at::parallel_for(0, B * nchunk, 1, [&](int64_t t0, int64_t t1) {
     std::vector<float> a(C), q(C), k(C);
@@ -868,7 +898,7 @@ void affine_map_impl(const at::Tensor& x, const T* G, const T* M, bool channels,
   void (*lowp_map)(const T*, const T*, const T*, T*, int64_t, int64_t, const float*, const float*, const float*,
                    const float*, const float*) = nullptr;
 #if defined(FASTNST_X86)
-  with_lowp<T>([&](auto e) { lowp_map = channel_map_lowp<decltype(e), HAS_G, HAS_M, RELU>; });
+  with_channel_format<T>([&](auto e) { lowp_map = channel_map_lowp<decltype(e), HAS_G, HAS_M, RELU>; });
 #endif
   at::parallel_for(0, B * L, 64, [&](int64_t t0, int64_t t1) {
     std::vector<A> p(C), q(C), s(C), k(C), sc(C);
@@ -933,7 +963,7 @@ void grad_sums(const at::Tensor& x, const at::Tensor& g, const T* M,
   // float16 / bfloat16: the block sums by channel_grad_sums_lowp, if the CPU has it.
   void (*lowp_sums)(const T*, const T*, const T*, int64_t, int64_t, const float*, float*, float*) = nullptr;
 #if defined(FASTNST_X86)
-  with_lowp<T>([&](auto e) {
+  with_channel_format<T>([&](auto e) {
     using E = LoadFormat<typename decltype(e)::T>;
     lowp_sums = M ? channel_grad_sums_lowp<E, true> : channel_grad_sums_lowp<E, false>;
   });
@@ -1362,7 +1392,7 @@ void norm_pad_map(const at::Tensor& x, const at::Tensor* res, const std::vector<
   void (*lowp_map)(const T*, const T*, const T*, T*, int64_t, int64_t, const float*, const float*, const float*,
                    const float*, const float*) = nullptr;
 #if defined(FASTNST_X86)
-  with_lowp<T>([&](auto e) { lowp_map = channel_map_lowp<decltype(e), false, false, RELU>; });
+  with_channel_format<T>([&](auto e) { lowp_map = channel_map_lowp<decltype(e), false, false, RELU>; });
 #endif
   const T* RS = res ? res->data_ptr<T>() : nullptr;
   const int64_t rb = res ? res->stride(0) : 0, rc = res ? res->stride(1) : 0;
@@ -1461,8 +1491,8 @@ at::Tensor instance_norm_pad_cpu(const at::Tensor& x0, const c10::optional<at::T
   // x channels_last ([B][H][W][C], viewed as [B, C, L] with channels innermost), copied if not.
   const at::Tensor x4 = x0.contiguous(at::MemoryFormat::ChannelsLast);
   const at::Tensor x = x4.view({B, C, H * W});  // C == 1: contiguous rows, the same data
-  at::Tensor out = at::empty({B, C, H * upsample + 2 * pad, W * upsample + 2 * pad},
-                             x0.options().memory_format(at::MemoryFormat::ChannelsLast));
+  const int64_t Ho = H * upsample + 2 * pad, Wo = W * upsample + 2 * pad;
+  at::Tensor out = reusable_empty_pooled(OutSlot::kNormPad, {B, C, Ho, Wo}, {C * Ho * Wo, 1, Wo * C, C}, x0.options());
   std::vector<double> Q, R, K;
   at::Tensor src = x4;
   if (C > 1) {

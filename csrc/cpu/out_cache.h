@@ -26,7 +26,7 @@ namespace cpu {
 // page faults again on the next step. 1 MiB and up are reused.
 constexpr int64_t kReuseMinBytes = int64_t{1} << 20;
 
-enum class OutSlot : int { kGramBackward = 0, kNormForward, kNormBackward, kMeanStdBackward, kCount };
+enum class OutSlot : int { kGramBackward = 0, kNormForward, kNormBackward, kMeanStdBackward, kNormPad, kCount };
 
 inline at::Tensor reusable_empty(OutSlot slot, at::IntArrayRef sizes, at::IntArrayRef strides,
                                  const at::TensorOptions& opts) {
@@ -50,6 +50,60 @@ inline at::Tensor reusable_empty(OutSlot slot, at::IntArrayRef sizes, at::IntArr
     st = at::empty_strided(sizes, strides, opts).storage();
   }
   return at::empty({0}, opts).set_(st, 0, sizes, strides);
+}
+
+// reusable_empty with a pool of buffers per slot, for an op called several times per network
+// pass with outputs of several sizes, some alive together (a residual chain: each stage's
+// output is read while the next one is written): a free buffer of the requested size is handed
+// out again; otherwise a new buffer joins the pool while the pool stays within kPoolBytes
+// (free buffers of other sizes are dropped to make room). Buffers over kPoolMaxBytes are never
+// kept, so that a large image's buffers do not stay allocated between calls.
+constexpr int64_t kPoolMaxBytes = int64_t{256} << 20;
+constexpr int64_t kPoolBytes = int64_t{512} << 20;
+constexpr int kPoolEntries = 8;
+
+inline at::Tensor reusable_empty_pooled(OutSlot slot, at::IntArrayRef sizes, at::IntArrayRef strides,
+                                        const at::TensorOptions& opts) {
+  static const bool enabled = [] {
+    const char* v = std::getenv("FASTNST_REUSE_OUTPUTS");
+    return !(v && std::strcmp(v, "0") == 0);
+  }();
+  int64_t numel = 1, span = 1;
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    numel *= sizes[i];
+    span += (sizes[i] - 1) * strides[i];
+  }
+  const int64_t bytes = span * static_cast<int64_t>(c10::elementSize(c10::typeMetaToScalarType(opts.dtype())));
+  if (!enabled || numel == 0 || bytes < kReuseMinBytes || bytes > kPoolMaxBytes || !opts.device().is_cpu())
+    return at::empty_strided(sizes, strides, opts);
+  static std::mutex mu;
+  static std::array<std::array<c10::Storage, kPoolEntries>, static_cast<size_t>(OutSlot::kCount)> cache;
+  std::lock_guard<std::mutex> lock(mu);
+  auto& pool = cache[static_cast<size_t>(slot)];
+  auto is_free = [](const c10::Storage& st) { return st && st.use_count() == 1; };
+  for (auto& st : pool)
+    if (is_free(st) && static_cast<int64_t>(st.nbytes()) == bytes) return at::empty({0}, opts).set_(st, 0, sizes, strides);
+  int64_t held = 0;
+  for (auto& st : pool) held += st ? static_cast<int64_t>(st.nbytes()) : 0;
+  for (auto& st : pool)  // drop free buffers of other sizes until the new one fits
+    if (held + bytes > kPoolBytes && is_free(st)) {
+      held -= static_cast<int64_t>(st.nbytes());
+      st = c10::Storage();
+    }
+  if (held + bytes <= kPoolBytes) {
+    for (auto& st : pool)
+      if (!st) {
+        st = at::empty_strided(sizes, strides, opts).storage();
+        return at::empty({0}, opts).set_(st, 0, sizes, strides);
+      }
+    for (auto& st : pool)  // full of entries: replace a free one
+      if (is_free(st)) {
+        st = c10::Storage();
+        st = at::empty_strided(sizes, strides, opts).storage();
+        return at::empty({0}, opts).set_(st, 0, sizes, strides);
+      }
+  }
+  return at::empty_strided(sizes, strides, opts);
 }
 
 }  // namespace cpu

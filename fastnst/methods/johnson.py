@@ -133,7 +133,9 @@ def task(cfg: Config, model: nn.Module | None = None) -> Task:
         perceptual.set_style_target(style.to(device))
 
     def loss(net: nn.Module, batch: torch.Tensor):
-        x = batch  # [B, 3, s, s] in [0, 1]; the network's input and output are 0-255
+        # [B, 3, s, s] in [0, 1]; the network's input and output are 0-255. channels_last: the
+        # network's and VGG's convolutions (forward and backward) run ~1.3x faster on it.
+        x = batch.contiguous(memory_format=torch.channels_last)
         perceptual.set_content_target(x)
         return perceptual(net(x * 255.0).float() / 255.0)
 

@@ -1,7 +1,8 @@
 """Johnson's method on the CPU: one training step (network forward, VGG-16 losses at the
 method's layers, backward, Adam) and stylizing at 256², 512², 1024².
 
-Providers: "fastnst" (``fastnst.accelerate``'d network, fastnst's Gram, fp32), "fastnst-bf16"
+Providers: "fastnst" (``fastnst.accelerate``'d network, fastnst's Gram, fp32, channels_last as
+the method runs it), "fastnst-bf16"
 (the same under bf16 autocast), and "reference": the step as pytorch/examples writes it
 (eager fp32, NCHW, ``nn.InstanceNorm2d`` + ReLU, ``torch.bmm`` Gram, ``normalize_batch``);
 stylizing adds "reference-compile" (torch.compile of the eager network). The loss layers,
@@ -79,10 +80,12 @@ def train_steps(batch: int, size: int):
         perc.set_style_target(style)
         opt = torch.optim.Adam(net.parameters(), lr=d.lr)
 
+        xc = x.contiguous(memory_format=torch.channels_last)  # as johnson.task's loss
+
         def step():
             with precision.autocast(prec, "cpu"):
-                perc.set_content_target(x)
-                loss, _ = perc(net(x * 255.0).float() / 255.0)
+                perc.set_content_target(xc)
+                loss, _ = perc(net(xc * 255.0).float() / 255.0)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
