@@ -50,6 +50,14 @@ def _plain_path(x: torch.Tensor, pad: int, h: int, w: int) -> bool:
         or pad >= w or x.dim() != 4 or _dense_format(x) is None
 
 
+def _same_dtype(x: torch.Tensor):
+    """Autocast off around the pad / upsample copies: CPU autocast runs reflection_pad2d and
+    upsample_nearest2d in float32, so under bf16 autocast each would widen a bf16 activation
+    to fp32 (a copy) for the next convolution to narrow again (another), forward and
+    backward; copies are exact in any dtype."""
+    return torch.autocast(x.device.type, enabled=False)
+
+
 def _dense_format(x: torch.Tensor) -> torch.memory_format | None:
     """x's dense 4-D layout (contiguous or channels_last), None for any other strides."""
     if x.is_contiguous():
@@ -73,7 +81,8 @@ def reflect_pad(x: torch.Tensor, pad: int) -> torch.Tensor:
         return x
     H, W = x.shape[-2:]
     if _plain_path(x, pad, H, W):
-        return F.pad(x, (pad, pad, pad, pad), mode="reflect")
+        with _same_dtype(x):
+            return F.pad(x, (pad, pad, pad, pad), mode="reflect")
     P = _new_padded(x, H + 2 * pad, W + 2 * pad)
     P[:, :, pad:pad + H, pad:pad + W].copy_(x)
     return _fill_reflect_border(P, pad, H, W)
@@ -88,8 +97,9 @@ def upsample_reflect_pad(x: torch.Tensor, scale: int, pad: int) -> torch.Tensor:
     H, W = x.shape[-2:]
     h, w = H * scale, W * scale
     if _plain_path(x, pad, h, w):
-        x = F.interpolate(x, mode="nearest", scale_factor=scale)
-        return F.pad(x, (pad, pad, pad, pad), mode="reflect") if pad else x
+        with _same_dtype(x):
+            x = F.interpolate(x, mode="nearest", scale_factor=scale)
+            return F.pad(x, (pad, pad, pad, pad), mode="reflect") if pad else x
     P = _new_padded(x, h + 2 * pad, w + 2 * pad)
     P[:, :, pad:pad + h, pad:pad + w].unflatten(2, (H, scale)).unflatten(4, (W, scale)).copy_(
         x[:, :, :, None, :, None])
