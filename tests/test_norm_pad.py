@@ -256,3 +256,26 @@ def test_channels_last_kernels_equal_the_generic_loops():
     runs = [subprocess.run([sys.executable, "-c", _DIGEST], capture_output=True, text=True, check=True,
                            env=dict(os.environ, **extra)).stdout.strip() for extra in ({}, {"FASTNST_AVX512": "0"})]
     assert len(runs[0]) == 64 and runs[0] == runs[1]
+
+
+@pytest.mark.parametrize("blocks, factor", [(4, 4), (0, 2), (1, 8)])
+def test_fused_sr_network_is_the_plain_path_bit_for_bit(blocks, factor):
+    from fastnst.models.sr import SRNet
+
+    torch.manual_seed(0)
+    net = accelerate(SRNet(factor, channels=16, blocks=blocks)).eval().requires_grad_(False)
+    with torch.no_grad():
+        for n in net.modules():
+            if isinstance(n, torch.nn.InstanceNorm2d):
+                n.weight.normal_(1, 0.3)
+                n.bias.normal_(0, 0.3)
+    x = torch.rand(2, 3, 9, 12) * 255
+    with torch.inference_mode():
+        y = net(x)
+        net.grouped_output_conv = False
+        y_ungrouped = net(x)
+        net.fused_inference = False
+        plain_cl = net(x.contiguous(memory_format=CL))
+    assert y.shape == (2, 3, 9 * factor, 12 * factor) and y.is_contiguous()
+    assert torch.equal(y_ungrouped, plain_cl.contiguous())
+    torch.testing.assert_close(y, plain_cl.contiguous(), rtol=0, atol=float(plain_cl.abs().max()) * 1e-6)

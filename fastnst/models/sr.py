@@ -24,7 +24,17 @@ import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-from fastnst.models.transformer import ConvLayer, ResidualBlock, UpsampleConvLayer, _in_relu
+from fastnst.models.transformer import (
+    ConvLayer,
+    ResidualBlock,
+    UpsampleConvLayer,
+    _fusable,
+    _in_relu,
+    _interior,
+    _stage,
+    output_conv,
+    reflect_pad,
+)
 
 __all__ = ["SRNet", "bicubic"]
 
@@ -105,13 +115,37 @@ class SRNet(nn.Module):
             setattr(self, f"up{k}", ConvNormReLU(UpsampleConvLayer(channels, channels, 3, 1, upsample=2), channels))
         self.tail = ConvLayer(channels, 3, 9, 1)
 
+    # As TransformerNet's: inference on the CPU runs _forward_fused; its RGB output conv grouped.
+    fused_inference = True
+    grouped_output_conv = True
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused_inference and _fusable(self, x):
+            return self._forward_fused(_check_lr(x))
         y = self.head(_check_lr(x))
         for k in range(1, self.blocks + 1):
             y = getattr(self, f"res{k}")(y)
         for k in range(1, self.stages + 1):
             y = getattr(self, f"up{k}")(y)
         return self.tail(y)
+
+    def _forward_fused(self, x: torch.Tensor) -> torch.Tensor:
+        """TransformerNet's fused inference (channels_last, each norm written by
+        fastnst::instance_norm_pad into the padded, upsampled input of the next conv)."""
+        cl = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        blocks = [getattr(self, f"res{k}") for k in range(1, self.blocks + 1)]
+        ups = [getattr(self, f"up{k}") for k in range(1, self.stages + 1)]
+        convs = [b.conv1 for b in blocks] + [u.conv for u in ups] + [self.tail]  # each stage's next layer
+        head = self.head.conv
+        y = head.conv2d(reflect_pad(x.contiguous(memory_format=torch.channels_last), head.reflection_pad.padding[0]))
+        P = _stage(self.head.norm, y, True, convs[0])
+        for k, blk in enumerate(blocks):
+            t = blk.conv2.conv2d(_stage(blk.in1, blk.conv1.conv2d(P), True, blk.conv2))
+            P = _stage(blk.in2, t, False, convs[k + 1], residual=_interior(P, blk.conv1))
+        for k, up in enumerate(ups):
+            P = _stage(up.norm, up.conv.conv2d(P), True, convs[len(blocks) + k + 1])
+        y = output_conv(self.tail.conv2d, P, self.grouped_output_conv)
+        return y.contiguous(memory_format=torch.channels_last) if cl else y
 
     def extra_repr(self) -> str:
         return f"factor={self.factor}, channels={self.channels}, blocks={self.blocks}"

@@ -2,7 +2,8 @@
 Johnson et al.'s SR network (``fastnst.methods.sr.DEFAULTS``: 64 channels, 4 residual blocks).
 
 Providers: "fastnst" (``fastnst.accelerate``'d network, fp32), "fastnst-bf16" (bf16
-autocast), "reference" (the same network eager: ``nn.InstanceNorm2d`` + ReLU) and
+autocast), "reference" (the same network eager, module by module: ``nn.InstanceNorm2d`` + ReLU,
+pad and upsample copies, NCHW) and
 "reference-compile" (torch.compile of it). GFLOP/s count the network's convolutions."""
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ def cases(opts: bench.Options):
     size = QUICK_SIZE if opts.quick else SIZE
     torch.manual_seed(0)
     plain = SRNet(d.factor, d.channels, d.blocks).eval().requires_grad_(False)
+    plain.fused_inference = False  # module by module, as written
     fast = accelerate(SRNet(d.factor, d.channels, d.blocks)).eval().requires_grad_(False)
     fast.load_state_dict(plain.state_dict())
     x = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
