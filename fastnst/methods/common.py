@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import torch
+import torch.nn.functional as F
 
 from fastnst import image
 
@@ -75,3 +76,39 @@ def as_image(item, what: str = "input image") -> torch.Tensor:
     x = item.unsqueeze(0) if item.dim() == 3 else item
     image._check_img4(x, "image")
     return x.float()
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int = 4) -> tuple[torch.Tensor, int, int]:
+    """x [B, C, H, W] padded at the bottom and right to multiples of ``multiple`` (reflection,
+    or replication where the image is too small to reflect); returns (padded, H, W)."""
+    H, W = x.shape[-2:]
+    ph, pw = (-H) % multiple, (-W) % multiple
+    if ph or pw:
+        mode = "reflect" if H > ph and W > pw else "replicate"
+        x = F.pad(x, (0, pw, 0, ph), mode=mode)
+    return x, H, W
+
+
+def check_strength(strength) -> float:
+    if not isinstance(strength, (int, float)) or isinstance(strength, bool) or not 0 <= strength <= 1:
+        raise ValueError(f"strength must be a number in [0, 1], got {strength!r}")
+    return float(strength)
+
+
+def check_stylize_sizes(size, batch_size) -> None:
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 4):
+        raise ValueError(f"size must be an integer >= 4, got {size!r}")
+
+
+def finish(stylized: torch.Tensor, content: torch.Tensor, preserve_color: str | None, strength: float):
+    """Colour preservation (``"luminance"``: the stylized luma, the content's chroma) and
+    strength (a blend with the content), both in [0, 1] RGB."""
+    if preserve_color not in (None, "none", "luminance"):
+        raise ValueError(f"preserve_color must be None or 'luminance', got {preserve_color!r}")
+    if preserve_color == "luminance":
+        stylized = image.luminance_transfer(stylized, content)
+    if strength < 1:
+        stylized = strength * stylized + (1 - strength) * content
+    return stylized.clamp(0, 1)

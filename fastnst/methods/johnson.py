@@ -25,12 +25,20 @@ from typing import Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from fastnst import image, losses
 from fastnst.engine import Task, TrainConfig, option
 from fastnst.engine import precision as prec
-from fastnst.methods.common import as_image, compile_for_inference, encoder_for, feature_weights
+from fastnst.methods.common import (
+    as_image,
+    check_strength,
+    check_stylize_sizes,
+    compile_for_inference,
+    encoder_for,
+    feature_weights,
+    finish,
+    pad_to_multiple,
+)
 from fastnst.models.transformer import TransformerNet
 from fastnst.nn import accelerate
 
@@ -80,15 +88,6 @@ def _check_loss_config(cfg: Config) -> None:
 def _load_rgb(path: str, what: str, size: int | None = None) -> torch.Tensor:
     img = as_image(path, what)
     return image.resize(img, size) if size else img
-
-
-def _pad4(x: torch.Tensor, multiple: int = 4) -> tuple[torch.Tensor, int, int]:
-    H, W = x.shape[-2:]
-    ph, pw = (-H) % multiple, (-W) % multiple
-    if ph or pw:
-        mode = "reflect" if H > ph and W > pw else "replicate"
-        x = F.pad(x, (0, pw, 0, ph), mode=mode)
-    return x, H, W
 
 
 def build(cfg: Config) -> TransformerNet:
@@ -141,7 +140,7 @@ def task(cfg: Config, model: nn.Module | None = None) -> Task:
 
     def sample(net: nn.Module) -> torch.Tensor:
         x = sample_in.to(state["device"])
-        xp, H, W = _pad4(x)
+        xp, H, W = pad_to_multiple(x)
         return (net(xp * 255.0)[..., :H, :W] / 255.0).clamp(0, 1)
 
     return Task(METHOD, cfg, model, dataset, loss, sample, to)
@@ -179,23 +178,10 @@ def load(path: str, device: str | torch.device = "cpu", fuse: bool = True,
     return model, list(notes)
 
 
-def _check_strength(strength) -> float:
-    if not isinstance(strength, (int, float)) or isinstance(strength, bool) or not 0 <= strength <= 1:
-        raise ValueError(f"strength must be a number in [0, 1], got {strength!r}")
-    return float(strength)
-
-
-def _check_stylize_sizes(size, batch_size) -> None:
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 4):
-        raise ValueError(f"size must be an integer >= 4, got {size!r}")
-
-
 def run_network(model: nn.Module, x: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
     """``model`` (RGB 0-255 in and out) on ``x`` [B, 3, H, W] in [0, 1], padded to a multiple
     of 4 (reflection) and cropped back, under ``precision``; returns [0, 1] float32."""
-    xp, H, W = _pad4(x)
+    xp, H, W = pad_to_multiple(x)
     with torch.inference_mode(), prec.autocast(precision, x.device):
         y = model(xp * 255.0)
     if y.shape[-2] < H or y.shape[-1] < W:
@@ -204,26 +190,15 @@ def run_network(model: nn.Module, x: torch.Tensor, precision: str = "fp32") -> t
     return (y[..., :H, :W].float() / 255.0).clamp(0, 1)
 
 
-def finish(stylized: torch.Tensor, content: torch.Tensor, preserve_color: str | None, strength: float):
-    """Colour preservation and strength (a blend with the content), both in [0, 1] RGB."""
-    if preserve_color not in (None, "none", "luminance"):
-        raise ValueError(f"preserve_color must be None or 'luminance', got {preserve_color!r}")
-    if preserve_color == "luminance":
-        stylized = image.luminance_transfer(stylized, content)
-    if strength < 1:
-        stylized = strength * stylized + (1 - strength) * content
-    return stylized.clamp(0, 1)
-
-
 def stylize(model: nn.Module, images: Sequence, *, size: int | None = None, preserve_color: str | None = None,
             strength: float = 1.0, batch_size: int = 4, precision: str = "fp32",
             device: str | torch.device = "cpu") -> list[torch.Tensor]:
     """Stylize ``images`` (paths, or [1, 3, H, W] / [3, H, W] tensors in [0, 1]) with ``model``;
     returns one [1, 3, H, W] image in [0, 1] per input, in order. Images of equal size (after
     resizing the longest side to ``size``) run in batches of ``batch_size``."""
-    strength = _check_strength(strength)
+    strength = check_strength(strength)
     prec.check(precision, device)
-    _check_stylize_sizes(size, batch_size)
+    check_stylize_sizes(size, batch_size)
     loaded = []
     for item in images:
         img = as_image(item)
@@ -258,8 +233,8 @@ class StylizeOptions:
                            "about 20 s to compile for each image size, then faster; for many images of one size")
 
     def __post_init__(self):
-        _check_strength(self.strength)
-        _check_stylize_sizes(self.size, self.batch_size)
+        check_strength(self.strength)
+        check_stylize_sizes(self.size, self.batch_size)
         if self.preserve_color not in ("none", "luminance"):
             raise ValueError(f"preserve_color must be 'none' or 'luminance', got {self.preserve_color!r}")
         prec.check(self.precision, self.device)

@@ -7,7 +7,7 @@ page fault per 4 KiB it touches: on this project's CPU machines that costs about
 the convolutions (measured: 6 images at 1024² through ``fastnst stylize johnson``, 24.6 s with
 the defaults, 16.4 s with freed memory kept; eager PyTorch gains the same).
 
-The ``fastnst`` commands that run networks (stylize, train, upscale, evaluate) therefore start
+The ``fastnst`` commands that run networks (stylize, sheet, train, upscale, evaluate) therefore start
 with ``MALLOC_MMAP_MAX_=0`` (no mmap-served blocks) and ``MALLOC_TRIM_THRESHOLD_=2147483647``
 (the heap is not shrunk): ``fastnst/__init__.py`` re-executes the command once with them set,
 before torch is imported (glibc reads them at start-up; setting them later with ``mallopt``
@@ -23,7 +23,7 @@ import sys
 
 ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "2147483647"}
 MARK = "FASTNST_MALLOC_APPLIED"
-COMMANDS = ("stylize", "train", "upscale", "evaluate")
+COMMANDS = ("stylize", "sheet", "train", "upscale", "evaluate")
 
 
 def _glibc() -> bool:
