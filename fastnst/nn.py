@@ -86,7 +86,12 @@ class ConditionalInstanceNorm2d(nn.Module):
         self.bias = nn.Parameter(torch.zeros(num_styles, channels))
 
     def forward(self, x: torch.Tensor, style) -> torch.Tensor:
-        b = x.shape[0]
+        w, bb = self.affine(style, x.shape[0])
+        return instance_norm(x, w, bb, self.eps, self.activation)
+
+    def affine(self, style, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The per-sample (γ, β), each [b, channels], that ``style`` (as ``forward`` takes it)
+        selects or mixes for a batch of ``b``."""
         n = self.num_styles
         if isinstance(style, bool) or (isinstance(style, torch.Tensor) and style.dtype == torch.bool):
             raise TypeError("style must be an int index, a LongTensor [B] of indices or a float tensor "
@@ -115,7 +120,7 @@ class ConditionalInstanceNorm2d(nn.Module):
         else:
             raise TypeError(f"style must be an int, a LongTensor [B] or a float tensor of weights, "
                             f"got {type(style).__name__}")
-        return instance_norm(x, w, bb, self.eps, self.activation)
+        return w, bb
 
     def extra_repr(self) -> str:
         return f"num_styles={self.num_styles}, channels={self.channels}, eps={self.eps}"
