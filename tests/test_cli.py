@@ -88,7 +88,8 @@ def test_unknown_command_is_one_line(capsys):
                                        "(see fastnst --help)\n"
                                        if sys.version_info >= (3, 12, 8) else
                                        "fastnst: error: argument command: invalid choice: 'paint' "
-                                       "(choose from 'stylize', 'sheet', 'train', 'upscale', 'evaluate', 'info', 'bench') "
+                                       "(choose from 'stylize', 'sheet', 'train', 'upscale', 'evaluate', "
+                                       "'info', 'bench') "
                                        "(see fastnst --help)\n")
 
 
