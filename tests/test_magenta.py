@@ -248,6 +248,24 @@ def embeddings(arbitrary):
     return out
 
 
+@pytest.mark.parametrize("size", [(256, 256), (99, 131)])
+def test_style_embedding_module_by_module_matches_onnxruntime(arbitrary, size):
+    """The fused predictor (oneDNN conv + ReLU6 calls) and the module-by-module one both give
+    the float graph's embedding, at the graph's size and at an odd one (asymmetric SAME pads)."""
+    s = _photo("chelsea", size)
+    P = arbitrary["P"]
+    with torch.no_grad():
+        fused = P(_nchw(s)).numpy()
+        P.fused_inference = False
+        try:
+            plain = P(_nchw(s)).numpy()
+        finally:
+            P.fused_inference = True
+    assert np.abs(fused - plain).max() <= 1e-5
+    if size == (256, 256):
+        assert np.abs(plain - _embed(arbitrary["predict_float"], s)).max() <= 1e-4
+
+
 @pytest.mark.parametrize("style", STYLES)
 def test_style_embedding_matches_onnxruntime(embeddings, style):
     ours, ref, ref_float = embeddings[style]

@@ -197,6 +197,21 @@ def _same_pad(size: int, kernel: int, stride: int) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
+def _pad_bottom_right(x: torch.Tensor, bottom: int, right: int) -> torch.Tensor:
+    """F.pad(x, (0, right, 0, bottom)) with zeros, in x's layout, zeroing only the new row and
+    column (F.pad fills the whole result first)."""
+    B, C, H, W = x.shape
+    P = torch.empty(B, C, H + bottom, W + right, dtype=x.dtype, device=x.device,
+                    memory_format=torch.channels_last if x.is_contiguous(memory_format=torch.channels_last)
+                    and not x.is_contiguous() else torch.contiguous_format)
+    P[:, :, :H, :W].copy_(x)
+    if bottom:
+        P[:, :, H:].zero_()
+    if right:
+        P[:, :, :, W:].zero_()
+    return P
+
+
 class SameConv2d(nn.Conv2d):
     """``nn.Conv2d`` with TensorFlow's "SAME" zero padding, which is asymmetric for strided
     convolutions (for an even input, a stride-2 3×3 pads 0 before and 1 after, as the graph's
@@ -215,6 +230,26 @@ class SameConv2d(nn.Conv2d):
         y = super().forward(x)
         return F.relu6(y) if self.relu6 else y
 
+    def forward_fused(self, x: torch.Tensor) -> torch.Tensor:
+        """``forward`` without autograd through oneDNN's convolution with the ReLU6 as a fused
+        post-op (``mkldnn._convolution_pointwise``: the same convolution and clamp, in one call
+        that also skips aten's per-call overhead, which dominates MobileNet's small layers:
+        ~10x faster per layer here); the symmetric SAME padding as the convolution's own."""
+        k, s = self.kernel_size[0], self.stride[0]
+        pad = [0, 0]
+        if k > 1:
+            top, bottom = _same_pad(x.shape[2], k, s)
+            left, right = _same_pad(x.shape[3], k, s)
+            if top == bottom and left == right:
+                pad = [top, left]
+            elif (top, left) == (0, 0) and bottom <= 1 and right <= 1:
+                x = _pad_bottom_right(x, bottom, right)
+            else:
+                x = F.pad(x, (left, right, top, bottom))
+        attr, scalars = ("hardtanh", [0.0, 6.0]) if self.relu6 else ("none", [])
+        return torch.ops.mkldnn._convolution_pointwise(x, self.weight, self.bias, pad, [s, s], [1, 1], self.groups,
+                                                       attr, scalars, "")
+
     def extra_repr(self) -> str:
         return super().extra_repr() + (", relu6" if self.relu6 else "")
 
@@ -231,9 +266,10 @@ class InvertedResidual(nn.Module):
         self.project = SameConv2d(hidden, cout, 1, relu6=False)
         self.residual = stride == 1 and cin == cout
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.expand(x) if self.expand is not None else x
-        y = self.project(self.depthwise(y))
+    def forward(self, x: torch.Tensor, fused: bool = False) -> torch.Tensor:
+        run = (lambda m, t: m.forward_fused(t)) if fused else (lambda m, t: m(t))
+        y = run(self.expand, x) if self.expand is not None else x
+        y = run(self.project, run(self.depthwise, y))
         return x + y if self.residual else y
 
 
@@ -286,10 +322,26 @@ class StylePredictor(nn.Module):
         self.mobilenet_v2 = MobileNetV2Features()
         self.mobilenet_conv = nn.Conv2d(1280, embedding_dim, 1)
 
+    # Inference on the CPU (fp32, oneDNN present) runs _forward_fused; False: module by module.
+    fused_inference = True
+
     def forward(self, style_image: torch.Tensor) -> torch.Tensor:
         _check_image(type(self).__name__, style_image)
-        y = self.mobilenet_v2(style_image).mean((2, 3), keepdim=True)
-        return self.mobilenet_conv(y).flatten(1)
+        if (self.fused_inference and _fusable(self, style_image) and torch.backends.mkldnn.is_available()
+                and style_image.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")):
+            y = self._forward_fused(style_image)
+        else:
+            y = self.mobilenet_v2(style_image)
+        return self.mobilenet_conv(y.mean((2, 3), keepdim=True)).flatten(1)
+
+    def _forward_fused(self, x: torch.Tensor) -> torch.Tensor:
+        """MobileNetV2 in channels_last, each convolution + ReLU6 one oneDNN call
+        (SameConv2d.forward_fused); the same values as the module path up to float rounding."""
+        net = self.mobilenet_v2
+        y = net.conv.forward_fused(x.contiguous(memory_format=torch.channels_last))
+        for blk in net.blocks():
+            y = blk(y, fused=True)
+        return net.conv_1.forward_fused(y)
 
 
 # ---- arbitrary_transform: embedding-conditioned transformer -------------------------------------
