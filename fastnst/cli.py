@@ -247,14 +247,14 @@ def _write_all(plan, run_batch, batch_size: int, overwrite: bool, args) -> int:
 def _image_job(args, options_cls, files=None):
     """(options, [(input, output)]) of an images-in, images-out command, every check done
     before the model is loaded: options, inputs, output paths, the model files' existence
-    (``files``: {what: path or None}; default: the MODEL argument)."""
+    (``files(opts)``: {what: path or None}; default: the MODEL argument)."""
     from fastnst import cli_config
     from fastnst.engine import precision
 
     opts = cli_config.build(args, options_cls)
     precision.check(opts.precision, opts.device)
     plan = _output_plan(_expand_inputs(args.inputs), args.output, args.format, args.overwrite)
-    for what, path in (files if files is not None else {"model": args.model}).items():
+    for what, path in (files(opts) if files is not None else {"model": args.model}).items():
         if path is not None and not os.path.exists(path):
             raise FileNotFoundError(f"{what} {path} does not exist")
     return opts, plan
@@ -288,7 +288,7 @@ def _cmd_stylize_johnson(args) -> int:
 def _cmd_stylize_cin(args) -> int:
     from fastnst.methods import cin
 
-    opts, plan = _image_job(args, cin.StylizeOptions, {"weights": getattr(args, "weights", None)})
+    opts, plan = _image_job(args, cin.StylizeOptions, lambda o: {"weights": o.weights})
     model = cin.load(opts.weights, opts.device)
 
     def run_batch(paths):
@@ -305,8 +305,8 @@ def _cmd_stylize_arbitrary(args) -> int:
     from fastnst.methods import arbitrary
 
     args.inputs = [args.content]
-    opts, plan = _image_job(args, arbitrary.StylizeOptions, {"predictor": getattr(args, "predict", None),
-                                                              "transformer": getattr(args, "transform", None)})
+    opts, plan = _image_job(args, arbitrary.StylizeOptions,
+                            lambda o: {"predictor": o.predict, "transformer": o.transform})
     for path in args.styles:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"style image {path} does not exist" if not os.path.exists(path)

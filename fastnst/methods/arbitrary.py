@@ -22,6 +22,7 @@ import torch.nn as nn
 from fastnst import image
 from fastnst.engine import option
 from fastnst.engine import precision as prec
+from fastnst.methods.cin import _check_size
 from fastnst.methods.common import as_image, check_strength, check_stylize_sizes, finish, pad_to_multiple
 from fastnst.ops.norm import check_style_weights
 
@@ -69,6 +70,7 @@ def run_network(transformer: nn.Module, x: torch.Tensor, embedding: torch.Tensor
                 precision: str = "fp32") -> torch.Tensor:
     """The transformer on ``x`` [B, 3, H, W] in [0, 1] with embeddings [B, 100], padded to a
     multiple of 4 and cropped back; float32 in [0, 1]."""
+    _check_size(transformer, x)
     xp, H, W = pad_to_multiple(x, 4)
     with torch.inference_mode(), prec.autocast(precision, x.device):
         y = transformer(xp, embedding.to(x.device))
@@ -84,8 +86,7 @@ def parse_style_weights(text: str | None, n: int) -> list[float] | None:
     except ValueError:
         raise ValueError(f"style weights must be comma-separated numbers, got {text!r}") from None
     if len(values) != n:
-        raise ValueError(f"{n} style image{'s' if n != 1 else ''} need {n} style weight"
-                         f"{'s' if n != 1 else ''}, got {len(values)} ({text})")
+        raise ValueError(f"style weights: one per style image ({n}), got {len(values)} ({text})")
     return values
 
 

@@ -57,14 +57,14 @@ def parse_style(spec, num_styles: int = NUM_STYLES) -> torch.Tensor:
             raise ValueError(f"malformed style {spec!r}: use an index (7) or index:weight pairs (3:0.5,12:0.5)")
         for part in parts:
             idx, colon, wt = part.partition(":")
+            if colon and not wt.strip():
+                raise ValueError(f"malformed style {spec!r}: {part!r} has no weight after the colon")
             try:
                 i = int(idx)
                 v = float(wt) if colon else 1.0
             except ValueError:
                 raise ValueError(f"malformed style {spec!r}: use an index (7) or index:weight pairs "
                                  "(3:0.5,12:0.5)") from None
-            if colon and not wt.strip():
-                raise ValueError(f"malformed style {spec!r}: {part!r} has no weight after the colon")
             w[index(i)] += v
     elif isinstance(spec, int) and not isinstance(spec, bool):
         w[index(spec)] = 1.0
@@ -82,7 +82,8 @@ def parse_style(spec, num_styles: int = NUM_STYLES) -> torch.Tensor:
     values = w.tolist()
     if any(not math.isfinite(v) or v < 0 for v in values) or not 0 < sum(values) < math.inf:
         nz = {i: v for i, v in enumerate(values) if v != 0 or not math.isfinite(v)}
-        raise ValueError(f"style mixing weights must be finite and >= 0 with a positive sum, got {nz}")
+        raise ValueError("style mixing weights must be finite and >= 0 with a positive sum, got "
+                         + (str(nz) if nz else "all zero"))
     return (w / w.sum()).float()
 
 
@@ -94,10 +95,18 @@ def load(path: str | None = None, device: str | torch.device = "cpu") -> nn.Modu
     return load_cin(path).eval().requires_grad_(False).to(device)
 
 
+def _check_size(model: nn.Module, x: torch.Tensor) -> None:
+    """The network's own size check, on the image as given (before it is padded to 4)."""
+    from fastnst.models.magenta import MIN_SIDE, _check_image
+
+    _check_image(type(model).__name__, x, MIN_SIDE)
+
+
 def run_network(model: nn.Module, x: torch.Tensor, weights: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
     """``model`` on ``x`` [B, 3, H, W] in [0, 1] with mixing weights [num_styles] or
     [B, num_styles], padded to a multiple of 4 (reflection, as the network halves twice) and
     cropped back, under ``precision``; returns float32 in [0, 1]."""
+    _check_size(model, x)
     xp, H, W = pad_to_multiple(x, 4)
     with torch.inference_mode(), prec.autocast(precision, x.device):
         y = model(xp, weights.to(x.device))
