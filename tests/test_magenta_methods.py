@@ -804,3 +804,17 @@ def test_cli_weights_copy_is_used(model, files, tmp_path, capsys):
     code, _, err = run(["stylize", "cin", files["b"], "-o", out, "--weights", copy, "--style", "5"], capsys)
     assert (code, err) == (0, "")
     assert _max(image.load_image(str(out)), cin.stylize(model, [files["b"]], "5")[0]) <= PNG
+
+
+def test_export_then_load_without_the_onnx_files(model, pair, tmp_path):
+    """cin.export / arbitrary.export write safetensors (and .pth) that load back to the same
+    networks, bit for bit."""
+    out = cin.export(str(tmp_path / "cin.safetensors"))
+    again = cin.load(out)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+    p, t = pair
+    po, to = arbitrary.export(str(tmp_path / "p.pth"), str(tmp_path / "t.safetensors"))
+    p2, t2 = arbitrary.load(po, to)
+    for a, b in ((p, p2), (t, t2)):
+        sa, sb = a.state_dict(), b.state_dict()
+        assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)

