@@ -28,19 +28,28 @@ constexpr int64_t kReuseMinBytes = int64_t{1} << 20;
 
 enum class OutSlot : int { kGramBackward = 0, kNormForward, kNormBackward, kMeanStdBackward, kNormPad, kCount };
 
-inline at::Tensor reusable_empty(OutSlot slot, at::IntArrayRef sizes, at::IntArrayRef strides,
-                                 const at::TensorOptions& opts) {
+inline bool reuse_enabled() {
   static const bool enabled = [] {
     const char* v = std::getenv("FASTNST_REUSE_OUTPUTS");
     return !(v && std::strcmp(v, "0") == 0);
   }();
+  return enabled;
+}
+
+// Bytes a tensor of these sizes and strides spans; 0 when it is empty.
+inline int64_t span_bytes(at::IntArrayRef sizes, at::IntArrayRef strides, const at::TensorOptions& opts) {
   int64_t numel = 1, span = 1;
   for (size_t i = 0; i < sizes.size(); ++i) {
     numel *= sizes[i];
     span += (sizes[i] - 1) * strides[i];
   }
-  const int64_t bytes = span * static_cast<int64_t>(c10::elementSize(c10::typeMetaToScalarType(opts.dtype())));
-  if (!enabled || numel == 0 || bytes < kReuseMinBytes || !opts.device().is_cpu())
+  return numel == 0 ? 0 : span * static_cast<int64_t>(c10::elementSize(c10::typeMetaToScalarType(opts.dtype())));
+}
+
+inline at::Tensor reusable_empty(OutSlot slot, at::IntArrayRef sizes, at::IntArrayRef strides,
+                                 const at::TensorOptions& opts) {
+  const int64_t bytes = span_bytes(sizes, strides, opts);
+  if (!reuse_enabled() || bytes < kReuseMinBytes || !opts.device().is_cpu())
     return at::empty_strided(sizes, strides, opts);
   static std::mutex mu;
   static std::array<c10::Storage, static_cast<size_t>(OutSlot::kCount)> cache;
@@ -64,17 +73,8 @@ constexpr int kPoolEntries = 8;
 
 inline at::Tensor reusable_empty_pooled(OutSlot slot, at::IntArrayRef sizes, at::IntArrayRef strides,
                                         const at::TensorOptions& opts) {
-  static const bool enabled = [] {
-    const char* v = std::getenv("FASTNST_REUSE_OUTPUTS");
-    return !(v && std::strcmp(v, "0") == 0);
-  }();
-  int64_t numel = 1, span = 1;
-  for (size_t i = 0; i < sizes.size(); ++i) {
-    numel *= sizes[i];
-    span += (sizes[i] - 1) * strides[i];
-  }
-  const int64_t bytes = span * static_cast<int64_t>(c10::elementSize(c10::typeMetaToScalarType(opts.dtype())));
-  if (!enabled || numel == 0 || bytes < kReuseMinBytes || bytes > kPoolMaxBytes || !opts.device().is_cpu())
+  const int64_t bytes = span_bytes(sizes, strides, opts);
+  if (!reuse_enabled() || bytes < kReuseMinBytes || bytes > kPoolMaxBytes || !opts.device().is_cpu())
     return at::empty_strided(sizes, strides, opts);
   static std::mutex mu;
   static std::array<std::array<c10::Storage, kPoolEntries>, static_cast<size_t>(OutSlot::kCount)> cache;

@@ -23,7 +23,14 @@ from fastnst import image
 from fastnst.engine import option
 from fastnst.engine import precision as prec
 from fastnst.methods.cin import _check_size
-from fastnst.methods.common import as_image, check_strength, check_stylize_sizes, finish, pad_to_multiple
+from fastnst.methods.common import (
+    as_image,
+    check_strength,
+    check_stylize_sizes,
+    finish,
+    pad_to_multiple,
+    stylize_batched,
+)
 from fastnst.ops.norm import check_style_weights
 
 STYLE_SIZE = 256  # the style predictor's input, as trained (centre square crop, resized)
@@ -122,26 +129,17 @@ def stylize(predictor: nn.Module, transformer: nn.Module, images: Sequence, styl
     style_size = _check_style_size(style_size)
     prec.check(precision, device)
     check_stylize_sizes(size, batch_size)
-    loaded = [image.resize(as_image(item), size) if size else as_image(item) for item in images]
     emb = sum(w * style_embedding(predictor, s, style_size=style_size, precision=precision, device=device)
               for w, s in zip(weights, styles))
-    out: list[torch.Tensor | None] = [None] * len(loaded)
-    groups: dict[tuple[int, int], list[int]] = {}
-    for i, img in enumerate(loaded):
-        groups.setdefault(tuple(img.shape[-2:]), []).append(i)
-    for idx in groups.values():
-        for k in range(0, len(idx), batch_size):
-            chunk = idx[k:k + batch_size]
-            x = torch.cat([loaded[i] for i in chunk]).to(device)
-            e = emb.expand(x.shape[0], -1)
-            if strength < 1:
-                own = style_embedding(predictor, x, style_size=style_size, precision=precision, device=device)
-                e = strength * e + (1 - strength) * own
-            y = run_network(transformer, x, e, precision)
-            y = finish(y, x, "luminance" if preserve_color else None, 1.0).cpu()
-            for j, i in enumerate(chunk):
-                out[i] = y[j:j + 1]
-    return out
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        e = emb.expand(x.shape[0], -1)
+        if strength < 1:
+            own = style_embedding(predictor, x, style_size=style_size, precision=precision, device=device)
+            e = strength * e + (1 - strength) * own
+        return finish(run_network(transformer, x, e, precision), x, "luminance" if preserve_color else None, 1.0)
+
+    return stylize_batched(images, size, batch_size, device, run)
 
 
 @dataclasses.dataclass

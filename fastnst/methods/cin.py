@@ -30,6 +30,7 @@ from fastnst.methods.common import (
     encoder_for,
     finish,
     pad_to_multiple,
+    stylize_batched,
 )
 
 NUM_STYLES = 26
@@ -136,20 +137,9 @@ def stylize(model: nn.Module, images: Sequence, style="0", *, size: int | None =
     strength = check_strength(strength)
     prec.check(precision, device)
     check_stylize_sizes(size, batch_size)
-    loaded = [image.resize(as_image(item), size) if size else as_image(item) for item in images]
-    out: list[torch.Tensor | None] = [None] * len(loaded)
-    groups: dict[tuple[int, int], list[int]] = {}
-    for i, img in enumerate(loaded):
-        groups.setdefault(tuple(img.shape[-2:]), []).append(i)
-    for idx in groups.values():
-        for k in range(0, len(idx), batch_size):
-            chunk = idx[k:k + batch_size]
-            x = torch.cat([loaded[i] for i in chunk]).to(device)
-            y = run_network(model, x, weights, precision)
-            y = finish(y, x, "luminance" if preserve_color else None, strength).cpu()
-            for j, i in enumerate(chunk):
-                out[i] = y[j:j + 1]
-    return out
+    color = "luminance" if preserve_color else None
+    return stylize_batched(images, size, batch_size, device,
+                           lambda x: finish(run_network(model, x, weights, precision), x, color, strength))
 
 
 def contact_sheet(model: nn.Module, photo, *, tile: int = 256, columns: int = 7, precision: str = "fp32",

@@ -112,3 +112,21 @@ def finish(stylized: torch.Tensor, content: torch.Tensor, preserve_color: str | 
     if strength < 1:
         stylized = strength * stylized + (1 - strength) * content
     return stylized.clamp(0, 1)
+
+
+def stylize_batched(images, size, batch_size: int, device, run) -> list[torch.Tensor]:
+    """The images (paths or tensors, see ``as_image``; resized to ``size`` on the longest side
+    when given) through ``run(x [B, 3, H, W] on device) -> [B, 3, H, W]``, images of one size
+    in batches of ``batch_size``; one [1, 3, H, W] CPU result per input, in order."""
+    loaded = [image.resize(as_image(item), size) if size else as_image(item) for item in images]
+    out: list[torch.Tensor | None] = [None] * len(loaded)
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, img in enumerate(loaded):
+        groups.setdefault(tuple(img.shape[-2:]), []).append(i)
+    for idx in groups.values():
+        for k in range(0, len(idx), batch_size):
+            chunk = idx[k:k + batch_size]
+            y = run(torch.cat([loaded[i] for i in chunk]).to(device)).cpu()
+            for j, i in enumerate(chunk):
+                out[i] = y[j:j + 1]
+    return out

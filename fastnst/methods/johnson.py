@@ -38,6 +38,7 @@ from fastnst.methods.common import (
     feature_weights,
     finish,
     pad_to_multiple,
+    stylize_batched,
 )
 from fastnst.models.transformer import TransformerNet
 from fastnst.nn import accelerate
@@ -199,23 +200,8 @@ def stylize(model: nn.Module, images: Sequence, *, size: int | None = None, pres
     strength = check_strength(strength)
     prec.check(precision, device)
     check_stylize_sizes(size, batch_size)
-    loaded = []
-    for item in images:
-        img = as_image(item)
-        loaded.append(image.resize(img, size) if size else img)
-    out: list[torch.Tensor | None] = [None] * len(loaded)
-    groups: dict[tuple[int, int], list[int]] = {}
-    for i, img in enumerate(loaded):
-        groups.setdefault(tuple(img.shape[-2:]), []).append(i)
-    for idx in groups.values():
-        for k in range(0, len(idx), batch_size):
-            chunk = idx[k:k + batch_size]
-            x = torch.cat([loaded[i] for i in chunk]).to(device)
-            y = run_network(model, x, precision)
-            y = finish(y, x, preserve_color, strength).cpu()
-            for j, i in enumerate(chunk):
-                out[i] = y[j:j + 1]
-    return out
+    return stylize_batched(images, size, batch_size, device,
+                           lambda x: finish(run_network(model, x, precision), x, preserve_color, strength))
 
 
 @dataclasses.dataclass

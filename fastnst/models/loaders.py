@@ -43,15 +43,18 @@ def _err(path: str, what: str, expected: str) -> CheckpointError:
     return CheckpointError(f"{path}: {what}; expected {expected}")
 
 
-def _check_file(path) -> str:
+def check_file(path, error: type[Exception] = CheckpointError, expected: str = "a checkpoint file") -> str:
+    """``path`` as a str if it is a non-empty regular file, else FileNotFoundError or ``error``
+    naming it and ``expected``."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such file")
     if os.path.isdir(path):
-        raise CheckpointError(f"{path}: is a directory; expected a checkpoint file")
+        raise error(f"{path}: is a directory; expected {expected}")
     if os.path.getsize(path) == 0:
-        raise CheckpointError(f"{path}: is empty (0 bytes); expected a checkpoint file")
+        raise error(f"{path}: is empty (0 bytes); expected {expected}")
     return path
+
 
 
 def _first_line(text: str) -> str:
@@ -229,7 +232,7 @@ def load_transformer_state(path) -> tuple[dict[str, torch.Tensor], list[str]]:
     unreadable or truncated file, a pickle that needs code, missing or unexpected keys, wrong
     shapes, non-floating or non-finite tensors.
     """
-    path = _check_file(path)
+    path = check_file(path)
     kind = _sniff(path)
     if kind == "torch":
         obj = _read_torch(path)
@@ -764,7 +767,7 @@ def _convert(path: str, obj, where: str, cin, dtype: torch.dtype, ancestors: tup
 
 
 def _load_t7(path, dtype: torch.dtype = torch.float32) -> tuple[TorchTransformer, list[str]]:
-    path = _check_file(path)
+    path = check_file(path)
     if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise ValueError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
     kind = _sniff(path)
@@ -850,7 +853,7 @@ def load_johnson(path) -> tuple[nn.Module, list[str]]:
     loaded and what was changed on the way. Raises ``FileNotFoundError`` for a missing file and
     ``CheckpointError`` for anything else.
     """
-    path = _check_file(path)
+    path = check_file(path)
     kind = _sniff(path)
     ext = os.path.splitext(path)[1].lower()
     if kind in ("t7", "t7-ascii") or (kind is None and ext == ".t7"):

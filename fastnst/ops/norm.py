@@ -303,6 +303,21 @@ def _check_affine(op: str, name: str, t, x: torch.Tensor) -> None:
     check_same_device(op, "x", x, name, t)
 
 
+def _check_norm_args(op: str, x, ranks, layout: str, weight, bias, eps, activation) -> float:
+    """The contract of the normalising ops: x's rank and dtype, more than one value per channel,
+    eps, the activation, the affine tensors; returns eps as a float."""
+    check_tensor(op, "x", x, ranks, layout)
+    if _flat(x).shape[2] < 2:
+        # As nn.InstanceNorm2d: a single value per channel normalises to 0 whatever it is.
+        raise ValueError(f"{op}: x must have more than 1 spatial element per channel, got {shape_str(x)}")
+    eps = _check_eps(op, eps)
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"{op}: activation must be None or 'relu', got {activation!r}")
+    _check_affine(op, "weight", weight, x)
+    _check_affine(op, "bias", bias, x)
+    return eps
+
+
 def _norm(x: torch.Tensor, weight, bias, eps: float, unbiased: bool, x_scale: float,
           activation: int, name: str) -> torch.Tensor:
     x3 = _flat(x)
@@ -320,16 +335,7 @@ def instance_norm(x: torch.Tensor, weight: torch.Tensor | None = None, bias: tor
     any strides (channels_last stays channels_last). Forward and backward are fused; the
     ReLU's mask is recomputed from the output in the backward.
     """
-    check_tensor("instance_norm", "x", x, (3, 4), "[B, C, H, W] or [B, C, L]")
-    if _flat(x).shape[2] < 2:
-        # As nn.InstanceNorm2d: a single value per channel normalises to 0 whatever it is.
-        raise ValueError(f"instance_norm: x must have more than 1 spatial element per channel, "
-                         f"got {shape_str(x)}")
-    eps = _check_eps("instance_norm", eps)
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"instance_norm: activation must be None or 'relu', got {activation!r}")
-    _check_affine("instance_norm", "weight", weight, x)
-    _check_affine("instance_norm", "bias", bias, x)
+    eps = _check_norm_args("instance_norm", x, (3, 4), "[B, C, H, W] or [B, C, L]", weight, bias, eps, activation)
     name = resolve(INSTANCE_NORM, x, backend)
     if name == "reference":
         return reference.instance_norm(x, weight, bias, eps, activation)
@@ -355,15 +361,7 @@ def instance_norm_pad(x: torch.Tensor, weight: torch.Tensor | None = None, bias:
     differentiable ops. x: [B, C, H, W]; residual: None or x's shape and dtype; upsample an
     integer >= 1; 0 <= pad < the upsampled height and width.
     """
-    check_tensor("instance_norm_pad", "x", x, (4,), "[B, C, H, W]")
-    if x.shape[2] * x.shape[3] < 2:
-        raise ValueError(f"instance_norm_pad: x must have more than 1 spatial element per channel, "
-                         f"got {shape_str(x)}")
-    eps = _check_eps("instance_norm_pad", eps)
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"instance_norm_pad: activation must be None or 'relu', got {activation!r}")
-    _check_affine("instance_norm_pad", "weight", weight, x)
-    _check_affine("instance_norm_pad", "bias", bias, x)
+    eps = _check_norm_args("instance_norm_pad", x, (4,), "[B, C, H, W]", weight, bias, eps, activation)
     for name, v, lo in (("upsample", upsample, 1), ("pad", pad, 0)):
         if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < lo:
             raise ValueError(f"instance_norm_pad: {name} must be an integer >= {lo}, got {v!r}")
