@@ -237,7 +237,9 @@ def test_signal_during_save_leaves_no_file(tmp_path, capsys, monkeypatch, tiny_w
     def not_handled(n, frame):  # what the signal does if main() installs nothing: a clean failure
         raise _Unhandled(f"{signal.Signals(n).name} reached the test's handler")
 
-    before = signal.signal(signum, not_handled) if sig != "SIGINT" else None
+    # SIGINT: Python's own handler (KeyboardInterrupt), which a process started in the background
+    # by a non-interactive shell lacks (it inherits SIGINT ignored, and Python keeps that).
+    before = signal.signal(signum, not_handled if sig != "SIGINT" else signal.default_int_handler)
 
     def save_then_signal(self, fp, *args, **kwargs):
         fp.write(b"\x89PNG\r\n\x1a\n partial")
@@ -310,10 +312,17 @@ def _torch_loading(pid: int) -> bool:
         return False
 
 
+def _default_sigint() -> None:
+    """In the child: SIGINT's default disposition, so that Python installs its handler even when
+    this test runs in a background job (which starts with SIGINT ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _sigint_while_importing(argv):
     """Start ``argv``, send SIGINT while torch is being imported (its library is mapped, the
     Python part takes seconds more); returns (returncode, stderr)."""
-    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV, text=True)
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV, text=True,
+                         preexec_fn=_default_sigint)
     try:
         if os.path.isdir(f"/proc/{p.pid}"):
             deadline = time.monotonic() + 60
