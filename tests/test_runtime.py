@@ -82,3 +82,4 @@ def test_apply_for_cli_reexecutes_once_with_the_settings():
     p = subprocess.run([sys.executable, "-c", driver], env=dict(env, FASTNST_MALLOC="system"),
                        capture_output=True, text=True, timeout=120)
     assert p.stdout.split() == ["not", "replaced"]
+
