@@ -107,6 +107,9 @@ def _cmd_stylize_gatys(args) -> int:
 
         if not torch.cuda.is_available():
             raise ValueError(f"--device {device}: no CUDA GPU is available to this torch")
+    from fastnst.engine import precision
+
+    precision.check(args.precision, device)
     encoder = load_vgg(args.weights, pooling=args.pooling)
     init = args.init
     if init not in ("content", "noise") and not os.path.exists(init):
@@ -119,7 +122,7 @@ def _cmd_stylize_gatys(args) -> int:
         style_scale=args.style_scale, scales=args.scales,
         preserve_color=None if args.preserve_color == "none" else args.preserve_color,
         seed=args.seed, device=device, encoder=encoder, backend=args.backend,
-        progress=not args.quiet)
+        progress=not args.quiet, precision=args.precision)
     path = image.save_image(result.image, args.output, overwrite=args.overwrite)
     args.written = path
     print(f"wrote {path} ({result.image.shape[-1]}x{result.image.shape[-2]}, "
@@ -436,6 +439,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--backend", default="auto", help="fastnst backend for the Gram matrices")
     g.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                   help="the VGG forward and backward under bf16 / fp16 autocast (the image, the optimiser "
+                        "and the targets stay fp32); refused where the device cannot run it")
     g.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     g.set_defaults(func=_cmd_stylize_gatys)

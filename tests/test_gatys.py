@@ -318,3 +318,53 @@ def test_overflow_is_a_floating_point_error(encoder, kw, msg):
     with pytest.raises(FloatingPointError) as info:
         small(encoder, steps=3, **kw)
     assert str(info.value) == msg
+
+
+def _fp32_loss(encoder, img, size):
+    """The default loss of ``img`` against the sample pair at ``size``, in float32."""
+    crit = gatys.perceptual_loss(encoder)
+    crit.set_content_target(encoder.preprocess(image.resize(image.load_image(CONTENT), size=size)))
+    crit.set_style_target([encoder.preprocess(image.resize(image.load_image(STYLE), size=size))])
+    with torch.no_grad():
+        return float(crit(encoder.preprocess(img))[0])
+
+
+def test_bf16_precision_keeps_the_image_fp32(encoder):
+    """bf16: the encoder under autocast; the image, the optimiser and the loss stay float32, and
+    the loss falls as in fp32."""
+    r = small(encoder, steps=6, precision="bf16")
+    assert r.image.dtype == torch.float32 and all(isinstance(v, float) and math.isfinite(v) for v in r.losses)
+    assert r.losses[-1] < 0.5 * r.losses[0]
+    with pytest.raises(ValueError, match="precision must be one of fp32, bf16, fp16, got 'fp8'"):
+        small(encoder, precision="fp8")
+
+
+@pytest.mark.slow
+def test_bf16_reaches_the_fp32_loss(encoder):
+    """The precision issue's bar: after the same steps (60 L-BFGS steps at 128²), the bf16 run's
+    result scores, evaluated in float32, within 1 % of the fp32 run's (measured: 0.9 %, AMD
+    EPYC Zen 5 with AVX512-BF16)."""
+    a = _fp32_loss(encoder, gatys.stylize(CONTENT, STYLE, size=128, steps=60, encoder=encoder).image, 128)
+    b = _fp32_loss(encoder, gatys.stylize(CONTENT, STYLE, size=128, steps=60, encoder=encoder,
+                                          precision="bf16").image, 128)
+    assert abs(b - a) <= 0.01 * a, (a, b)
+
+
+def test_cli_precision(tmp_path, capsys, encoder):
+    """--precision bf16 runs; a precision this CPU would emulate (fp16 without AVX512-FP16 or
+    AMX-FP16) is refused before any work, exit 2, no output."""
+    from fastnst.engine.precision import cpu_flags
+
+    out = tmp_path / "bf16.png"
+    assert cli.main(["stylize", "gatys", CONTENT, STYLE, "-o", str(out), "--size", "32", "--steps", "2",
+                     "--precision", "bf16", "--quiet"]) == 0 and out.exists()
+    if {"avx512_fp16", "amx_fp16"} & cpu_flags():
+        return
+    capsys.readouterr()
+    bad = tmp_path / "fp16.png"
+    assert cli.main(["stylize", "gatys", CONTENT, STYLE, "-o", str(bad), "--size", "32", "--steps", "2",
+                     "--precision", "fp16"]) == 2
+    assert capsys.readouterr().err == ("fastnst stylize: error: precision fp16 needs a CPU with AVX512-FP16 or "
+                                       "AMX-FP16 (this one has neither: fp16 would be emulated, slower than fp32); "
+                                       "use bf16 or fp32\n")
+    assert not bad.exists()

@@ -348,7 +348,7 @@ def stylize(content, styles, *, style_blend: Sequence[float] | None = None,
             device: str | torch.device | None = None, encoder: VGGEncoder | None = None,
             backend: str = "auto", progress: bool = False,
             callback: Callable[[int, float, Callable[[], torch.Tensor]], None] | None = None,
-            callback_every: int = 50) -> Result:
+            callback_every: int = 50, precision: str = "fp32") -> Result:
     """Stylize ``content`` with one or more ``styles``.
 
     Args:
@@ -374,6 +374,9 @@ def stylize(content, styles, *, style_blend: Sequence[float] | None = None,
         progress: draw a progress bar with the loss on stderr.
         callback: called every ``callback_every`` steps as callback(step, loss, get_image),
             get_image() returning the current image in [0, 1].
+        precision: "fp32", or "bf16" / "fp16": the encoder's forward and backward under autocast
+            (its convolutions in 16 bits), while the image, the optimiser and the targets stay
+            fp32; a precision the device cannot run is refused.
     """
     t_start = time.perf_counter()
     if optimizer not in ("lbfgs", "adam"):
@@ -398,6 +401,9 @@ def stylize(content, styles, *, style_blend: Sequence[float] | None = None,
     if device is None:
         device = next(encoder.parameters()).device
     device = torch.device(device)
+    from fastnst.engine import precision as prec
+
+    prec.check(precision, device)
     encoder = encoder.to(device)
     content_layers = encoder.check_layers(content_layers)
     style_layers = encoder.check_layers(style_layers)
@@ -470,7 +476,8 @@ def stylize(content, styles, *, style_blend: Sequence[float] | None = None,
         fmt = torch.channels_last if h * w >= 128 * 128 else torch.contiguous_format
 
         def loss_fn() -> torch.Tensor:
-            return criterion(x, memory_format=fmt)[0]  # one encoder pass up to the deepest layer
+            with prec.autocast(precision, device):  # one encoder pass up to the deepest layer
+                return criterion(x, memory_format=fmt)[0].float()
 
         if optimizer == "lbfgs":
             opt = torch.optim.LBFGS([x], lr=1.0 if lr is None else lr, max_iter=1,
