@@ -97,6 +97,23 @@ def test_resume_equals_uninterrupted(setup, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_stylize_options_read_the_networks_style_count(setup, tmp_path):
+    """An exported network's own style count bounds --style (a fine-tuned one may have more than
+    26); without --weights the built-in 26."""
+    assert cin.StylizeOptions(style="1", weights=setup["model"]).style == "1"
+    with pytest.raises(ValueError, match="^style index must be 0 to 1, got 2$"):
+        cin.StylizeOptions(style="2", weights=setup["model"])
+    assert cin.StylizeOptions(style="25").style == "25"
+    with pytest.raises(ValueError, match="^style index must be 0 to 25, got 26$"):
+        cin.StylizeOptions(style="26")
+
+
+def test_task_refuses_a_model_with_finetune(setup):
+    cfg = dataclasses.replace(setup["cfg"], finetune=setup["model"])
+    with pytest.raises(ValueError, match="give finetune .* or model, not both"):
+        cin.task(cfg, CINTransformer(num_styles=3))
+
+
 def test_finetune_learns_only_the_new_row(setup, tmp_path):
     cfg = dataclasses.replace(setup["cfg"], styles=(setup["styles"][2],), finetune=setup["model"], steps=3,
                               lr=1e-2)

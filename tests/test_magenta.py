@@ -530,3 +530,23 @@ def test_find_weights_prefers_explicit_path_then_package(monkeypatch, tmp_path):
     assert ow.find_weights("arbitrary_transform", other) == str(other)
     with pytest.raises(ValueError, match=r"unknown network 'vgg'"):
         ow.find_weights("vgg")
+
+
+def test_arbitrary_fused_equals_module_by_module_under_bf16_and_in_bf16():
+    """Both paths round γ/β to the activation's dtype under autocast (same output), and a
+    bfloat16 model runs (its γ/β layers take the embedding in their own dtype)."""
+    torch.manual_seed(0)
+    t = ArbitraryTransformer().eval().requires_grad_(False)
+    with torch.no_grad():
+        for p in t.parameters():
+            p.normal_(0, 0.1)
+    x, e = torch.rand(1, 3, 16, 20), torch.randn(1, 100)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        a = t(x, e)
+        t.fused_inference = False
+        b = t(x, e)
+        t.fused_inference = True
+    torch.testing.assert_close(a.float(), b.float(), rtol=0, atol=1e-2)
+    tb = ArbitraryTransformer().to(torch.bfloat16).eval()
+    with torch.inference_mode():
+        assert tb(x.bfloat16(), e).dtype == torch.bfloat16

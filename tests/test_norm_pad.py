@@ -279,3 +279,19 @@ def test_fused_sr_network_is_the_plain_path_bit_for_bit(blocks, factor):
     assert y.shape == (2, 3, 9 * factor, 12 * factor) and y.is_contiguous()
     assert torch.equal(y_ungrouped, plain_cl.contiguous())
     torch.testing.assert_close(y, plain_cl.contiguous(), rtol=0, atol=float(plain_cl.abs().max()) * 1e-6)
+
+
+def test_fused_network_follows_weights_edited_through_data():
+    """The grouped output convolution is rebuilt from the weight at each call: an in-place edit
+    through ``.data`` (which does not bump the weight's version) is seen."""
+    torch.manual_seed(0)
+    m = TransformerNet().eval()
+    x = torch.rand(1, 3, 32, 32) * 255
+    with torch.no_grad():
+        a = m(x)
+        m.deconv3.conv2d.weight.data.mul_(0.5)
+        b = m(x)
+        m.fused_inference = False
+        c = m(x)
+    assert not torch.equal(a, b)
+    torch.testing.assert_close(b, c, rtol=0, atol=float(c.abs().max()) * 1e-5)

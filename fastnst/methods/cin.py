@@ -198,7 +198,14 @@ class StylizeOptions:
     device: str = option("cpu", "cpu or cuda[:N]")
 
     def __post_init__(self):
-        parse_style(self.style)
+        # Checked against the network's style count when it is an export that says (a fine-tuned
+        # network has more than 26); stylize checks again against the loaded network.
+        import os
+
+        from fastnst.models.onnx_weights import _num_styles
+
+        exported = self.weights is not None and os.path.isfile(self.weights)
+        parse_style(self.style, _num_styles(self.weights) if exported else NUM_STYLES)
         check_strength(self.strength)
         check_stylize_sizes(self.size, self.batch_size)
         prec.check(self.precision, self.device)
@@ -324,6 +331,9 @@ def task(cfg: Config, model: nn.Module | None = None) -> Task:
               for p in cfg.styles]
     dataset = ImageFolder(cfg.data, size=cfg.image_size, crop="center")
     perceptual = loss_for(cfg)
+    if model is not None and cfg.finetune is not None:
+        raise ValueError("cin.task: give finetune (the network to extend) or model, not both: build() freezes "
+                         "the fine-tuned network's old rows")
     net, rows = build(cfg) if model is None else (model, list(range(model.num_styles - len(cfg.styles),
                                                                       model.num_styles)))
     sample_in = dataset[0].unsqueeze(0)

@@ -357,9 +357,9 @@ class StyleNorm(nn.Module):
         self.conv_1 = nn.Linear(embedding_dim, channels)
 
     def affine(self, embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(γ, β), each [B, C] float32 (computed in float32 under autocast too)."""
+        """(γ, β), each [B, C], in the layers' dtype (not lowered by autocast)."""
         with torch.autocast(embedding.device.type, enabled=False):
-            e = embedding.float()
+            e = embedding.to(self.conv.weight.dtype)
             return self.conv_1(e), self.conv(e)
 
     def forward(self, x: torch.Tensor, embedding: torch.Tensor, activation: str | None = None) -> torch.Tensor:
@@ -504,7 +504,7 @@ class ArbitraryTransformer(nn.Module):
         for k, layer in enumerate(layers[:-1]):
             nxt = layers[k + 1]
             second = k < 2 * len(blocks) and k % 2 == 1
-            gamma, beta = layer.style_norm.affine(e)
+            gamma, beta = (t.to(y.dtype) for t in layer.style_norm.affine(e))  # as StyleNorm.forward
             act = "relu" if layer.activation == "relu" else None
             out = instance_norm_pad(y, gamma, beta, layer.style_norm.eps, act,
                                     P[:, :, 1:-1, 1:-1] if second else None, nxt.upsample, nxt.kernel // 2)
@@ -512,7 +512,7 @@ class ArbitraryTransformer(nn.Module):
                 P = out
             y = output_conv(nxt.conv, out, channels_last=True) if nxt.conv.out_channels <= 4 else nxt.conv(out)
         last = layers[-1]
-        gamma, beta = last.style_norm.affine(e)
+        gamma, beta = (t.to(y.dtype) for t in last.style_norm.affine(e))
         y = instance_norm(y, gamma, beta, last.style_norm.eps, None)
         y = torch.sigmoid(y[:, :, :h, :w])
         return y.contiguous(memory_format=torch.channels_last) if _is_cl(content) else y.contiguous()

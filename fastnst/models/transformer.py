@@ -217,23 +217,17 @@ def _interior(P: torch.Tensor, layer: nn.Module) -> torch.Tensor:
 def _grouped_weight(conv: nn.Conv2d) -> tuple[torch.Tensor, torch.Tensor | None]:
     """conv's weight [Co, Ci, k, k] as the weight of a stride-2 convolution whose 4 Co output
     channels are the 2 x 2 output pixels of each (even, even) position, kernel k + 1 (zeros
-    where a pixel's window does not reach), and the bias repeated to match; cached on the
-    module until the weight changes."""
-    w, b = conv.weight, conv.bias
-    key = (w.data_ptr(), w._version, w.dtype, w.device, None if b is None else (b.data_ptr(), b._version))
-    cached = getattr(conv, "_fastnst_grouped", None)
-    if cached is not None and cached[0] == key:
-        return cached[1], cached[2]
+    where a pixel's window does not reach), and the bias repeated to match. Built at each call
+    (a few tens of thousands of elements): a cache keyed on the weight could miss edits made
+    through ``.data``, which do not change its version."""
+    w, b = conv.weight.detach(), conv.bias
     co, ci, k, _ = w.shape
-    with torch.no_grad():
-        g = w.new_zeros(co, 2, 2, ci, k + 1, k + 1)
-        for a in range(2):
-            for c in range(2):
-                g[:, a, c, :, a:a + k, c:c + k] = w
-        g = g.reshape(co * 4, ci, k + 1, k + 1).contiguous(memory_format=torch.channels_last)
-        gb = None if b is None else b.detach().repeat_interleave(4)
-    conv._fastnst_grouped = (key, g, gb)
-    return g, gb
+    g = w.new_zeros(co, 2, 2, ci, k + 1, k + 1)
+    for a in range(2):
+        for c in range(2):
+            g[:, a, c, :, a:a + k, c:c + k] = w
+    g = g.reshape(co * 4, ci, k + 1, k + 1).contiguous(memory_format=torch.channels_last)
+    return g, None if b is None else b.detach().repeat_interleave(4)
 
 
 def output_conv(conv: nn.Conv2d, P: torch.Tensor, grouped: bool = True,
