@@ -263,6 +263,27 @@ def _image_job(args, options_cls, files=None):
     return opts, plan
 
 
+def _check_min_side(plan, size, network: str) -> None:
+    """Every input's size after ``--size`` (from the file's header) against the Magenta networks'
+    smallest side, before the model loads and any output is written; the network's own message.
+    Unreadable files are left to the loader, which names them."""
+    import torch
+    from PIL import Image
+
+    from fastnst.models.magenta import MIN_SIDE, _check_image
+
+    for src, _ in plan:
+        try:
+            with Image.open(src) as im:
+                W, H = im.size
+        except Exception:  # noqa: BLE001
+            continue
+        if size:
+            scale = size / max(H, W)
+            H, W = max(1, int(H * scale + 0.5)), max(1, int(W * scale + 0.5))
+        _check_image(network, torch.empty(1, 3, H, W, device="meta"), MIN_SIDE)
+
+
 def _report_written(n: int, plan, args, extra: str = "") -> None:
     size, rank = _rank()
     where = plan[0][1] if len(plan) == 1 else args.output
@@ -292,6 +313,7 @@ def _cmd_stylize_cin(args) -> int:
     from fastnst.methods import cin
 
     opts, plan = _image_job(args, cin.StylizeOptions, lambda o: {"weights": o.weights})
+    _check_min_side(plan, opts.size, "CINTransformer")
     model = cin.load(opts.weights, opts.device)
 
     def run_batch(paths):
@@ -310,6 +332,7 @@ def _cmd_stylize_arbitrary(args) -> int:
     args.inputs = [args.content]
     opts, plan = _image_job(args, arbitrary.StylizeOptions,
                             lambda o: {"predictor": o.predict, "transformer": o.transform})
+    _check_min_side(plan, opts.size, "ArbitraryTransformer")
     for path in args.styles:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"style image {path} does not exist" if not os.path.exists(path)

@@ -818,3 +818,17 @@ def test_export_then_load_without_the_onnx_files(model, pair, tmp_path):
     for a, b in ((p, p2), (t, t2)):
         sa, sb = a.state_dict(), b.state_dict()
         assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_cli_refuses_a_too_small_image_before_writing_any(files, tmp_path, capsys):
+    """A folder whose last image is too small: refused before the first output is written."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    image.save_image(torch.rand(1, 3, 24, 24), folder / "a.png")
+    image.save_image(torch.rand(1, 3, 3, 3), folder / "z.png")
+    out = tmp_path / "out"
+    code, _, err = run(["stylize", "cin", str(folder), "-o", out, "--batch-size", "1"], capsys)
+    assert code == 2 and err.startswith("fastnst stylize: error: CINTransformer: " + SIZE_ERROR + "3 x 3")
+    assert not out.exists()
+    code, _, err = run(["stylize", "cin", str(folder / "a.png"), "-o", tmp_path / "b.png", "--size", "4"], capsys)
+    assert code == 2 and err.startswith("fastnst stylize: error: CINTransformer: " + SIZE_ERROR + "4 x 4")
