@@ -546,26 +546,37 @@ FASTNST_LOWP __m512 positive01(__m512 m) {
 
 inline __mmask16 lanes(int64_t n) { return n >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << n) - 1u); }
 
-// Per-channel shifted sums over n rows of x (row l at x + l * C): a[c] = sum (x - k[c]),
-// q[c] = sum (x - k[c])^2, from zero, rows in order (row_stats' block).
+// 16 lanes (full) or those in t, the others 0.
 template <class E>
-FASTNST_LOWP_FN void channel_sums_lowp(const typename E::T* x, int64_t C, int64_t n, const float* k, float* a,
-                                       float* q) {
+FASTNST_LOWP __m512 ld_lanes(bool full, __mmask16 t, const typename E::T* a) {
+  return full ? lp_load<E>(a) : lp_maskz_load<E>(t, a);
+}
+FASTNST_LOWP __m512 ld_lanes(bool full, __mmask16 t, const float* a) {
+  return full ? _mm512_loadu_ps(a) : _mm512_maskz_loadu_ps(t, a);
+}
+
+// The loop of the channels-innermost block sums: a[c] = sum_l A, q[c] = sum_l Q over n rows
+// (row l at offset l * C), (A, Q) = term(offset, lanes, full, v[c]) with v a per-channel shift,
+// from zero, rows in order; four channel vectors at a time (independent add chains), then
+// masked vectors of the channels left.
+template <class Term>
+FASTNST_LOWP void channel_pair_sums(const Term& term, int64_t C, int64_t n, const float* v, float* a, float* q) {
   const __m512 zero = _mm512_setzero_ps();
   int64_t c = 0;
-  for (; c + 64 <= C; c += 64) {  // four channel vectors: independent add chains
-    __m512 va[4], vq[4], vk[4];
+  for (; c + 64 <= C; c += 64) {
+    __m512 va[4], vq[4], vv[4];
 #pragma GCC unroll 4
     for (int u = 0; u < 4; ++u) {
       va[u] = vq[u] = zero;
-      vk[u] = _mm512_loadu_ps(k + c + 16 * u);
+      vv[u] = _mm512_loadu_ps(v + c + 16 * u);
     }
     for (int64_t l = 0; l < n; ++l) {
 #pragma GCC unroll 4
       for (int u = 0; u < 4; ++u) {
-        const __m512 d = _mm512_sub_ps(lp_load<E>(x + l * C + c + 16 * u), vk[u]);
-        va[u] = _mm512_add_ps(va[u], d);
-        vq[u] = _mm512_add_ps(vq[u], mul_rounded(d, d));
+        __m512 ta, tq;
+        term(l * C + c + 16 * u, 0xFFFF, true, vv[u], ta, tq);
+        va[u] = _mm512_add_ps(va[u], ta);
+        vq[u] = _mm512_add_ps(vq[u], tq);
       }
     }
 #pragma GCC unroll 4
@@ -576,25 +587,48 @@ FASTNST_LOWP_FN void channel_sums_lowp(const typename E::T* x, int64_t C, int64_
   }
   for (; c < C; c += 16) {
     const __mmask16 t = lanes(C - c);
-    const __m512 vk = _mm512_maskz_loadu_ps(t, k + c);
+    const __m512 vv = _mm512_maskz_loadu_ps(t, v + c);
     __m512 va = zero, vq = zero;
     for (int64_t l = 0; l < n; ++l) {
-      const __m512 d = _mm512_sub_ps(lp_maskz_load<E>(t, x + l * C + c), vk);
-      va = _mm512_add_ps(va, d);
-      vq = _mm512_add_ps(vq, mul_rounded(d, d));
+      __m512 ta, tq;
+      term(l * C + c, t, false, vv, ta, tq);
+      va = _mm512_add_ps(va, ta);
+      vq = _mm512_add_ps(vq, tq);
     }
     _mm512_mask_storeu_ps(a + c, t, va);
     _mm512_mask_storeu_ps(q + c, t, vq);
   }
 }
 
-// 16 lanes (full) or those in t, the others 0.
+// row_stats' block: (x - k[c], (x - k[c])^2).
 template <class E>
-FASTNST_LOWP __m512 ld_lanes(bool full, __mmask16 t, const typename E::T* a) {
-  return full ? lp_load<E>(a) : lp_maskz_load<E>(t, a);
-}
-FASTNST_LOWP __m512 ld_lanes(bool full, __mmask16 t, const float* a) {
-  return full ? _mm512_loadu_ps(a) : _mm512_maskz_loadu_ps(t, a);
+struct ShiftedSquares {
+  const typename E::T* x;
+  FASTNST_LOWP void operator()(int64_t off, __mmask16 t, bool full, __m512 vk, __m512& ta, __m512& tq) const {
+    const __m512 d = _mm512_sub_ps(ld_lanes<E>(full, t, x + off), vk);
+    ta = d;
+    tq = mul_rounded(d, d);
+  }
+};
+
+// grad_sums' block: (g', g' (x - mu[c])), g' = g times (m > 0) when HAS_M.
+template <class E, bool HAS_M>
+struct GradSums {
+  const typename E::T *g, *m, *x;
+  FASTNST_LOWP void operator()(int64_t off, __mmask16 t, bool full, __m512 vmu, __m512& ta, __m512& tq) const {
+    __m512 gv = ld_lanes<E>(full, t, g + off);
+    if (HAS_M) gv = mul_rounded(gv, positive01(ld_lanes<E>(full, t, m + off)));
+    ta = gv;
+    tq = mul_rounded(gv, _mm512_sub_ps(ld_lanes<E>(full, t, x + off), vmu));
+  }
+};
+
+// Per-channel shifted sums over n rows of x (row l at x + l * C): a[c] = sum (x - k[c]),
+// q[c] = sum (x - k[c])^2, from zero, rows in order (row_stats' block).
+template <class E>
+FASTNST_LOWP_FN void channel_sums_lowp(const typename E::T* x, int64_t C, int64_t n, const float* k, float* a,
+                                       float* q) {
+  channel_pair_sums(ShiftedSquares<E>{x}, C, n, k, a, q);
 }
 
 // affine_map_impl's element on 16 channels: p g' + q ((x - k) r) + s, g' = g (HAS_G) times
@@ -636,44 +670,7 @@ FASTNST_LOWP_FN void channel_map_lowp(const typename E::T* x, const typename E::
 template <class E, bool HAS_M>
 FASTNST_LOWP_FN void channel_grad_sums_lowp(const typename E::T* g, const typename E::T* m, const typename E::T* x,
                                             int64_t C, int64_t n, const float* mu, float* a, float* q) {
-  const __m512 zero = _mm512_setzero_ps();
-  int64_t c = 0;
-  for (; c + 64 <= C; c += 64) {
-    __m512 va[4], vq[4], vmu[4];
-#pragma GCC unroll 4
-    for (int u = 0; u < 4; ++u) {
-      va[u] = vq[u] = zero;
-      vmu[u] = _mm512_loadu_ps(mu + c + 16 * u);
-    }
-    for (int64_t l = 0; l < n; ++l) {
-      const int64_t off = l * C + c;
-#pragma GCC unroll 4
-      for (int u = 0; u < 4; ++u) {
-        __m512 gv = lp_load<E>(g + off + 16 * u);
-        if (HAS_M) gv = mul_rounded(gv, positive01(lp_load<E>(m + off + 16 * u)));
-        va[u] = _mm512_add_ps(va[u], gv);
-        vq[u] = _mm512_add_ps(vq[u], mul_rounded(gv, _mm512_sub_ps(lp_load<E>(x + off + 16 * u), vmu[u])));
-      }
-    }
-#pragma GCC unroll 4
-    for (int u = 0; u < 4; ++u) {
-      _mm512_storeu_ps(a + c + 16 * u, va[u]);
-      _mm512_storeu_ps(q + c + 16 * u, vq[u]);
-    }
-  }
-  for (; c < C; c += 16) {
-    const __mmask16 t = lanes(C - c);
-    const __m512 vmu = _mm512_maskz_loadu_ps(t, mu + c);
-    __m512 va = zero, vq = zero;
-    for (int64_t l = 0; l < n; ++l) {
-      __m512 gv = lp_maskz_load<E>(t, g + l * C + c);
-      if (HAS_M) gv = mul_rounded(gv, positive01(lp_maskz_load<E>(t, m + l * C + c)));
-      va = _mm512_add_ps(va, gv);
-      vq = _mm512_add_ps(vq, mul_rounded(gv, _mm512_sub_ps(lp_maskz_load<E>(t, x + l * C + c), vmu)));
-    }
-    _mm512_mask_storeu_ps(a + c, t, va);
-    _mm512_mask_storeu_ps(q + c, t, vq);
-  }
+  channel_pair_sums(GradSums<E, HAS_M>{g, m, x}, C, n, mu, a, q);
 }
 #endif
 
