@@ -270,6 +270,7 @@ def _check_min_side(plan, size, network: str) -> None:
     import torch
     from PIL import Image
 
+    from fastnst.image import _round_multiple
     from fastnst.models.magenta import MIN_SIDE, _check_image
 
     for src, _ in plan:
@@ -280,7 +281,7 @@ def _check_min_side(plan, size, network: str) -> None:
             continue
         if size:
             scale = size / max(H, W)
-            H, W = max(1, int(H * scale + 0.5)), max(1, int(W * scale + 0.5))
+            H, W = _round_multiple(H * scale, 1), _round_multiple(W * scale, 1)  # as image.resize
         _check_image(network, torch.empty(1, 3, H, W, device="meta"), MIN_SIDE)
 
 

@@ -22,9 +22,9 @@ import torch.nn as nn
 from fastnst import image
 from fastnst.engine import option
 from fastnst.engine import precision as prec
-from fastnst.methods.cin import _check_size
 from fastnst.methods.common import (
     as_image,
+    check_min_side,
     check_strength,
     check_stylize_sizes,
     finish,
@@ -91,7 +91,7 @@ def run_network(transformer: nn.Module, x: torch.Tensor, embedding: torch.Tensor
                 precision: str = "fp32") -> torch.Tensor:
     """The transformer on ``x`` [B, 3, H, W] in [0, 1] with embeddings [B, 100], padded to a
     multiple of 4 and cropped back; float32 in [0, 1]."""
-    _check_size(transformer, x)
+    check_min_side(transformer, x)
     xp, H, W = pad_to_multiple(x, 4)
     with torch.inference_mode(), prec.autocast(precision, x.device):
         y = transformer(xp, embedding.to(x.device))

@@ -25,6 +25,7 @@ from fastnst.engine import precision as prec
 from fastnst.methods.common import (
     CAFFE_SCALE,
     as_image,
+    check_min_side,
     check_strength,
     check_stylize_sizes,
     encoder_for,
@@ -96,13 +97,6 @@ def load(path: str | None = None, device: str | torch.device = "cpu") -> nn.Modu
     return load_cin(path).eval().requires_grad_(False).to(device)
 
 
-def _check_size(model: nn.Module, x: torch.Tensor) -> None:
-    """The network's own size check, on the image as given (before it is padded to 4)."""
-    from fastnst.models.magenta import MIN_SIDE, _check_image
-
-    _check_image(type(model).__name__, x, MIN_SIDE)
-
-
 def export(output: str, weights: str | None = None) -> str:
     """Save the network's weights (from ``weights``, as ``load`` finds them) to ``output``
     (``.safetensors`` or ``.pth``, atomically), so they can be kept and loaded without the
@@ -118,7 +112,7 @@ def run_network(model: nn.Module, x: torch.Tensor, weights: torch.Tensor, precis
     """``model`` on ``x`` [B, 3, H, W] in [0, 1] with mixing weights [num_styles] or
     [B, num_styles], padded to a multiple of 4 (reflection, as the network halves twice) and
     cropped back, under ``precision``; returns float32 in [0, 1]."""
-    _check_size(model, x)
+    check_min_side(model, x)
     xp, H, W = pad_to_multiple(x, 4)
     with torch.inference_mode(), prec.autocast(precision, x.device):
         y = model(xp, weights.to(x.device))

@@ -130,3 +130,11 @@ def stylize_batched(images, size, batch_size: int, device, run) -> list[torch.Te
             for j, i in enumerate(chunk):
                 out[i] = y[j:j + 1]
     return out
+
+
+def check_min_side(model, x: torch.Tensor) -> None:
+    """A Magenta network's own size check (``fastnst.models.magenta``), on the image as given,
+    before it is padded to a multiple of 4."""
+    from fastnst.models.magenta import MIN_SIDE, _check_image
+
+    _check_image(type(model).__name__, x, MIN_SIDE)
