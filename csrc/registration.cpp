@@ -87,6 +87,12 @@ TORCH_LIBRARY(fastnst, m) {
         "int out_h, int out_w) -> Tensor");
 }
 
+namespace fastnst {
+namespace cpu {
+std::string gram_routes();  // gram.cpp
+}  // namespace cpu
+}  // namespace fastnst
+
 // ---- build information, read by fastnst.info -------------------------------------------
 static PyObject* build_info(PyObject*, PyObject*) {
   PyObject* d = PyDict_New();
@@ -105,6 +111,34 @@ static PyObject* build_info(PyObject*, PyObject*) {
   set_str("compiler", __VERSION__);
   set_str("cpu_kernels", fastnst::cpu::compiled_isa());
   set_str("cpu_isa", fastnst::cpu::runtime_isa());
+  set_str("cpu_isa_detected", fastnst::cpu::isa_name(fastnst::cpu::cpu_isa()));
+  set_str("cpu_isa_error", fastnst::cpu::isa_choice().error);
+  // Paths of the other CPU ops, by the same level (see the kernels' file comments).
+  namespace c = fastnst::cpu;
+  std::string routes;
+  try {
+    routes = c::gram_routes();
+  } catch (const std::exception& e) {
+    routes = std::string("gram\t-\terror\t") + e.what() + "\n";
+  }
+  const char* norm16 = !c::has_avx512() ? "generic\tscalar loops (fp32 arithmetic)"
+                       : c::has_avx512bf16() ? "avx512bf16\tfastnst's AVX-512 16-bit kernels, bf16 rounded by vcvtneps2bf16"
+                                             : "avx512\tfastnst's AVX-512 16-bit kernels, bf16 rounded in integer arithmetic";
+  const char* norm32 = c::has_avx512() ? "avx512\tfastnst's AVX-512 kernels (rows and channels-innermost)"
+                                       : "generic\tscalar loops (compiled for baseline x86-64)";
+  for (const char* op : {"mean_std", "instance_norm", "instance_norm_backward", "instance_norm_pad"}) {
+    routes += std::string(op) + "\tfloat32\t" + norm32 + "\n";
+    routes += std::string(op) + "\tbfloat16\t" + norm16 + "\n";
+    routes += std::string(op) + "\tfloat16\t" + (c::has_avx512() ? "avx512\tfastnst's AVX-512 16-bit kernels" : "generic\tscalar loops (fp32 arithmetic)") + "\n";
+  }
+  routes += std::string("style_swap_match\tfloat32\t") +
+            (c::has_avx512() ? "avx512\tpixel GEMM on fastnst's AVX-512 microkernel" : "generic\tscalar loops") + "\n";
+  routes += std::string("style_swap_match\tbfloat16\t") +
+            (c::has_avx512bf16() ? "avx512bf16\tpixel GEMM on bf16 pairs (vdpbf16ps, fp32 accumulation)"
+             : c::has_avx512() ? "avx512\twidened exactly to fp32, AVX-512 microkernel" : "generic\tscalar loops") + "\n";
+  routes += std::string("style_swap_match\tfloat16\t") +
+            (c::has_avx512() ? "avx512\twidened exactly to fp32, AVX-512 microkernel" : "generic\tscalar loops") + "\n";
+  set_str("cpu_routes", routes);
   return d;
 }
 

@@ -27,18 +27,33 @@ def collect() -> dict:
         "cuda_archs": bi.get("cuda_archs") or "-",
         "compiler": bi.get("compiler", "-"),
         "cpu_kernels_compiled": bi.get("cpu_kernels", "-"),
-        "cpu_isa_in_use": bi.get("cpu_isa", "-"),
+        "cpu_isa_detected": bi.get("cpu_isa_detected", "-"),
+        "cpu_isa_in_use": bi.get("cpu_isa", "-")
+        + (f" (error: {bi['cpu_isa_error']})" if bi.get("cpu_isa_error") else ""),
+        "FASTNST_CPU_ISA": os.environ.get("FASTNST_CPU_ISA", "unset (the CPU's level)"),
         "threads": torch.get_num_threads(),
         "triton": note,
         "triton_interpreter": triton_interpret() if ok else False,
         "FASTNST_BACKEND": os.environ.get("FASTNST_BACKEND", "auto"),
         "ops": {name: availability(spec) for name, spec in SPECS.items()},
+        "cpu_paths": cpu_paths(bi),
     }
+
+
+def cpu_paths(bi: dict | None = None) -> list[dict]:
+    """Which code each CPU op runs, per dtype, at the ISA level in use, and why: rows of
+    {"op", "dtype", "path", "why"} from the extension (empty without it)."""
+    bi = _ext.build_info() if bi is None else bi
+    rows = []
+    for line in bi.get("cpu_routes", "").splitlines():
+        op, dtype, path, why = (line.split("\t", 3) + ["", "", "", ""])[:4]
+        rows.append({"op": op, "dtype": dtype, "path": path, "why": why})
+    return rows
 
 
 def render(info: dict) -> str:
     lines = ["fastnst " + info["fastnst"], ""]
-    keys = [k for k in info if k not in ("fastnst", "ops")]
+    keys = [k for k in info if k not in ("fastnst", "ops", "cpu_paths")]
     width = max(map(len, keys))
     lines += [f"{k:<{width}}  {info[k]}" for k in keys]
     lines += ["", "op x backend (float32):", ""]
@@ -47,6 +62,13 @@ def render(info: dict) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         lines.append("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
+    if info.get("cpu_paths"):
+        lines += ["", f"CPU paths (ISA level in use: {info['cpu_isa_in_use']}; FASTNST_CPU_ISA lowers it):", ""]
+        rows = [["op", "dtype", "path", "why"]]
+        rows += [[p["op"], p["dtype"], p["path"], p["why"]] for p in info["cpu_paths"]]
+        widths = [max(len(r[i]) for r in rows) for i in range(3)]
+        for r in rows:
+            lines.append("  ".join(cell.ljust(w) for cell, w in zip(r[:3], widths)) + "  " + r[3])
     return "\n".join(lines)
 
 

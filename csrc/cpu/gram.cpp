@@ -20,7 +20,11 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
+#include <string>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "cpu_features.h"
@@ -53,38 +57,72 @@ constexpr int64_t kFwdNV = 3;    // 16-wide column vectors of G per register til
 constexpr int64_t kBwdMR = 6;
 constexpr int64_t kBwdCols = 64;  // columns of dF per packed panel / parallel task
 
+// Panel formats of the forward SYRK. Fp32Panel: fp32 columns, any input dtype widened to them.
+// PairPanel: bfloat16 pairs (two consecutive columns per 32-bit word) for vdpbf16ps, on CPUs
+// with AVX512-BF16: each k step multiplies twice as many elements, accumulating in fp32.
+struct Fp32Panel {
+  using U = float;
+  static constexpr int64_t kCols = 1;  // columns of F per panel element
+};
+struct PairPanel {
+  using U = uint32_t;
+  static constexpr int64_t kCols = 2;
+};
+
 // One register tile row block of the upper triangle: rows [j0, j0 + mr) of G, columns from the
-// 16-strip holding row j0 to the end, from a strip-packed panel P (strip stride ss).
-inline void syrk_rows(int64_t j0, int64_t mr, int64_t Cp, int64_t kw, const float* P, int64_t ss,
+// 16-strip holding row j0 to the end, from a strip-packed panel P (strip stride ss) of ku units
+// (columns, or column pairs).
+template <class F>
+inline void syrk_rows(int64_t j0, int64_t mr, int64_t Cp, int64_t ku, const typename F::U* P, int64_t ss,
                       float* G, bool accumulate) {
   const int64_t sa = j0 / 16;
-  const float* A = P + sa * ss + j0 % 16;  // A(r, k) = P[sa][k][j0 % 16 + r]
+  const typename F::U* A = P + sa * ss + j0 % 16;  // A(r, k) = P[sa][k][j0 % 16 + r]
   for (int64_t i0 = sa * 16; i0 < Cp; i0 += 16 * kFwdNV) {
     const int64_t nv = std::min<int64_t>(kFwdNV, (Cp - i0) / 16);
-    const float* Bm = P + (i0 / 16) * ss;
+    const typename F::U* Bm = P + (i0 / 16) * ss;
     float* O = G + j0 * Cp + i0;
-    switch (nv) {
-      case 3: avx512::microkernel_rows<kFwdMR, 3, false>(mr, kw, A, 1, 16, Bm, 16, ss, O, Cp, 0xFFFF, accumulate); break;
-      case 2: avx512::microkernel_rows<kFwdMR, 2, false>(mr, kw, A, 1, 16, Bm, 16, ss, O, Cp, 0xFFFF, accumulate); break;
-      default: avx512::microkernel_rows<kFwdMR, 1, false>(mr, kw, A, 1, 16, Bm, 16, ss, O, Cp, 0xFFFF, accumulate); break;
+    if constexpr (std::is_same<F, PairPanel>::value) {
+      switch (nv) {
+        case 3: avx512::dp_microkernel_rows<kFwdMR, 3>(mr, ku, A, 1, 16, Bm, 16, ss, O, Cp, accumulate); break;
+        case 2: avx512::dp_microkernel_rows<kFwdMR, 2>(mr, ku, A, 1, 16, Bm, 16, ss, O, Cp, accumulate); break;
+        default: avx512::dp_microkernel_rows<kFwdMR, 1>(mr, ku, A, 1, 16, Bm, 16, ss, O, Cp, accumulate); break;
+      }
+    } else {
+      switch (nv) {
+        case 3: avx512::microkernel_rows<kFwdMR, 3, false>(mr, ku, A, 1, 16, Bm, 16, ss, O, Cp, 0xFFFF, accumulate); break;
+        case 2: avx512::microkernel_rows<kFwdMR, 2, false>(mr, ku, A, 1, 16, Bm, 16, ss, O, Cp, 0xFFFF, accumulate); break;
+        default: avx512::microkernel_rows<kFwdMR, 1, false>(mr, ku, A, 1, 16, Bm, 16, ss, O, Cp, 0xFFFF, accumulate); break;
+      }
     }
   }
 }
 
-template <typename T>
+// Packs columns [k0, k0 + kw) of sample X (strides sc, sl) into P, strip stride ss.
+template <typename T, class F>
+inline void pack_panel(const T* X, int64_t sc, int64_t sl, int64_t C, int64_t kw, typename F::U* P, int64_t ss) {
+  if constexpr (std::is_same<F, PairPanel>::value)
+    avx512::pack_pair_strips(X, sc, sl, C, kw, P, ss);
+  else
+    avx512::pack_strips<T>(X, sc, sl, C, kw, P, ss);
+}
+
+template <typename T, class F = Fp32Panel>
 void gram_forward_avx512(const at::Tensor& x, double scale, at::Tensor& out) {
+  using U = typename F::U;
   const int64_t B = x.size(0), C = x.size(1), L = x.size(2);
   const int64_t sb = x.stride(0), sc = x.stride(1), sl = x.stride(2);
   const T* X = x.data_ptr<T>();
   const int64_t Cp = (C + 15) / 16 * 16;
-  // Chunk of L: the packed panel (kc x Cp fp32) stays in L2 and one strip of it in L1.
-  const int64_t kc = std::clamp<int64_t>((131072 / Cp) / 16 * 16, 16, 512);
+  // Chunk of L: the packed panel (kc x Cp fp32, or as many bytes of pairs) stays in L2 and one
+  // strip of it in L1.
+  const int64_t kc = std::clamp<int64_t>((131072 / Cp) / 16 * 16, 16, 512) * F::kCols;
+  const auto units = [](int64_t cols) { return (cols + F::kCols - 1) / F::kCols; };
 
   const int64_t nthreads = at::get_num_threads();
   int64_t nsplit = 1;
   if (B < nthreads) {
     // Split L between threads; each part should still hold a few chunks of work.
-    nsplit = std::min<int64_t>((nthreads + B - 1) / B, std::max<int64_t>(1, L / 512));
+    nsplit = std::min<int64_t>((nthreads + B - 1) / B, std::max<int64_t>(1, L / (512 * F::kCols)));
   }
   // Rows too short to give every thread a part of L: the threads share the triangle's row
   // blocks instead (one partial G per sample).
@@ -95,26 +133,34 @@ void gram_forward_avx512(const at::Tensor& x, double scale, at::Tensor& out) {
   float* Gp = partial.data_ptr<float>();
 
   if (share_rows) {
-    // Pack each sample once; threads take the triangle's row blocks interleaved, so that each
-    // gets a fair part of it (the top rows are the longest).
-    const int64_t ss = L * 16;
-    std::vector<float> panel(static_cast<size_t>(L * Cp));
-    float* P = panel.data();
+    // Threads pack a chunk's strips together, then take the triangle's row blocks interleaved,
+    // so that each gets a fair part of it (the top rows are the longest).
+    const int64_t ku = units(kc), ss = ku * 16, nstrips = Cp / 16;
+    std::vector<U> panel(static_cast<size_t>(ku * Cp));
+    U* P = panel.data();
     const int64_t nblocks = (C + kFwdMR - 1) / kFwdMR;
     for (int64_t b = 0; b < B; ++b) {
-      avx512::pack_strips<T>(X + b * sb, sc, sl, C, L, P, ss);
       float* G = Gp + b * C * Cp;
-      at::parallel_for(0, nthreads, 1, [&](int64_t t0, int64_t t1) {
-        for (int64_t t = t0; t < t1; ++t)
-          for (int64_t blk = t; blk < nblocks; blk += nthreads) {
-            const int64_t j0 = blk * kFwdMR;
-            syrk_rows(j0, std::min(kFwdMR, C - j0), Cp, L, P, ss, G, false);
-          }
-      });
+      for (int64_t k0 = 0; k0 < L; k0 += kc) {
+        const int64_t kw = std::min(kc, L - k0);
+        const bool accumulate = k0 != 0;
+        at::parallel_for(0, nstrips, 1, [&](int64_t s0, int64_t s1) {
+          pack_panel<T, F>(X + b * sb + 16 * s0 * sc + k0 * sl, sc, sl, std::min(C, 16 * s1) - 16 * s0, kw,
+                           P + s0 * ss, ss);
+        });
+        at::parallel_for(0, nthreads, 1, [&](int64_t t0, int64_t t1) {
+          for (int64_t t = t0; t < t1; ++t)
+            for (int64_t blk = t; blk < nblocks; blk += nthreads) {
+              const int64_t j0 = blk * kFwdMR;
+              syrk_rows<F>(j0, std::min(kFwdMR, C - j0), Cp, units(kw), P, ss, G, accumulate);
+            }
+        });
+      }
     }
   } else at::parallel_for(0, items, 1, [&](int64_t i0, int64_t i1) {
-    std::vector<float> panel(static_cast<size_t>(kc * Cp));
-    float* P = panel.data();
+    const int64_t ss = units(kc) * 16;
+    std::vector<U> panel(static_cast<size_t>(units(kc) * Cp));
+    U* P = panel.data();
     for (int64_t item = i0; item < i1; ++item) {
       const int64_t b = item / nsplit, s = item % nsplit;
       const int64_t k_begin = L * s / nsplit, k_end = L * (s + 1) / nsplit;
@@ -125,10 +171,10 @@ void gram_forward_avx512(const at::Tensor& x, double scale, at::Tensor& out) {
       }
       for (int64_t k0 = k_begin; k0 < k_end; k0 += kc) {
         const int64_t kw = std::min(kc, k_end - k0);
-        avx512::pack_strips<T>(X + b * sb + k0 * sl, sc, sl, C, kw, P, /*ss=*/kc * 16);
+        pack_panel<T, F>(X + b * sb + k0 * sl, sc, sl, C, kw, P, ss);
         const bool accumulate = k0 != k_begin;
         for (int64_t j0 = 0; j0 < C; j0 += kFwdMR)
-          syrk_rows(j0, std::min(kFwdMR, C - j0), Cp, kw, P, kc * 16, G, accumulate);
+          syrk_rows<F>(j0, std::min(kFwdMR, C - j0), Cp, units(kw), P, ss, G, accumulate);
       }
     }
   });
@@ -207,40 +253,110 @@ void gram_backward_avx512(const at::Tensor& S, const at::Tensor& xf, at::Tensor&
 }
 #endif  // FASTNST_X86
 
-bool use_avx512(const at::Tensor& x) {
-#if defined(FASTNST_X86)
-  return has_avx512() && x.scalar_type() != at::kDouble;
-#else
-  (void)x;
-  return false;
-#endif
+// ---- routes --------------------------------------------------------------------------------
+// Which code computes a Gram (forward) or its one-GEMM backward, by dtype and the ISA level in
+// use (cpu_features.h), with the reason `fastnst info` prints (gram_routes below).
+//   kOwnFp32   fastnst's AVX-512 SYRK / GEMM on fp32 panels (16-bit inputs widened exactly)
+//   kOwnPairs  fastnst's SYRK on bf16 pairs (vdpbf16ps, fp32 accumulation)
+//   kOneDnn    ATen's bf16 batched GEMM, which oneDNN runs on AMX tiles or vdpbf16ps (fp32
+//              accumulation, one rounding to bf16)
+//   kBlas      ATen's fp32 batched GEMM (MKL)
+//   kPortable  ATen's batched GEMM in the accumulation dtype (float64 input, CPUs without AVX-512)
+enum class Route { kOwnFp32, kOwnPairs, kOneDnn, kBlas, kPortable };
+
+struct RouteChoice {
+  Route route;
+  const char* why;
+};
+
+// FASTNST_GRAM_FP32=own|blas pins the fp32 route (default: own, measured faster than MKL's
+// sgemm on every shape of the benchmark on the CPUs seen: AMD Zen 5 2.5-3.7x forward, 1.8-5x
+// backward; Intel Xeon with AMX 1.31x forward, geometric mean, issue 13).
+Route fp32_route() {
+  static const Route r = [] {
+    const char* v = std::getenv("FASTNST_GRAM_FP32");
+    if (v && std::strcmp(v, "blas") == 0) return Route::kBlas;
+    TORCH_CHECK(!v || !*v || std::strcmp(v, "own") == 0, "fastnst: FASTNST_GRAM_FP32 must be 'own' or 'blas', got '", v, "'");
+    return Route::kOwnFp32;
+  }();
+  return r;
+}
+
+RouteChoice forward_route(at::ScalarType dt) {
+  if (dt == at::kDouble) return {Route::kPortable, "float64: ATen bmm in float64"};
+  if (!has_avx512()) return {Route::kPortable, "no AVX-512 in use: ATen bmm in fp32 (MKL picks its own ISA)"};
+  if (dt == at::kFloat)
+    return fp32_route() == Route::kBlas ? RouteChoice{Route::kBlas, "FASTNST_GRAM_FP32=blas: MKL sgemm"}
+                                        : RouteChoice{Route::kOwnFp32, "AVX-512: fastnst's fp32 SYRK (half the GEMM's flops)"};
+  if (dt == at::kBFloat16) {
+    if (has_amx()) return {Route::kOneDnn, "AMX-BF16: oneDNN bf16 matmul on AMX tiles (fp32 accumulation)"};
+    if (has_avx512bf16()) return {Route::kOwnPairs, "AVX512-BF16: fastnst's SYRK on bf16 pairs (vdpbf16ps, fp32 accumulation)"};
+    return {Route::kOwnFp32, "AVX-512 without BF16: widened exactly to fp32, fastnst's SYRK"};
+  }
+  return {Route::kOwnFp32, "float16 (no fp16 dot product to fp32 on AVX-512): widened exactly to fp32, fastnst's SYRK"};
+}
+
+RouteChoice backward_route(at::ScalarType dt) {
+  if (dt == at::kDouble) return {Route::kPortable, "float64: ATen bmm in float64"};
+  if (!has_avx512()) return {Route::kPortable, "no AVX-512 in use: ATen bmm in fp32 (MKL picks its own ISA)"};
+  if (dt == at::kFloat)
+    return fp32_route() == Route::kBlas ? RouteChoice{Route::kBlas, "FASTNST_GRAM_FP32=blas: MKL sgemm"}
+                                        : RouteChoice{Route::kOwnFp32, "AVX-512: fastnst's fp32 GEMM"};
+  if (dt == at::kBFloat16 && has_avx512bf16())
+    return {Route::kOneDnn, has_amx() ? "AMX-BF16: oneDNN bf16 matmul on AMX tiles (fp32 accumulation)"
+                                      : "AVX512-BF16: oneDNN bf16 matmul (vdpbf16ps, fp32 accumulation)"};
+  return {Route::kOwnFp32, "16-bit without a bf16/fp16 dot product in use: widened exactly to fp32, fastnst's GEMM"};
+}
+
+// G's lower triangle replaced by its upper one: a GEMM's G[i, j] and G[j, i] may sum in
+// different orders, the op's G is exactly symmetric.
+void mirror_upper(at::Tensor& out) {
+  const int64_t C = out.size(1);
+  if (C < 2) return;
+  at::Tensor lower = at::tril(at::ones({C, C}, out.options().dtype(at::kBool)), -1);
+  out.copy_(at::where(lower, out.transpose(1, 2), out));
 }
 
 }  // namespace
 
 at::Tensor gram_cpu(const at::Tensor& x, double scale) {
+  check_isa();
   check_input(x, "x");
   const int64_t B = x.size(0), C = x.size(1), L = x.size(2);
   at::Tensor out = at::empty({B, C, C}, x.options().memory_format(at::MemoryFormat::Contiguous));
   if (out.numel() == 0) return out;
   if (L == 0) return out.zero_();
+  const Route route = forward_route(x.scalar_type()).route;
 #if defined(FASTNST_X86)
-  if (use_avx512(x)) {
+  if (route == Route::kOwnFp32 || route == Route::kOwnPairs) {
     switch (x.scalar_type()) {
       case at::kFloat: gram_forward_avx512<float>(x, scale, out); break;
       case at::kHalf: gram_forward_avx512<c10::Half>(x, scale, out); break;
-      default: gram_forward_avx512<c10::BFloat16>(x, scale, out); break;
+      default:
+        if (route == Route::kOwnPairs)
+          gram_forward_avx512<c10::BFloat16, PairPanel>(x, scale, out);
+        else
+          gram_forward_avx512<c10::BFloat16>(x, scale, out);
+        break;
     }
     return out;
   }
 #endif
+  if (route == Route::kOneDnn || route == Route::kBlas) {
+    // One batched GEMM in x's dtype, the scale applied to the fp32 accumulators.
+    at::baddbmm_out(out, out, x, x.transpose(1, 2), /*beta=*/0, /*alpha=*/scale);
+    mirror_upper(out);
+    return out;
+  }
   // Portable path: one batched GEMM in the accumulation dtype.
   const at::Tensor xa = x.to(acc_type(x.scalar_type()));
   out.copy_(at::bmm(xa, xa.transpose(1, 2)).mul_(scale));
+  mirror_upper(out);
   return out;
 }
 
 at::Tensor gram_backward_cpu(const at::Tensor& grad, const at::Tensor& x, double scale) {
+  check_isa();
   check_input(x, "x");
   TORCH_CHECK(grad.device().is_cpu(), "fastnst::gram_backward (cpu): grad must be a CPU tensor");
   TORCH_CHECK(at::isFloatingType(grad.scalar_type()),
@@ -252,11 +368,13 @@ at::Tensor gram_backward_cpu(const at::Tensor& grad, const at::Tensor& x, double
   const auto acc = acc_type(x.scalar_type());
   at::Tensor out = empty_grad_like(x, x.scalar_type());
   if (out.numel() == 0) return out;
-  // S = s (dG + dG^T): C x C per sample, tiny next to F.
+  // S = s (dG + dG^T): C x C per sample, tiny next to F (a stride-0 grad, as G.sum() gives, is
+  // read in place by these two small ops).
   at::Tensor g = grad.to(acc);
   at::Tensor S = (g + g.transpose(1, 2)).mul_(scale).contiguous();
+  const Route route = backward_route(x.scalar_type()).route;
 #if defined(FASTNST_X86)
-  if (use_avx512(x)) {
+  if (route == Route::kOwnFp32) {
     at::Tensor xf = x;
     if (!channels_innermost(xf) && !(xf.stride(2) == 1 || L == 1)) xf = xf.contiguous();
     if (xf.scalar_type() != at::kFloat) xf = xf.to(at::kFloat);  // keeps the layout
@@ -266,8 +384,34 @@ at::Tensor gram_backward_cpu(const at::Tensor& grad, const at::Tensor& x, double
     return out;
   }
 #endif
+  if (route == Route::kOneDnn || route == Route::kBlas) {
+    // S rounded to x's dtype once (bf16: as eager autocast's dG is), one GEMM with fp32
+    // accumulation written straight into the gradient in the layout rule's strides.
+    const at::Tensor Sx = S.to(x.scalar_type());
+    if (channels_innermost(x)) {
+      at::Tensor outT = out.transpose(1, 2);  // [B, L, C], contiguous
+      at::bmm_out(outT, x.transpose(1, 2), Sx);  // F^T S = (S F)^T, S symmetric
+    } else {
+      at::bmm_out(out, Sx, x.stride(2) == 1 || L == 1 ? x : x.contiguous());
+    }
+    return out;
+  }
   out.copy_(at::bmm(S, x.to(acc)));
   return out;
+}
+
+// One line per (op, dtype): "gram<TAB>float32<TAB>route<TAB>why", for fastnst info.
+std::string gram_routes() {
+  static const char* names[] = {"own-fp32", "own-bf16-pairs", "onednn", "mkl", "aten"};
+  std::string text;
+  const std::pair<at::ScalarType, const char*> dtypes[] = {
+      {at::kFloat, "float32"}, {at::kBFloat16, "bfloat16"}, {at::kHalf, "float16"}, {at::kDouble, "float64"}};
+  for (const char* op : {"gram", "gram_backward"})
+    for (const auto& [dt, dname] : dtypes) {
+      const RouteChoice rc = std::strcmp(op, "gram") == 0 ? forward_route(dt) : backward_route(dt);
+      text += std::string(op) + "\t" + dname + "\t" + names[static_cast<int>(rc.route)] + "\t" + rc.why + "\n";
+    }
+  return text;
 }
 
 TORCH_LIBRARY_IMPL(fastnst, CPU, m) {

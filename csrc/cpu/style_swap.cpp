@@ -120,6 +120,26 @@ void pack_block(const T* X, int64_t C, int64_t sc, int64_t sh, int64_t sw, const
   }
 }
 
+// The same block as channel pairs for the bf16 pixel GEMM (gemm_avx512.h, "bfloat16 pairs"):
+// P[cp * ld + r * blk.pcol + x] = bits(X[2 cp, ...]) | bits(X[2 cp + 1, ...]) << 16, the partner of
+// an odd last channel 0, zero-padded to ld.
+inline void pack_block_pairs(const c10::BFloat16* Xb, int64_t C, int64_t sc, int64_t sh, int64_t sw,
+                             const Block& blk, uint32_t* P, int64_t ld) {
+  const uint16_t* X = reinterpret_cast<const uint16_t*>(Xb);
+  const int64_t np = blk.prow * blk.pcol;
+  for (int64_t cp = 0; cp < (C + 1) / 2; ++cp) {
+    uint32_t* dst = P + cp * ld;
+    const uint16_t* lo = X + 2 * cp * sc + blk.y0 * sh + blk.x0 * sw;
+    const bool has_hi = 2 * cp + 1 < C;
+    for (int64_t r = 0; r < blk.prow; ++r)
+      for (int64_t x = 0; x < blk.pcol; ++x) {
+        const int64_t o = r * sh + x * sw;
+        dst[r * blk.pcol + x] = uint32_t{lo[o]} | (has_hi ? uint32_t{lo[o + sc]} << 16 : 0u);
+      }
+    for (int64_t i = np; i < ld; ++i) dst[i] = 0u;
+  }
+}
+
 // inv[q] = 1 / (||style patch q|| + eps) (0 for an all-zero patch), computed from per-pixel
 // squared norms so that equal patches get bit-equal values.
 template <typename T, typename A>
@@ -234,7 +254,10 @@ FASTNST_AVX512_FN void fold_avx512_s1(const float* G, int64_t ldg, const Block& 
 }
 #endif
 
-template <typename T, typename A>
+// PAIRS (bfloat16 on AVX512-BF16): both maps are packed as channel pairs and the pixel GEMM
+// runs on vdpbf16ps: every product exact, summed in fp32 in one fixed order (the same chain for
+// every entry of G, so the tie rules hold as in the fp32 path).
+template <typename T, typename A, bool PAIRS = false>
 void match_impl(const at::Tensor& content, const at::Tensor& style, int64_t k, int64_t s,
                 double eps, at::Tensor& out, bool vector) {
   const int64_t B = content.size(0), C = content.size(1), Hc = content.size(2), Wc = content.size(3);
@@ -272,8 +295,12 @@ void match_impl(const at::Tensor& content, const at::Tensor& style, int64_t k, i
       at::parallel_for(0, n_sblk, 1, [&](int64_t t0, int64_t t1) {
         for (int64_t t = t0; t < t1; ++t) {
           const Block sb = block_of(sy, sx, t / sx.blocks, t % sx.blocks);
-          pack_block<T, A>(S, C, style.stride(1), style.stride(2), style.stride(3), sb,
-                           packed + t * C * lds, lds);
+          if constexpr (PAIRS)
+            pack_block_pairs(S, C, style.stride(1), style.stride(2), style.stride(3), sb,
+                             reinterpret_cast<uint32_t*>(packed + t * C * lds), lds);
+          else
+            pack_block<T, A>(S, C, style.stride(1), style.stride(2), style.stride(3), sb,
+                             packed + t * C * lds, lds);
         }
       });
     }
@@ -287,7 +314,11 @@ void match_impl(const at::Tensor& content, const at::Tensor& style, int64_t k, i
       Best<A>* best = reinterpret_cast<Best<A>*>(best_t.data_ptr<uint8_t>()) + tid * cy.per * cx.per;
       for (int64_t t = t0; t < t1; ++t) {
         const Block cb = block_of(cy, cx, t / cx.blocks, t % cx.blocks);
-        pack_block<T, A>(X, C, content.stride(1), content.stride(2), content.stride(3), cb, pa, ldc);
+        if constexpr (PAIRS)
+          pack_block_pairs(X, C, content.stride(1), content.stride(2), content.stride(3), cb,
+                           reinterpret_cast<uint32_t*>(pa), ldc);
+        else
+          pack_block<T, A>(X, C, content.stride(1), content.stride(2), content.stride(3), cb, pa, ldc);
         for (int64_t e = 0; e < cb.rows * cb.cols; ++e) best[e] = {-std::numeric_limits<A>::infinity(), 0};
         const int64_t M = cb.prow * cb.pcol;
         for (int64_t u = 0; u < n_sblk; ++u) {
@@ -295,6 +326,16 @@ void match_impl(const at::Tensor& content, const at::Tensor& style, int64_t k, i
           const A* pb = packed + u * C * lds;
           const int64_t N = sb.prow * sb.pcol;
 #if defined(FASTNST_X86)
+          if constexpr (PAIRS) {
+            // G (M x N) = A^T B on channel pairs: pair (r, cp) at pa[cp * ldc + r].
+            avx512::dp_gemm_block<6, 4>(M, N, (C + 1) / 2, reinterpret_cast<const uint32_t*>(pa), 1, ldc,
+                                        reinterpret_cast<const uint32_t*>(pb), lds, g, ldg);
+            if (s == 1)
+              fold_avx512_s1(g, ldg, cb, sb, k, sx.n, inv, best);
+            else
+              fold_scalar<A>(g, ldg, cb, sb, k, s, sx.n, inv, best);
+            continue;
+          }
           if constexpr (std::is_same_v<A, float>) {
             if (vector) {
               // G (M x N) = A^T B: A(r, c) = pa[c * ldc + r], B(c, n) = pb[c * lds + n].
@@ -349,6 +390,7 @@ void check_pair(const at::Tensor& content, const at::Tensor& style, int64_t k, i
 
 at::Tensor style_swap_match_cpu(const at::Tensor& content, const at::Tensor& style,
                                 int64_t patch_size, int64_t stride, double eps) {
+  check_isa();
   check_pair(content, style, patch_size, stride);
   TORCH_CHECK(eps >= 0, "fastnst::style_swap_match: eps must be >= 0, got ", eps);
   const int64_t k = patch_size, s = stride;
@@ -362,7 +404,15 @@ at::Tensor style_swap_match_cpu(const at::Tensor& content, const at::Tensor& sty
     case at::kDouble: match_impl<double, double>(content, style, k, s, eps, out, false); break;
     case at::kFloat: match_impl<float, float>(content, style, k, s, eps, out, vector); break;
     case at::kHalf: match_impl<c10::Half, float>(content, style, k, s, eps, out, vector); break;
-    default: match_impl<c10::BFloat16, float>(content, style, k, s, eps, out, vector); break;
+    default:
+#if defined(FASTNST_X86)
+      if (has_avx512bf16()) {
+        match_impl<c10::BFloat16, float, true>(content, style, k, s, eps, out, vector);
+        break;
+      }
+#endif
+      match_impl<c10::BFloat16, float>(content, style, k, s, eps, out, vector);
+      break;
   }
   return out;
 }
@@ -415,6 +465,7 @@ void reconstruct_impl(const at::Tensor& style, const at::Tensor& idx, int64_t k,
 at::Tensor style_swap_reconstruct_cpu(const at::Tensor& style, const at::Tensor& indices,
                                       int64_t patch_size, int64_t stride, int64_t out_h,
                                       int64_t out_w) {
+  check_isa();
   const int64_t k = patch_size, s = stride;
   TORCH_CHECK(style.device().is_cpu() && indices.device().is_cpu(),
               "fastnst::style_swap_reconstruct (cpu): style and indices must be CPU tensors, got ",
