@@ -73,7 +73,12 @@ def _cmd_bench(args) -> int:
             print("fastnst bench: --device cuda needs a CUDA GPU and a CUDA build of torch",
                   file=sys.stderr)
             return 2
-    text = bench.run(args.op, args.device, args.quick, args.repeat, providers, args.out)
+    try:
+        text = bench.run(args.op, args.device, args.quick, args.repeat, providers, args.out,
+                         precisions=[p for p in args.precision.split(",") if p])
+    except ValueError as exc:
+        print(f"fastnst bench: {exc}", file=sys.stderr)
+        return 2
     print(text)
     print(f"results written to {args.out}/", file=sys.stderr)
     return 0
@@ -553,6 +558,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated subset of fastnst-cpu,fastnst-cuda,fastnst-triton,"
                         "reference,reference-compile (and the benchmark's own)")
     s.add_argument("--out", default="bench_results", help="folder for the JSON and markdown results")
+    s.add_argument("--precision", default="fp32",
+                   help="comma-separated fp32, bf16, fp16: the op tables run once per precision (inputs "
+                        "in that dtype; files <table>_<precision>); the method tables time their "
+                        "precisions as providers")
     s.set_defaults(func=_cmd_bench)
     return p
 

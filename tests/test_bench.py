@@ -120,7 +120,7 @@ def test_write_results_json_and_markdown(tmp_path):
     assert set(payload) == {"environment", "results", "summary"}
     assert set(payload["results"][0]) == {"op", "name", "shape", "mode", "provider", "flops", "median_ms",
                                           "p20_ms", "p80_ms", "gflops", "peak_mem_mb", "speedup", "note",
-                                          "unit"}
+                                          "unit", "precision", "cpu"}
     assert payload["summary"] == [
         "fwd: fastnst-cpu 4.00x the eager reference (geometric mean)",
         "fwd: reference-compile 2.00x the eager reference (geometric mean)",
@@ -210,3 +210,53 @@ def test_gram_smoke_run(tmp_path):
         assert by["fastnst-cpu"].speedup > 0 and by["fastnst-cpu"].gflops > 0
     text = bench.markdown(results, bench.environment("cpu"), "Gram smoke")
     assert f"| {name} | 1x512x16x16 | fwd | reference |" in text
+
+
+def test_precision_axis_runs_each_precision_and_records_the_cpu(tmp_path):
+    """--precision: an op table runs once per precision, in that dtype, into <stem>_<precision>;
+    every result row names its precision and the CPU (model, fastnst's ISA level, flags); a
+    table without the precision is skipped with a line saying so."""
+    seen = []
+
+    def cases(opts):
+        x = torch.randn(4, 8, dtype=opts.dtype)
+        seen.append(opts.dtype)
+        impls = {"fastnst-cpu": lambda: x * 2, "reference": lambda: x + x}
+        yield bench.Case("toy", "toy 4x8", (4, 8), "fwd", bench.providers(impls, lambda fn: fn),
+                         flops=32.0, warmup=1, repeat=opts.repeat)
+
+    name, fixed = "toy_precision", "toy_fp32_only"
+    bench.register(bench.Benchmark(name, "Toy", name + "_{device}", cases, precisions=("fp32", "bf16")))
+    bench.register(bench.Benchmark(fixed, "Fixed", fixed + "_{device}", cases))
+    logged = []
+    try:
+        text = bench.run(name, repeat=2, out_dir=str(tmp_path), log=None, precisions=["fp32", "bf16"])
+        assert bench.run(fixed, repeat=2, out_dir=str(tmp_path), log=logged.append, precisions=["bf16"]) == ""
+    finally:
+        harness.REGISTRY.pop(name)
+        harness.REGISTRY.pop(fixed)
+    assert seen == [torch.float32, torch.bfloat16]
+    assert "### Toy\n" in text and "### Toy (bf16)\n" in text
+    model, _ = harness.cpu_info()
+    for stem, prec in ((f"{name}_cpu", "fp32"), (f"{name}_cpu_bf16", "bf16")):
+        payload = json.load(open(tmp_path / f"{stem}.json"))
+        assert payload["environment"]["precision"] == prec
+        for row in payload["results"]:
+            assert row["precision"] == prec
+            assert row["cpu"].startswith(model + "; fastnst level ")
+    assert logged == [f"{fixed}_cpu: runs fp32 (its low-precision rows are providers), not bf16"]
+    assert not (tmp_path / f"{fixed}_cpu_bf16.json").exists()
+
+
+def test_precision_the_cpu_cannot_run_is_an_error_naming_what_it_has():
+    from fastnst.engine import precision
+
+    flags = precision.cpu_flags()
+    if flags & {"avx512_fp16", "amx_fp16"}:
+        pytest.skip("this CPU runs fp16")
+    with pytest.raises(ValueError, match=r"precision fp16 needs a CPU with AVX512-FP16 or AMX-FP16 \(this one has "
+                       r"neither; its matrix ISA: .*\)"):
+        bench.run("gram", quick=True, repeat=1, out_dir=None, log=None, precisions=["fp16"])
+    from fastnst import cli
+
+    assert cli.main(["bench", "--op", "gram", "--quick", "--precision", "fp16"]) == 2

@@ -115,6 +115,9 @@ class Result:
     speedup: float = float("nan")   # vs the eager reference: median of the per-round ratios
     note: str = ""
     unit: str = "GFLOP/s"          # what `flops` counts per call: flops, or bytes for GB/s
+    precision: str = "fp32"        # the inputs' dtype (ops) or the method's precision setting
+    cpu: str = ""                  # CPU model, the ISA level fastnst's kernels ran at, its flags
+    # that decide the paths (recorded in every row: results of several machines get merged)
     # Median per-round ratio other/this for every other provider of the case (the speed-up
     # over it); kept out of the JSON, whose keys stay those above.
     pair_speedups: dict = dataclasses.field(default_factory=dict, repr=False,
@@ -134,6 +137,7 @@ class Options:
     repeat: int = 15
     providers: list[str] | None = None   # subset of provider names; None: all
     dtype: torch.dtype = torch.float32
+    precision: str = "fp32"              # fp32 | bf16 | fp16: dtype of the op tables' inputs
 
 
 @dataclasses.dataclass
@@ -148,6 +152,9 @@ class Benchmark:
     stem: str
     cases: Callable[[Options], Iterable[Case]]
     device: str | None = None
+    # Precisions the table runs through Options.dtype (the op tables: all three); the method
+    # tables time their precisions as providers of an fp32 table instead.
+    precisions: tuple[str, ...] = ("fp32",)
 
 
 # ---- registry -------------------------------------------------------------------------------
@@ -455,12 +462,16 @@ def environment(device: str = "cpu", dtype: torch.dtype = torch.float32) -> dict
         "threads": torch.get_num_threads(),
         "cpu": f"{model}, {os.cpu_count()} cores",
         "cpu_kernels": _ext.build_info().get("cpu_isa", "n/a"),
+        "cpu_isa_level": _ext.build_info().get("cpu_isa", "n/a"),
         "cpu_model": model,
         "cpu_isa": isa,
         "device": device,
         "dtype": str(dtype).removeprefix("torch."),
         "timing": TIMING,
     }
+    from fastnst.engine.precision import matrix_isa
+
+    env["cpu_row"] = f"{model}; fastnst level {env['cpu_isa_level']}; {matrix_isa(set(isa))}"
     try:
         import triton
 
@@ -503,7 +514,8 @@ def summary(results: list[Result]) -> list[str]:
 
 def markdown(results: list[Result], env: dict, title: str) -> str:
     head = (f"### {title}\n\n"
-            f"Setup: {env.get('gpu', env['cpu'])}; torch {env['torch']}, fastnst {env['fastnst']}, "
+            f"Setup: {env.get('gpu', env.get('cpu_row', env['cpu']))}; {env['cpu'].rsplit(', ', 1)[-1]}; "
+            f"torch {env['torch']}, fastnst {env['fastnst']}, "
             f"triton {env['triton']}, Python {env['python']}, {env['threads']} threads, "
             f"CPU kernels: {env['cpu_kernels']}. Median of timed calls (p20-p80), "
             f"{env.get('dtype', 'float32')}; providers timed interleaved, speed-up = median of "
@@ -553,6 +565,11 @@ def run_table(table: Benchmark, opts: Options, out_dir: str | None = "bench_resu
     options); written to out_dir/<stem>.json and .md unless out_dir is None."""
     if table.device is not None:
         opts = dataclasses.replace(opts, device=table.device)
+    if opts.precision not in table.precisions:
+        if log:
+            log(f"{table.stem.format(device=torch.device(opts.device).type)}: runs "
+                f"{', '.join(table.precisions)} (its low-precision rows are providers), not {opts.precision}")
+        return [], ""
     dev = torch.device(opts.device)
     results: list[Result] = []
     for case in table.cases(opts):
@@ -560,8 +577,14 @@ def run_table(table: Benchmark, opts: Options, out_dir: str | None = "bench_resu
     if not results:
         return results, ""
     env = environment(opts.device, opts.dtype)
+    env["precision"] = opts.precision
+    for r in results:
+        r.precision = opts.precision
+        r.cpu = env["cpu_row"]
     title = table.title(opts) if callable(table.title) else table.title
-    stem = table.stem.format(device=dev.type)
+    if opts.precision != "fp32":
+        title += f" ({opts.precision})"
+    stem = table.stem.format(device=dev.type) + ("" if opts.precision == "fp32" else f"_{opts.precision}")
     if out_dir is None:
         return results, markdown(results, env, title)
     _, md = write_results(results, env, out_dir, stem, title)
@@ -569,13 +592,26 @@ def run_table(table: Benchmark, opts: Options, out_dir: str | None = "bench_resu
         return results, fh.read()
 
 
+PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 def run(op: str = "gram", device: str = "cpu", quick: bool = False, repeat: int = 15,
         providers: list[str] | None = None, out_dir: str | None = "bench_results",
-        log: Callable[[str], None] | None = _stderr) -> str:
-    """Run benchmark ``op`` (a name from list_cases()): every table it registers, written to
-    ``out_dir``; returns their markdown, one after the other."""
-    opts = Options(device=device, quick=quick, repeat=repeat, providers=providers or None)
-    texts = [run_table(t, opts, out_dir, log)[1] for t in benchmarks(op)]
+        log: Callable[[str], None] | None = _stderr, precisions: Iterable[str] = ("fp32",)) -> str:
+    """Run benchmark ``op`` (a name from list_cases()): every table it registers, once per
+    precision (fp32, bf16, fp16: the inputs' dtype; files ``<stem>[_<precision>]``), written
+    to ``out_dir``; returns their markdown, one after the other. A precision the device cannot
+    run is a ValueError naming what the CPU has (fastnst.engine.precision.check)."""
+    from fastnst.engine import precision as prec
+
+    precisions = list(precisions)
+    for p in precisions:
+        prec.check(p, device)
+    texts = []
+    for p in precisions:
+        opts = Options(device=device, quick=quick, repeat=repeat, providers=providers or None,
+                       dtype=PRECISION_DTYPES[p], precision=p)
+        texts += [run_table(t, opts, out_dir, log)[1] for t in benchmarks(op)]
     return "\n".join(t for t in texts if t)
 
 
@@ -589,9 +625,11 @@ def script_main(name: str, argv: list[str] | None = None, repeat: int = 15, doc:
     p.add_argument("--repeat", type=int, default=repeat, help="timed rounds per case")
     p.add_argument("--providers", default="", help="comma-separated subset of the providers")
     p.add_argument("--out", default="bench_results", help="folder for the JSON and markdown results")
+    p.add_argument("--precision", default="fp32", help="comma-separated fp32, bf16, fp16 (the op tables' dtype)")
     args = p.parse_args(argv)
     providers = [s for s in args.providers.split(",") if s] or None
-    print(run(name, args.device, args.quick, args.repeat, providers, args.out))
+    print(run(name, args.device, args.quick, args.repeat, providers, args.out,
+              precisions=[s for s in args.precision.split(",") if s]))
     return 0
 
 

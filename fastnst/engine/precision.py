@@ -44,8 +44,18 @@ def check(precision: str, device: str | torch.device) -> str:
         flags = cpu_flags()
         if not flags & {"avx512_fp16", "amx_fp16"}:
             raise ValueError("precision fp16 needs a CPU with AVX512-FP16 or AMX-FP16 (this one has "
-                             "neither: fp16 would be emulated, slower than fp32); use bf16 or fp32")
+                             f"neither; its matrix ISA: {matrix_isa(flags)}): fp16 would be emulated, "
+                             "slower than fp32; use bf16 or fp32")
     return precision
+
+
+def matrix_isa(flags: set[str] | None = None) -> str:
+    """The CPU's flags that decide the low-precision paths, e.g. "avx512f, avx512_bf16, amx_bf16"."""
+    flags = cpu_flags() if flags is None else flags
+    keys = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "avx512_vnni", "amx_tile", "amx_bf16",
+            "amx_fp16", "amx_int8")
+    have = [k for k in keys if k in flags]
+    return ", ".join(have) if have else "none of avx2, avx512, amx"
 
 
 def autocast(precision: str, device: str | torch.device):

@@ -80,4 +80,4 @@ def cases(opts: bench.Options):
 
 bench.register(bench.Benchmark(
     "gram", lambda o: "Gram matrix (quick shapes)" if o.quick else "Gram matrix (VGG-19 features of a 512x512 image)",
-    "gram_{device}", cases))
+    "gram_{device}", cases, precisions=("fp32", "bf16", "fp16")))

@@ -56,4 +56,4 @@ def cases(opts: bench.Options, mem_limit_gb: float | None = None):
 
 
 bench.register(bench.Benchmark("style_swap", "Style swap, 3x3 patches, stride 1, VGG-19 relu3_1 features",
-                               "style_swap_{device}", cases))
+                               "style_swap_{device}", cases, precisions=("fp32", "bf16", "fp16")))
