@@ -364,7 +364,9 @@ def test_cli_precision(tmp_path, capsys, encoder):
     bad = tmp_path / "fp16.png"
     assert cli.main(["stylize", "gatys", CONTENT, STYLE, "-o", str(bad), "--size", "32", "--steps", "2",
                      "--precision", "fp16"]) == 2
+    from fastnst.engine.precision import matrix_isa
+
     assert capsys.readouterr().err == ("fastnst stylize: error: precision fp16 needs a CPU with AVX512-FP16 or "
-                                       "AMX-FP16 (this one has neither: fp16 would be emulated, slower than fp32); "
-                                       "use bf16 or fp32\n")
+                                       f"AMX-FP16 (this one has neither; its matrix ISA: {matrix_isa()}): fp16 "
+                                       "would be emulated, slower than fp32; use bf16 or fp32\n")
     assert not bad.exists()

@@ -377,8 +377,13 @@ at::Tensor gram_backward_cpu(const at::Tensor& grad, const at::Tensor& x, double
   if (route == Route::kOwnFp32) {
     at::Tensor xf = x;
     if (!channels_innermost(xf) && !(xf.stride(2) == 1 || L == 1)) xf = xf.contiguous();
-    if (xf.scalar_type() != at::kFloat) xf = xf.to(at::kFloat);  // keeps the layout
-    at::Tensor outf = out.scalar_type() == at::kFloat ? out : empty_grad_like(x, at::kFloat);
+    if (xf.scalar_type() != at::kFloat) {
+      // Widened into a retained buffer in x's layout (a fresh one costs its page faults).
+      at::Tensor w = rule_output(xf, at::kFloat, OutSlot::kGramWiden);
+      w.copy_(xf);
+      xf = w;
+    }
+    at::Tensor outf = out.scalar_type() == at::kFloat ? out : rule_output(x, at::kFloat, OutSlot::kGramWidenOut);
     gram_backward_avx512(S, xf, outf);
     if (!outf.is_same(out)) out.copy_(outf);
     return out;

@@ -26,7 +26,11 @@ namespace cpu {
 // page faults again on the next step. 1 MiB and up are reused.
 constexpr int64_t kReuseMinBytes = int64_t{1} << 20;
 
-enum class OutSlot : int { kGramBackward = 0, kNormForward, kNormBackward, kMeanStdBackward, kNormPad, kCount };
+// kGramWiden / kGramWidenOut: the 16-bit Gram backward's fp32 copies of x and of the gradient
+// (temporaries, free again when the call returns).
+enum class OutSlot : int {
+  kGramBackward = 0, kNormForward, kNormBackward, kMeanStdBackward, kNormPad, kGramWiden, kGramWidenOut, kCount
+};
 
 inline bool reuse_enabled() {
   static const bool enabled = [] {

@@ -21,6 +21,7 @@ import torch
 
 from fastnst import _ext, reference
 from fastnst.backend import resolve
+from fastnst.ops import autocast
 from fastnst.ops._common import check_same_device, check_tensor, grad_strides
 from fastnst.ops.registry import OpSpec, Sample, register
 
@@ -172,7 +173,9 @@ def gram_loss(x: torch.Tensor, target: torch.Tensor, normalize: str = "chw",
         raise ValueError(f"gram_loss: target must be [{b}, {c}, {c}] or [1, {c}, {c}] for x of "
                          f"{c} channels, got [{', '.join(map(str, target.shape))}]")
     g = gram_matrix(x, normalize, backend)
-    return torch.nn.functional.mse_loss(g, target.to(g.dtype).expand_as(g))
+    if not autocast.enabled(g.device.type):  # under autocast mse_loss is an fp32 op: the target stays unrounded
+        target = target.to(g.dtype)
+    return torch.nn.functional.mse_loss(g, target.expand_as(g))
 
 
 def _gram_samples(device: torch.device, dtype: torch.dtype) -> list[Sample]:

@@ -23,6 +23,7 @@ import torch
 
 from fastnst import _ext, reference
 from fastnst.backend import resolve
+from fastnst.ops import autocast
 from fastnst.ops._common import check_same_device, check_tensor, grad_strides, shape_str
 from fastnst.ops.registry import OpSpec, Sample, register
 
@@ -370,7 +371,8 @@ def instance_norm_pad(x: torch.Tensor, weight: torch.Tensor | None = None, bias:
         raise ValueError(f"instance_norm_pad: reflection padding {pad} must be smaller than the "
                          f"(upsampled) height and width {h} x {w}")
     if residual is not None:
-        if not isinstance(residual, torch.Tensor) or residual.shape != x.shape or residual.dtype != x.dtype:
+        if (not isinstance(residual, torch.Tensor) or residual.shape != x.shape
+                or autocast.cast_dtype(residual) != autocast.cast_dtype(x)):  # x's dtype, after autocast's casts
             got = shape_str(residual) if isinstance(residual, torch.Tensor) else type(residual).__name__
             raise ValueError(f"instance_norm_pad: residual must have x's shape {shape_str(x)} and dtype "
                              f"{x.dtype}, got {got}")
@@ -381,7 +383,15 @@ def instance_norm_pad(x: torch.Tensor, weight: torch.Tensor | None = None, bias:
                                                    int(upsample), int(pad))
     y = instance_norm(x, weight, bias, eps, activation)
     if residual is not None:
-        y = y + residual
+        y = y + residual.to(y.dtype)  # a no-op outside autocast (same dtypes)
+    if autocast.enabled(y.device.type):
+        # Autocast makes reflection_pad an fp32 op: keep y's dtype, as the fused kernel does.
+        with torch.autocast(y.device.type, enabled=False):
+            return _resample(y, upsample, pad)
+    return _resample(y, upsample, pad)
+
+
+def _resample(y: torch.Tensor, upsample: int, pad: int) -> torch.Tensor:
     if upsample > 1:
         y = torch.nn.functional.interpolate(y, scale_factor=int(upsample), mode="nearest")
     return torch.nn.functional.pad(y, (pad,) * 4, mode="reflect") if pad else y
@@ -420,7 +430,9 @@ def adain(content: torch.Tensor, style: torch.Tensor | Sequence[torch.Tensor], a
         if s.shape[0] not in (1, b):
             raise ValueError(f"{op}: {nm} must have batch 1 or the content's {b}, got {shape_str(s)}")
         check_same_device(op, "content", content, nm, s)
-        if s.dtype != content.dtype:
+        if s.dtype != content.dtype and not autocast.enabled(content.device.type):
+            # Under autocast any float style serves: its statistics are taken in its own dtype
+            # and the norm reads them in place (fastnst/ops/autocast.py).
             raise TypeError(f"{op}: {nm} must have the content's dtype {content.dtype}, got {s.dtype}")
     if style_weights is None:
         weights = [1.0 / len(styles)] * len(styles)

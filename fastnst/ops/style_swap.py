@@ -23,6 +23,7 @@ import torch
 
 from fastnst import _ext, reference
 from fastnst.backend import resolve
+from fastnst.ops import autocast
 from fastnst.ops._common import check_same_device, check_tensor, shape_str
 from fastnst.ops.registry import OpSpec, Sample, register
 
@@ -119,7 +120,7 @@ def _validate(content, style, patch_size, stride) -> None:
     check_tensor(_OP, "content", checked, (4,), "[B, C, H, W]")
     check_tensor(_OP, "style", style, (4,), "[B or 1, C, H, W]")
     check_same_device(_OP, "content", content, "style", style)
-    if style.dtype != content.dtype:
+    if autocast.cast_dtype(style) != autocast.cast_dtype(content):  # after autocast's casts
         raise TypeError(f"{_OP}: style must have the content's dtype {content.dtype}, got {style.dtype}")
     b, c = content.shape[0], content.shape[1]
     if style.shape[1] != c:
