@@ -3,7 +3,10 @@
 
 "fastnst" and "reference" are the same loop, input channels_last as ``stylize`` runs it, with
 fastnst's Gram or the ``torch.bmm`` reference; "reference-nchw" is the loop as public code
-writes it. Layers and loss weights are read from ``fastnst.methods.gatys.DEFAULTS``. GFLOP/s
+writes it. Where the CPU has bf16 (AVX512-BF16 or AMX), "fastnst-bf16" and "reference-bf16"
+are the first two with the encoder and the loss under bf16 autocast, as ``stylize(...,
+precision="bf16")`` runs them (the image and its gradient stay fp32).
+Layers and loss weights are read from ``fastnst.methods.gatys.DEFAULTS``. GFLOP/s
 count the VGG convolutions up to the deepest layer used (forward, and the input-gradient
 backward: 2x the forward).
 """
@@ -19,8 +22,10 @@ from fastnst import bench
 
 SIZES = (256, 512)
 QUICK_SIZES = (64,)
-# provider -> (fastnst backend of the Gram, input channels_last)
-PROVIDERS = {"fastnst": ("auto", True), bench.BASELINE: ("reference", True), "reference-nchw": ("reference", False)}
+# provider -> (fastnst backend of the Gram, input channels_last, precision)
+PROVIDERS = {"fastnst": ("auto", True, "fp32"), bench.BASELINE: ("reference", True, "fp32"),
+             "reference-nchw": ("reference", False, "fp32"),
+             "fastnst-bf16": ("auto", True, "bf16"), "reference-bf16": ("reference", True, "bf16")}
 
 
 def conv_flops(encoder, size: int, deepest: str) -> float:
@@ -36,9 +41,10 @@ def conv_flops(encoder, size: int, deepest: str) -> float:
     return flops
 
 
-def step_fn(encoder, size: int, backend: str, channels_last: bool, defaults=None):
+def step_fn(encoder, size: int, backend: str, channels_last: bool, defaults=None, precision: str = "fp32"):
     """One evaluation of the Gatys loss with ``defaults`` (default: the method's) on random
-    inputs, and its backward; ``reset`` drops the input's gradient."""
+    inputs, and its backward, under ``precision``'s autocast; ``reset`` drops the input's gradient."""
+    from fastnst.engine import precision as prec
     from fastnst.methods import gatys
 
     d = gatys.DEFAULTS if defaults is None else defaults
@@ -54,11 +60,12 @@ def step_fn(encoder, size: int, backend: str, channels_last: bool, defaults=None
 
     def step():
         x.grad = None
-        f = encoder.features_of(x.contiguous(memory_format=fmt), layers)  # as stylize() does
-        loss = gatys.loss(f, x, tc, tg, content_layers=content_layers, style_layers=style_layers,
-                          content_weight=d.content_weight, style_weight=d.style_weight,
-                          tv_weight=d.tv_weight, backend=backend)  # the method's own loss
-        loss.backward()
+        with prec.autocast(precision, "cpu"):
+            f = encoder.features_of(x.contiguous(memory_format=fmt), layers)  # as stylize() does
+            loss = gatys.loss(f, x, tc, tg, content_layers=content_layers, style_layers=style_layers,
+                              content_weight=d.content_weight, style_weight=d.style_weight,
+                              tv_weight=d.tv_weight, backend=backend)  # the method's own loss
+        loss.float().backward()
 
     step.reset = lambda: setattr(x, "grad", None)
     return step
@@ -71,10 +78,20 @@ def cases(opts: bench.Options):
     encoder = load_vgg()
     d = gatys.DEFAULTS
     deepest = max(tuple(d.content_layers) + tuple(d.style_layers), key=encoder.names.index)
+    from fastnst.engine import precision as prec
+
+    try:
+        prec.check("bf16", "cpu")
+        bf16 = "" if prec.cpu_flags() & {"avx512_bf16", "amx_bf16"} else "no AVX512-BF16 or AMX-BF16 on this CPU"
+    except ValueError as exc:
+        bf16 = str(exc)
     for size in (QUICK_SIZES if opts.quick else SIZES):
         provs = []
-        for name, (backend, cl) in PROVIDERS.items():
-            call = step_fn(encoder, size, backend, cl)
+        for name, (backend, cl, precision) in PROVIDERS.items():
+            if precision == "bf16" and bf16:
+                provs.append(bench.Provider(name, None, note=bf16))
+                continue
+            call = step_fn(encoder, size, backend, cl, precision=precision)
             provs.append(bench.Provider(name, call, reset=call.reset))
         yield bench.Case("gatys_step", f"{size}x{size}", (1, 3, size, size), "step", provs,
                          flops=2 * conv_flops(encoder, size, deepest), warmup=1, repeat=min(opts.repeat, 5))
