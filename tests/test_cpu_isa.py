@@ -136,8 +136,12 @@ def test_info_shows_a_path_per_op_and_dtype():
         assert paths[("gram", "bfloat16")]["path"] == ("onednn" if DETECTED == "amx" else "own-bf16-pairs")
         assert paths[("gram_backward", "bfloat16")]["path"] == "onednn"
     # lowered, the table follows
-    res = run_child("from fastnst import info; print(info.render(info.collect()))", FASTNST_CPU_ISA="generic")
-    assert any(ln.split()[:3] == ["gram", "float32", "aten"] for ln in res.stdout.splitlines()), res.stdout
+    code = "from fastnst import info; print(info.render(info.collect()))"
+    for level, path in (("generic", "aten"), ("avx2", "own-avx2"), ("avx512", "own-fp32")):
+        if level in RUNNABLE:
+            res = run_child(code, FASTNST_CPU_ISA=level)
+            rows = [ln.split()[:3] for ln in res.stdout.splitlines()]
+            assert ["gram", "float32", path] in rows and ["gram_backward", "float32", path] in rows, res.stdout
 
 
 def test_gram_fp32_route_can_be_pinned_to_blas():

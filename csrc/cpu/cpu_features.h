@@ -3,8 +3,8 @@
 //
 // Levels, each including the ones below it:
 //   generic     baseline x86-64 (or any other CPU): fastnst's portable loops, ATen/MKL GEMMs
-//   avx2        AVX2 + FMA: fastnst has no kernels of its own for it; the generic loops run, and
-//               the GEMMs it routes to MKL/oneDNN use their own AVX2 code
+//   avx2        AVX2 + FMA: the Gram's fp32 SYRK and GEMM on AVX2 tiles (gemm_avx2.h); the
+//               norm and style-swap ops run their generic loops
 //   avx512      AVX-512 F (+BW/VL for the 16-bit kernels): fastnst's own fp32 GEMM, norm and
 //               style-swap kernels
 //   avx512bf16  + AVX512-BF16: bf16 pairs multiplied by vdpbf16ps (fp32 accumulation),

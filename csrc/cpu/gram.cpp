@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "cpu_features.h"
+#include "gemm_avx2.h"
 #include "gemm_avx512.h"
 #include "layout.h"
 
@@ -68,6 +69,11 @@ struct PairPanel {
   using U = uint32_t;
   static constexpr int64_t kCols = 2;
 };
+// Avx2Panel: the fp32 panels, packed and multiplied by the AVX2 + FMA code (gemm_avx2.h).
+struct Avx2Panel {
+  using U = float;
+  static constexpr int64_t kCols = 1;
+};
 
 // One register tile row block of the upper triangle: rows [j0, j0 + mr) of G, columns from the
 // 16-strip holding row j0 to the end, from a strip-packed panel P (strip stride ss) of ku units
@@ -81,7 +87,13 @@ inline void syrk_rows(int64_t j0, int64_t mr, int64_t Cp, int64_t ku, const type
     const int64_t nv = std::min<int64_t>(kFwdNV, (Cp - i0) / 16);
     const typename F::U* Bm = P + (i0 / 16) * ss;
     float* O = G + j0 * Cp + i0;
-    if constexpr (std::is_same<F, PairPanel>::value) {
+    if constexpr (std::is_same<F, Avx2Panel>::value) {
+      // One 16-column strip at a time, rows in tiles of 4 (4 x 2 ymm accumulators).
+      for (int64_t v = 0; v < nv; ++v)
+        for (int64_t r0 = 0; r0 < mr; r0 += 4)
+          avx2::microkernel_rows<4, 2, false>(std::min<int64_t>(4, mr - r0), ku, A + r0, 1, 16, Bm + v * ss, 16,
+                                              O + r0 * Cp + 16 * v, Cp, avx2::lanes(8), accumulate);
+    } else if constexpr (std::is_same<F, PairPanel>::value) {
       switch (nv) {
         case 3: avx512::dp_microkernel_rows<kFwdMR, 3>(mr, ku, A, 1, 16, Bm, 16, ss, O, Cp, accumulate); break;
         case 2: avx512::dp_microkernel_rows<kFwdMR, 2>(mr, ku, A, 1, 16, Bm, 16, ss, O, Cp, accumulate); break;
@@ -102,6 +114,8 @@ template <typename T, class F>
 inline void pack_panel(const T* X, int64_t sc, int64_t sl, int64_t C, int64_t kw, typename F::U* P, int64_t ss) {
   if constexpr (std::is_same<F, PairPanel>::value)
     avx512::pack_pair_strips(X, sc, sl, C, kw, P, ss);
+  else if constexpr (std::is_same<F, Avx2Panel>::value)
+    avx2::pack_strips<T>(X, sc, sl, C, kw, P, ss);
   else
     avx512::pack_strips<T>(X, sc, sl, C, kw, P, ss);
 }
@@ -209,7 +223,18 @@ void gram_forward_avx512(const at::Tensor& x, double scale, at::Tensor& out) {
   });
 }
 
+// One GEMM block of the backward: AVX-512 (6 x 64 tiles) or AVX2 (6 x 16).
+template <bool AVX2>
+inline void bwd_block(int64_t M, int64_t N, int64_t K, const float* A, int64_t a_rs, int64_t a_ks, const float* B,
+                      int64_t ldb, float* O, int64_t ldo) {
+  if constexpr (AVX2)
+    avx2::gemm_block<kBwdMR>(M, N, K, A, a_rs, a_ks, B, ldb, O, ldo, false);
+  else
+    avx512::gemm_block<kBwdMR, 4>(M, N, K, A, a_rs, a_ks, B, ldb, O, ldo, false);
+}
+
 // dF = S F (row mode) or dF^T = F^T S (channels mode), S = s (dG + dG^T), all fp32.
+template <bool AVX2 = false>
 void gram_backward_avx512(const at::Tensor& S, const at::Tensor& xf, at::Tensor& outf) {
   const int64_t B = xf.size(0), C = xf.size(1), L = xf.size(2);
   const float* Sp = S.data_ptr<float>();
@@ -225,9 +250,8 @@ void gram_backward_avx512(const at::Tensor& S, const at::Tensor& xf, at::Tensor&
       for (int64_t t = t0; t < t1; ++t) {
         const int64_t b = t / (nblk * ncb), m0 = (t / ncb % nblk) * rows, n0 = (t % ncb) * cols;
         const int64_t m = std::min(rows, L - m0), n = std::min(cols, C - n0);
-        avx512::gemm_block<kBwdMR, 4>(m, n, C, X + b * sb + m0 * C, /*a_rs=*/C, /*a_ks=*/1,
-                                      Sp + b * C * C + n0, /*ldb=*/C, O + b * C * L + m0 * C + n0,
-                                      /*ldo=*/C, false);
+        bwd_block<AVX2>(m, n, C, X + b * sb + m0 * C, /*a_rs=*/C, /*a_ks=*/1, Sp + b * C * C + n0, /*ldb=*/C,
+                        O + b * C * L + m0 * C + n0, /*ldo=*/C);
       }
     });
   } else {
@@ -245,8 +269,8 @@ void gram_backward_avx512(const at::Tensor& S, const at::Tensor& xf, at::Tensor&
         const int64_t n = std::min(kBwdCols, L - n0);
         const float* F = X + b * sb + n0;
         for (int64_t k = 0; k < C; ++k) std::memcpy(P + k * kBwdCols, F + k * sc, n * sizeof(float));
-        avx512::gemm_block<kBwdMR, 4>(C, n, C, Sp + b * C * C, /*a_rs=*/1, /*a_ks=*/C, P,
-                                      /*ldb=*/kBwdCols, O + b * C * L + n0, /*ldo=*/L, false);
+        bwd_block<AVX2>(C, n, C, Sp + b * C * C, /*a_rs=*/1, /*a_ks=*/C, P, /*ldb=*/kBwdCols,
+                        O + b * C * L + n0, /*ldo=*/L);
       }
     });
   }
@@ -262,7 +286,8 @@ void gram_backward_avx512(const at::Tensor& S, const at::Tensor& xf, at::Tensor&
 //              accumulation, one rounding to bf16)
 //   kBlas      ATen's fp32 batched GEMM (MKL)
 //   kPortable  ATen's batched GEMM in the accumulation dtype (float64 input, CPUs without AVX-512)
-enum class Route { kOwnFp32, kOwnPairs, kOneDnn, kBlas, kPortable };
+//   kOwnAvx2   the fp32 SYRK / GEMM with AVX2 + FMA tiles (AVX2 CPUs, or FASTNST_CPU_ISA=avx2)
+enum class Route { kOwnFp32, kOwnPairs, kOneDnn, kBlas, kPortable, kOwnAvx2 };
 
 struct RouteChoice {
   Route route;
@@ -284,7 +309,11 @@ Route fp32_route() {
 
 RouteChoice forward_route(at::ScalarType dt) {
   if (dt == at::kDouble) return {Route::kPortable, "float64: ATen bmm in float64"};
-  if (!has_avx512()) return {Route::kPortable, "no AVX-512 in use: ATen bmm in fp32 (MKL picks its own ISA)"};
+  if (isa() < Isa::kAvx2) return {Route::kPortable, "no AVX2 in use: ATen bmm in fp32 (MKL picks its own ISA)"};
+  if (!has_avx512())
+    return fp32_route() == Route::kBlas && dt == at::kFloat
+               ? RouteChoice{Route::kBlas, "FASTNST_GRAM_FP32=blas: MKL sgemm"}
+               : RouteChoice{Route::kOwnAvx2, "AVX2: fastnst's fp32 SYRK on 4 x 16 FMA tiles (16-bit widened exactly)"};
   if (dt == at::kFloat)
     return fp32_route() == Route::kBlas ? RouteChoice{Route::kBlas, "FASTNST_GRAM_FP32=blas: MKL sgemm"}
                                         : RouteChoice{Route::kOwnFp32, "AVX-512: fastnst's fp32 SYRK (half the GEMM's flops)"};
@@ -298,7 +327,11 @@ RouteChoice forward_route(at::ScalarType dt) {
 
 RouteChoice backward_route(at::ScalarType dt) {
   if (dt == at::kDouble) return {Route::kPortable, "float64: ATen bmm in float64"};
-  if (!has_avx512()) return {Route::kPortable, "no AVX-512 in use: ATen bmm in fp32 (MKL picks its own ISA)"};
+  if (isa() < Isa::kAvx2) return {Route::kPortable, "no AVX2 in use: ATen bmm in fp32 (MKL picks its own ISA)"};
+  if (!has_avx512())
+    return fp32_route() == Route::kBlas && dt == at::kFloat
+               ? RouteChoice{Route::kBlas, "FASTNST_GRAM_FP32=blas: MKL sgemm"}
+               : RouteChoice{Route::kOwnAvx2, "AVX2: fastnst's fp32 GEMM on 6 x 16 FMA tiles (16-bit widened exactly)"};
   if (dt == at::kFloat)
     return fp32_route() == Route::kBlas ? RouteChoice{Route::kBlas, "FASTNST_GRAM_FP32=blas: MKL sgemm"}
                                         : RouteChoice{Route::kOwnFp32, "AVX-512: fastnst's fp32 GEMM"};
@@ -328,6 +361,14 @@ at::Tensor gram_cpu(const at::Tensor& x, double scale) {
   if (L == 0) return out.zero_();
   const Route route = forward_route(x.scalar_type()).route;
 #if defined(FASTNST_X86)
+  if (route == Route::kOwnAvx2) {
+    switch (x.scalar_type()) {
+      case at::kFloat: gram_forward_avx512<float, Avx2Panel>(x, scale, out); break;
+      case at::kHalf: gram_forward_avx512<c10::Half, Avx2Panel>(x, scale, out); break;
+      default: gram_forward_avx512<c10::BFloat16, Avx2Panel>(x, scale, out); break;
+    }
+    return out;
+  }
   if (route == Route::kOwnFp32 || route == Route::kOwnPairs) {
     switch (x.scalar_type()) {
       case at::kFloat: gram_forward_avx512<float>(x, scale, out); break;
@@ -374,7 +415,7 @@ at::Tensor gram_backward_cpu(const at::Tensor& grad, const at::Tensor& x, double
   at::Tensor S = (g + g.transpose(1, 2)).mul_(scale).contiguous();
   const Route route = backward_route(x.scalar_type()).route;
 #if defined(FASTNST_X86)
-  if (route == Route::kOwnFp32) {
+  if (route == Route::kOwnFp32 || route == Route::kOwnAvx2) {
     at::Tensor xf = x;
     if (!channels_innermost(xf) && !(xf.stride(2) == 1 || L == 1)) xf = xf.contiguous();
     if (xf.scalar_type() != at::kFloat) {
@@ -384,7 +425,10 @@ at::Tensor gram_backward_cpu(const at::Tensor& grad, const at::Tensor& x, double
       xf = w;
     }
     at::Tensor outf = out.scalar_type() == at::kFloat ? out : rule_output(x, at::kFloat, OutSlot::kGramWidenOut);
-    gram_backward_avx512(S, xf, outf);
+    if (route == Route::kOwnAvx2)
+      gram_backward_avx512<true>(S, xf, outf);
+    else
+      gram_backward_avx512<false>(S, xf, outf);
     if (!outf.is_same(out)) out.copy_(outf);
     return out;
   }
@@ -407,7 +451,7 @@ at::Tensor gram_backward_cpu(const at::Tensor& grad, const at::Tensor& x, double
 
 // One line per (op, dtype): "gram<TAB>float32<TAB>route<TAB>why", for fastnst info.
 std::string gram_routes() {
-  static const char* names[] = {"own-fp32", "own-bf16-pairs", "onednn", "mkl", "aten"};
+  static const char* names[] = {"own-fp32", "own-bf16-pairs", "onednn", "mkl", "aten", "own-avx2"};
   std::string text;
   const std::pair<at::ScalarType, const char*> dtypes[] = {
       {at::kFloat, "float32"}, {at::kBFloat16, "bfloat16"}, {at::kHalf, "float16"}, {at::kDouble, "float64"}};
