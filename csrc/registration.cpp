@@ -131,13 +131,16 @@ static PyObject* build_info(PyObject*, PyObject*) {
     routes += std::string(op) + "\tbfloat16\t" + norm16 + "\n";
     routes += std::string(op) + "\tfloat16\t" + (c::has_avx512() ? "avx512\tfastnst's AVX-512 16-bit kernels" : "generic\tscalar loops (fp32 arithmetic)") + "\n";
   }
-  routes += std::string("style_swap_match\tfloat32\t") +
-            (c::has_avx512() ? "avx512\tpixel GEMM on fastnst's AVX-512 microkernel" : "generic\tscalar loops") + "\n";
+  const bool avx2 = c::isa() >= c::Isa::kAvx2;
+  const char* swap32 = c::has_avx512() ? "avx512\tpixel GEMM on fastnst's AVX-512 microkernel"
+                       : avx2          ? "avx2\tpixel GEMM on AVX2 + FMA tiles, scalar diagonal sums"
+                                       : "generic\tscalar loops";
+  routes += std::string("style_swap_match\tfloat32\t") + swap32 + "\n";
   routes += std::string("style_swap_match\tbfloat16\t") +
             (c::has_avx512bf16() ? "avx512bf16\tpixel GEMM on bf16 pairs (vdpbf16ps, fp32 accumulation)"
-             : c::has_avx512() ? "avx512\twidened exactly to fp32, AVX-512 microkernel" : "generic\tscalar loops") + "\n";
+             : c::has_avx512() ? "avx512\twidened exactly to fp32, AVX-512 microkernel" : swap32) + "\n";
   routes += std::string("style_swap_match\tfloat16\t") +
-            (c::has_avx512() ? "avx512\twidened exactly to fp32, AVX-512 microkernel" : "generic\tscalar loops") + "\n";
+            (c::has_avx512() ? "avx512\twidened exactly to fp32, AVX-512 microkernel" : swap32) + "\n";
   set_str("cpu_routes", routes);
   return d;
 }

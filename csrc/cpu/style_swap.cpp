@@ -30,7 +30,7 @@
 // with eps = 0).
 //
 // float64 (gradcheck/tests) and CPUs without AVX-512 run the same tiling with scalar loops
-// (fp64 accumulation for fp64 input). float16/bfloat16 inputs are widened to fp32 when packed.
+// (fp64 accumulation for fp64 input); on AVX2 CPUs the pixel GEMM takes AVX2 + FMA tiles. float16/bfloat16 inputs are widened to fp32 when packed.
 //
 // Reconstruction: per (sample, channel) plane, each content patch adds its chosen style patch;
 // every pixel is then divided by its cover count, which is separable (rows x columns covered),
@@ -48,6 +48,7 @@
 #include <vector>
 
 #include "cpu_features.h"
+#include "gemm_avx2.h"
 #include "gemm_avx512.h"
 
 namespace fastnst {
@@ -272,6 +273,7 @@ void match_impl(const at::Tensor& content, const at::Tensor& style, int64_t k, i
   const T* CX = content.data_ptr<T>();
   const T* SX = style.data_ptr<T>();
   int64_t* I = out.data_ptr<int64_t>();
+  const bool avx2 = !vector && isa() >= Isa::kAvx2;
 
   // Every buffer comes from the torch allocator (so profilers see it): the packed style
   // blocks (~1.4x the style for 3 x 3 patches), its inverse norms, and per thread one packed
@@ -344,6 +346,15 @@ void match_impl(const at::Tensor& content, const at::Tensor& style, int64_t k, i
                 fold_avx512_s1(g, ldg, cb, sb, k, sx.n, inv, best);
               else
                 fold_scalar<A>(g, ldg, cb, sb, k, s, sx.n, inv, best);
+              continue;
+            }
+          }
+#endif
+#if defined(FASTNST_X86)
+          if constexpr (std::is_same_v<A, float>) {
+            if (avx2) {  // AVX2 + FMA tiles for the pixel GEMM, the scalar fold
+              avx2::gemm_block<6>(M, N, C, pa, 1, ldc, pb, lds, g, ldg, false);
+              fold_scalar<A>(g, ldg, cb, sb, k, s, sx.n, inv, best);
               continue;
             }
           }
