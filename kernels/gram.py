@@ -245,7 +245,8 @@ def gram_forward(x: torch.Tensor, scale: float) -> torch.Tensor:
 
 
 def gram_backward(grad: torch.Tensor, x: torch.Tensor, scale: float, out: torch.Tensor) -> None:
-    """out = scale · (grad + gradᵀ) F through out's strides; grad [B, C, C], x and out [B, C, L]."""
+    """out = scale · (grad + gradᵀ) F through out's strides; grad [B, C, C] (any strides, 0
+    included: G.sum()'s expanded gradient is read in place), x and out [B, C, L]."""
     _check(x, "x")
     _check(grad, "grad")
     b, c, l = x.shape

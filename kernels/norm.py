@@ -559,8 +559,9 @@ def instance_norm_backward(grad: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
     """Backward of instance_norm: writes dx, and dw = Σ g' xhat, db = Σ g' unless they are None.
 
     grad, x, y [B, C, L] (any strides; y is read only for activation 1, to recompute the ReLU
-    mask); weight None, [C] or [B, C]; mean, rstd [B, C] from the forward; dx [B, C, L] in x's
-    dtype (its own strides); dw, db float32 [B, C] per sample, or None.
+    mask; grad's strides may be 0: the expanded gradient of y.sum() is read in place, one value
+    per row); weight None, [C] or [B, C]; mean, rstd [B, C] from the forward; dx [B, C, L] in
+    x's dtype (its own strides); dw, db float32 [B, C] per sample, or None.
     """
     op = "instance_norm_backward"
     _check_x(op, "x", x)

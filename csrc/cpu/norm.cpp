@@ -15,6 +15,10 @@
 //           dx = x_scale g' + rstd w (g' - db / L - xhat dw / N')  =  p g' + q x + s.
 // Two passes over a row (statistics, then the elementwise map), for rows laid out with L
 // contiguous or, for channels_last images, with C contiguous (vectorised over channels).
+// An upstream gradient of one value per row (stride 0 along L, as y.sum() and weighted sums of
+// per-channel sums give) is read in place, never materialised (row_scalar_grad): the row
+// kernels run on a shared row of ones with the value folded into their coefficients, the
+// channels-innermost loops on a small per-thread buffer of the sample's gradient C-vector.
 // float16 and bfloat16 are widened exactly to fp32, computed as float32 is, and rounded to
 // nearest even once, when stored; statistics and weight gradients stay fp32. On AVX-512 CPUs
 // (with BW/VL) their rows run 16-bit twins of the float32 kernels and their channels-innermost
@@ -81,6 +85,7 @@ at::Tensor same_layout(const at::Tensor& t, const at::Tensor& like) {
 }
 
 void check_x(const at::Tensor& x, const char* op) {
+  check_isa();  // a bad FASTNST_CPU_ISA is an error here, as in every op
   TORCH_CHECK(x.device().is_cpu(), "fastnst::", op, " (cpu): x must be a CPU tensor, got ", x.device());
   TORCH_CHECK(x.dim() == 3, "fastnst::", op, ": x must be [B, C, L], got ", x.sizes());
   const auto dt = x.scalar_type();
@@ -122,10 +127,30 @@ std::vector<double> gather(const at::Tensor& t, int64_t rows, int64_t cols, int6
   return out;
 }
 
-// t's n elements in logical order as doubles.
+// t's n elements in logical order as doubles. A readable tensor of rank <= 2 (the [B, C]
+// statistics and upstream gradients) is read in place through its strides, 0 included (the
+// gradient of m.sum() is an expanded scalar): no conversion or copy by ATen.
 std::vector<double> flat_doubles(const at::Tensor& t0) {
+  if (readable(t0) && t0.dim() <= 2) {
+    const int64_t d = t0.dim();
+    return gather(t0, d == 2 ? t0.size(0) : 1, d == 0 ? 1 : t0.size(d - 1), d == 2 ? t0.stride(0) : 0,
+                  d == 0 ? 0 : t0.stride(d - 1));
+  }
   const at::Tensor t = readable(t0) && t0.is_contiguous() ? t0 : t0.to(at::kDouble).contiguous();
   return gather(t, 1, t.numel(), 0, 1);
+}
+
+// An upstream gradient [B, C, L] that is one value per row (b, c): stride 0 along L, any
+// strides for B and C (0 included), as `y.sum()` (strides (0, 0, 0)) or
+// `(y.sum((2, 3)) * w).sum()` ((C, 1, 0)) hand the backward. Its B * C values as doubles in
+// `rows` (read in place, before any conversion: .to() or a layout copy would materialise all
+// B * C * L elements). False for any other gradient, which is read densely as before; one
+// that is stride 0 along only some spatial dims of an image (not along all of L) reaches the
+// kernels densified already, by the view's backward (its [B, C, L] view needs a reshape).
+bool row_scalar_grad(const at::Tensor& g, std::vector<double>& rows) {
+  if (g.dim() != 3 || g.stride(2) != 0 || !readable(g) || g.numel() == 0) return false;
+  rows = gather(g, g.size(0), g.size(1), g.stride(0), g.stride(1));
+  return true;
 }
 
 // Per-(b, c) weight/bias as B * C doubles (fill when absent).
@@ -859,16 +884,31 @@ inline A map_elem(A p, A q, A s, A k, A r, A xv, A gv, A mv) {
   return v;
 }
 
+// Rows of a per-thread buffer holding one sample's gradient C-vector repeated (a gradient of one
+// value per (b, c) in the channels-innermost loops): the block of rows grad_sums sums at a time,
+// and the most the map's 16-bit/F32 kernels take per call then.
+constexpr int64_t kGradRows = kBlock / 8;
+
+// buf (kGradRows rows of C) = the gradient of sample b in every row, from the [B, C] table gtab.
+template <typename T>
+void fill_grad_rows(std::vector<T>& buf, const T* gtab, int64_t b, int64_t C) {
+  buf.resize(kGradRows * C);
+  for (int64_t l = 0; l < kGradRows; ++l) std::copy(gtab + b * C, gtab + (b + 1) * C, buf.begin() + l * C);
+}
+
 // ---- the elementwise map y = f(x[, g]) with per-(b, c) coefficients ---------------------------
 // out[b, c, l] = act(P[bc] * g' + Q[bc] * (x - K[bc]) + R[bc]); g' = g (HAS_G), zeroed where the mask
 // m <= 0 (HAS_M: the ReLU's mask recomputed from y). Flags are template parameters so that
-// every variant is a branch-free, vectorised loop.
+// every variant is a branch-free, vectorised loop. g_rows (channels layout only): G is a [B, C]
+// table, one gradient value per (b, c) for every l (see row_scalar_grad), read from a buffer of
+// it repeated: the same values, so the same bits, as the materialised gradient would give.
 template <typename T, bool HAS_G, bool HAS_M, bool RELU>
 void affine_map_impl(const at::Tensor& x, const T* G, const T* M, bool channels,
                      const std::vector<double>& P, const std::vector<double>& Q,
                      const std::vector<double>& R, const std::vector<double>& K, const std::vector<double>* S,
-                     at::Tensor& out) {
+                     at::Tensor& out, bool g_rows) {
   const int64_t B = x.size(0), C = x.size(1), L = x.size(2);
+  TORCH_INTERNAL_ASSERT(!g_rows || (channels && HAS_G), "affine_map: a [B, C] gradient needs the channels layout");
   const T* X = x.data_ptr<T>();
   T* O = out.data_ptr<T>();
   using A = at::opmath_type<T>;
@@ -899,6 +939,7 @@ void affine_map_impl(const at::Tensor& x, const T* G, const T* M, bool channels,
 #endif
   at::parallel_for(0, B * L, 64, [&](int64_t t0, int64_t t1) {
     std::vector<A> p(C), q(C), s(C), k(C), sc(C);
+    std::vector<T> gbuf;  // g_rows: sample b's gradient, kGradRows times
     int64_t cur_b = -1;
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t b = t / L;
@@ -910,15 +951,17 @@ void affine_map_impl(const at::Tensor& x, const T* G, const T* M, bool channels,
           k[c] = K[b * C + c];
           sc[c] = S ? static_cast<A>((*S)[b * C + c]) : A(1);
         }
+        if (g_rows) fill_grad_rows(gbuf, G, b, C);
         cur_b = b;
       }
       const T* xr = X + t * C;
-      const T* gr = HAS_G ? G + t * C : xr;
+      const T* gr = HAS_G ? (g_rows ? gbuf.data() : G + t * C) : xr;
       const T* mr = HAS_M ? M + t * C : xr;
       T* orow = O + t * C;
       if constexpr (std::is_same<A, float>::value) {
         if (lowp_map) {  // the rest of sample b's rows in this chunk, in one call
-          const int64_t n = std::min(t1, (b + 1) * L) - t;
+          int64_t n = std::min(t1, (b + 1) * L) - t;
+          if (g_rows) n = std::min(n, kGradRows);  // the rows gbuf holds
           lowp_map(xr, gr, mr, orow, C, n, p.data(), q.data(), s.data(), k.data(), sc.data());
           t += n - 1;
           continue;
@@ -936,20 +979,22 @@ template <typename T>
 void affine_map(const at::Tensor& x, const T* G, const T* M, bool relu, bool channels,
                 const std::vector<double>& P, const std::vector<double>& Q,
                 const std::vector<double>& R, const std::vector<double>& K, at::Tensor& out,
-                const std::vector<double>* S = nullptr) {
-  if (G && M) return affine_map_impl<T, true, true, false>(x, G, M, channels, P, Q, R, K, S, out);
-  if (G) return affine_map_impl<T, true, false, false>(x, G, M, channels, P, Q, R, K, S, out);
-  if (relu) return affine_map_impl<T, false, false, true>(x, G, M, channels, P, Q, R, K, S, out);
-  return affine_map_impl<T, false, false, false>(x, G, M, channels, P, Q, R, K, S, out);
+                const std::vector<double>* S = nullptr, bool g_rows = false) {
+  if (G && M) return affine_map_impl<T, true, true, false>(x, G, M, channels, P, Q, R, K, S, out, g_rows);
+  if (G) return affine_map_impl<T, true, false, false>(x, G, M, channels, P, Q, R, K, S, out, g_rows);
+  if (relu) return affine_map_impl<T, false, false, true>(x, G, M, channels, P, Q, R, K, S, out, false);
+  return affine_map_impl<T, false, false, false>(x, G, M, channels, P, Q, R, K, S, out, false);
 }
 
-// Per-(b, c) sums of g' and g' * (x - mean) for the backward (g' masked by y > 0 if relu).
+// Per-(b, c) sums of g' and g' * (x - mean) for the backward (g' masked by y > 0 if relu). G: the
+// gradient in x's layout, or with g_rows a [B, C] table of one value per (b, c) (see
+// row_scalar_grad), read from a buffer of kGradRows rows of it: the same values in the same
+// operations as the materialised gradient, so the same bits.
 template <typename T>
-void grad_sums(const at::Tensor& x, const at::Tensor& g, const T* M,
+void grad_sums(const at::Tensor& x, const T* G, bool g_rows, const T* M,
                const std::vector<double>& mean, std::vector<double>& sg, std::vector<double>& sgx) {
   const int64_t B = x.size(0), C = x.size(1), L = x.size(2);
   const T* X = x.data_ptr<T>();
-  const T* G = g.data_ptr<T>();
   using A = at::opmath_type<T>;
   sg.assign(B * C, 0.0);
   sgx.assign(B * C, 0.0);
@@ -965,19 +1010,23 @@ void grad_sums(const at::Tensor& x, const at::Tensor& g, const T* M,
     lowp_sums = M ? channel_grad_sums_lowp<E, true> : channel_grad_sums_lowp<E, false>;
   });
 #endif
+  static_assert(kGradRows == kBlock / 8, "grad_sums' blocks are the rows of its gradient buffer");
   at::parallel_for(0, B * nchunk, 1, [&](int64_t t0, int64_t t1) {
     std::vector<A> a(C), q(C), mu(C);
+    std::vector<T> gbuf;  // g_rows: sample b's gradient, kGradRows times
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t b = t / nchunk, ch = t % nchunk;
       const int64_t l0 = L * ch / nchunk, l1 = L * (ch + 1) / nchunk;
       for (int64_t c = 0; c < C; ++c) mu[c] = static_cast<A>(mean[b * C + c]);
+      if (g_rows) fill_grad_rows(gbuf, G, b, C);
       for (int64_t i0 = l0; i0 < l1; i0 += kBlock / 8) {
         const int64_t i1 = std::min(l1, i0 + kBlock / 8);
+        const T* Gb = g_rows ? gbuf.data() : G + (b * L + i0) * C;  // the block's gradient rows
         bool done = false;
         if constexpr (std::is_same<A, float>::value) {
           if (lowp_sums) {
             const int64_t off = (b * L + i0) * C;
-            lowp_sums(G + off, M ? M + off : X + off, X + off, C, i1 - i0, mu.data(), a.data(), q.data());
+            lowp_sums(Gb, M ? M + off : X + off, X + off, C, i1 - i0, mu.data(), a.data(), q.data());
             done = true;
           }
         }
@@ -986,9 +1035,10 @@ void grad_sums(const at::Tensor& x, const at::Tensor& g, const T* M,
           std::fill(q.begin(), q.end(), A(0));
           for (int64_t l = i0; l < i1; ++l) {
             const int64_t off = (b * L + l) * C;
+            const T* gl = Gb + (l - i0) * C;
 #pragma omp simd
             for (int64_t c = 0; c < C; ++c) {
-              A gv = static_cast<A>(G[off + c]);
+              A gv = static_cast<A>(gl[c]);
               if (M) gv *= static_cast<A>(static_cast<A>(M[off + c]) > A(0));
               a[c] += gv;
               q[c] += gv * (static_cast<A>(X[off + c]) - mu[c]);
@@ -1232,13 +1282,16 @@ FASTNST_LOWP_FN void masked_map_lowp(const typename E::T* G, const typename E::T
 #endif
 
 // Backward, row layout: per row, the two gradient sums then dx = p g' + q x + s.
+// G: the gradient, row r at G + r * L; or, with gr (a gradient of one value per row, gr[r] for
+// row r: see row_scalar_grad), a row of L ones that every row reads. The kernels then run on
+// g = 1 and the row's value is folded in: the sums of g' = gr[r] m are gr[r] times those of m,
+// and dx = (p gr[r]) m + q x + s. Dense gradients take exactly the operations they took before.
 template <typename T, bool RELU, typename S>
-void norm_rows_backward_fused(const at::Tensor& x, const at::Tensor& g, const T* M, const double* wp,
+void norm_rows_backward_fused(const at::Tensor& x, const T* G, const double* gr, const T* M, const double* wp,
                               const double* mean, const double* rs, double n, double x_scale,
                               S* dw, S* db, at::Tensor& dx) {
   const int64_t B = x.size(0), C = x.size(1), L = x.size(2);
   const T* X = x.data_ptr<T>();
-  const T* G = g.data_ptr<T>();
   T* D = dx.data_ptr<T>();
   using A = at::opmath_type<T>;
   const bool use_avx512 = has_avx512();
@@ -1261,29 +1314,34 @@ void norm_rows_backward_fused(const at::Tensor& x, const at::Tensor& g, const T*
   at::parallel_for(0, B * C, 1, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const A mu = static_cast<A>(mean[r]);
+      const T* Gr = gr ? G : G + r * L;  // this row's gradient (the shared ones for gr)
       double t1 = 0, t2 = 0;
 #if defined(FASTNST_X86)
       constexpr bool kVec = RELU && std::is_same<T, float>::value;
       if (kVec && use_avx512) {
-        masked_sums_avx512(reinterpret_cast<const float*>(G + r * L), reinterpret_cast<const float*>(M + r * L),
+        masked_sums_avx512(reinterpret_cast<const float*>(Gr), reinterpret_cast<const float*>(M + r * L),
                            reinterpret_cast<const float*>(X + r * L), L, static_cast<float>(mu), t1, t2);
       } else
 #endif
       if (lowp_sums) {
-        lowp_sums(G + r * L, RELU ? M + r * L : X + r * L, X + r * L, L, static_cast<float>(mu), t1, t2);
+        lowp_sums(Gr, RELU ? M + r * L : X + r * L, X + r * L, L, static_cast<float>(mu), t1, t2);
       } else
       for (int64_t i0 = 0; i0 < L; i0 += kBlock) {
         const int64_t i1 = std::min(L, i0 + kBlock);
         A a = 0, b = 0;
 #pragma omp simd reduction(+ : a, b)
         for (int64_t l = i0; l < i1; ++l) {
-          A gv = static_cast<A>(G[r * L + l]);
+          A gv = static_cast<A>(Gr[l]);
           if (RELU) gv *= static_cast<A>(static_cast<A>(M[r * L + l]) > A(0));
           a += gv;
           b += gv * (static_cast<A>(X[r * L + l]) - mu);
         }
         t1 += a;
         t2 += b;
+      }
+      if (gr) {  // the sums of m and m (x - mean), times the row's gradient
+        t1 *= gr[r];
+        t2 *= gr[r];
       }
       const double rstd = rs[r], wv = wp[r], dwv = t2 * rstd, dbv = t1;
       // The xhat term as qx * ((x - mean) * rstd): rstd^2 alone under- or overflows fp32 for
@@ -1294,11 +1352,12 @@ void norm_rows_backward_fused(const at::Tensor& x, const at::Tensor& g, const T*
         db[r] = static_cast<S>(dbv);
       }
       // dx = pp g' + q (x - mean) + ss; mean is exact in x's precision (saved as such).
-      const A pp = static_cast<A>(x_scale + rstd * wv), ss = static_cast<A>(-rstd * wv * dbv / L);
+      const A pp = static_cast<A>(gr ? (x_scale + rstd * wv) * gr[r] : x_scale + rstd * wv);
+      const A ss = static_cast<A>(-rstd * wv * dbv / L);
 #if defined(FASTNST_X86)
       if (kVec && use_avx512) {
         auto run = stream ? masked_map_avx512<true> : masked_map_avx512<false>;
-        run(reinterpret_cast<const float*>(G + r * L), reinterpret_cast<const float*>(M + r * L),
+        run(reinterpret_cast<const float*>(Gr), reinterpret_cast<const float*>(M + r * L),
             reinterpret_cast<const float*>(X + r * L), reinterpret_cast<float*>(D + r * L), L,
             static_cast<float>(pp), static_cast<float>(q), static_cast<float>(ss), static_cast<float>(mu),
             static_cast<float>(rstd));
@@ -1307,14 +1366,14 @@ void norm_rows_backward_fused(const at::Tensor& x, const at::Tensor& g, const T*
       }
 #endif
       if (lowp_map) {
-        lowp_map(G + r * L, RELU ? M + r * L : X + r * L, X + r * L, D + r * L, L, static_cast<float>(pp),
+        lowp_map(Gr, RELU ? M + r * L : X + r * L, X + r * L, D + r * L, L, static_cast<float>(pp),
                  static_cast<float>(q), static_cast<float>(ss), static_cast<float>(mu), static_cast<float>(rstd));
 #if defined(FASTNST_X86)
         if (stream && r + 1 == r1) _mm_sfence();
 #endif
         continue;
       }
-      map_row<T, true, RELU, false>(X + r * L, G + r * L, RELU ? M + r * L : nullptr, D + r * L, L, pp,
+      map_row<T, true, RELU, false>(X + r * L, Gr, RELU ? M + r * L : nullptr, D + r * L, L, pp,
                                     static_cast<A>(q), ss, mu, static_cast<A>(rstd));
     }
   });
@@ -1461,6 +1520,7 @@ at::Tensor instance_norm_pad_cpu(const at::Tensor& x0, const c10::optional<at::T
                                  const c10::optional<at::Tensor>& bias, double eps, int64_t activation,
                                  const c10::optional<at::Tensor>& residual, int64_t upsample, int64_t pad) {
   const char* op = "instance_norm_pad";
+  check_isa();
   TORCH_CHECK(x0.device().is_cpu(), "fastnst::", op, " (cpu): x must be a CPU tensor, got ", x0.device());
   TORCH_CHECK(x0.dim() == 4, "fastnst::", op, ": x must be [B, C, H, W], got ", x0.sizes());
   const auto dt = x0.scalar_type();
@@ -1639,7 +1699,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_backward_cpu(
               "fastnst::instance_norm_backward: mean and rstd must be [B, C]");
   const bool channels = channels_innermost(x0);
   const at::Tensor x = canonical(x0, channels);
-  const at::Tensor g = same_layout(grad0.to(x.scalar_type()), x);
+  // A gradient of one value per row (y.sum(), y.sum((2, 3)) weighted) is read in place as its
+  // B * C values, whatever its dtype; any other is converted to x's dtype and layout.
+  std::vector<double> g_rows;
+  const bool row_g = row_scalar_grad(grad0, g_rows);
+  if (row_g && grad0.scalar_type() != x.scalar_type()) {
+    dispatch(x.scalar_type(), [&](auto tag) {  // rounded to x's dtype, as grad0.to() would round
+      using T = decltype(tag);
+      for (double& v : g_rows) v = static_cast<double>(static_cast<T>(v));
+    });
+  }
+  const at::Tensor g = row_g ? at::Tensor() : same_layout(grad0.to(x.scalar_type()), x);
   const at::Tensor y = activation == 1 ? same_layout(y0.to(x.scalar_type()), x) : at::Tensor();
   const std::vector<double> w = per_sample(weight, B, C, 1.0, "weight", "instance_norm_backward");
   const std::vector<double> mean = flat_doubles(mean_t), rstd_v = flat_doubles(rstd_t);
@@ -1659,15 +1729,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_backward_cpu(
       using T = decltype(tag);
       using S = typename std::conditional<std::is_same<T, double>::value, double, float>::type;
       auto run = activation == 1 ? norm_rows_backward_fused<T, true, S> : norm_rows_backward_fused<T, false, S>;
-      run(x, g, activation == 1 ? y.data_ptr<T>() : nullptr, wp, mean.data(), rs, n, x_scale,
+      std::vector<T> ones(row_g ? L : 0, T(1));  // the row every row reads for a per-row gradient
+      run(x, row_g ? ones.data() : g.data_ptr<T>(), row_g ? g_rows.data() : nullptr,
+          activation == 1 ? y.data_ptr<T>() : nullptr, wp, mean.data(), rs, n, x_scale,
           weight_grads ? dw.data_ptr<S>() : nullptr, weight_grads ? db.data_ptr<S>() : nullptr, dx);
     });
     return {dx, dw, db};
   }
+  // Channels innermost: a per-row gradient as a [B, C] table in x's dtype (the values, rounded
+  // as .to() rounds, that the materialised gradient would hold).
+  auto grad_of = [&](auto tag) {
+    using T = decltype(tag);
+    std::vector<T> tab(row_g ? B * C : 0);
+    for (size_t i = 0; i < tab.size(); ++i) tab[i] = static_cast<T>(g_rows[i]);
+    return tab;
+  };
   std::vector<double> sg, sgx;
   dispatch(x.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
-    grad_sums<T>(x, g, activation == 1 ? y.data_ptr<T>() : nullptr, mean, sg, sgx);
+    const std::vector<T> tab = grad_of(tag);
+    grad_sums<T>(x, row_g ? tab.data() : g.data_ptr<T>(), row_g, activation == 1 ? y.data_ptr<T>() : nullptr,
+                 mean, sg, sgx);
   });
   std::vector<double> P(B * C), Q(B * C), R(B * C);
   std::vector<double> dwv_all(weight_grads ? B * C : 0), dbv_all(weight_grads ? B * C : 0);
@@ -1689,8 +1771,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_backward_cpu(
   at::Tensor dx = output_rule(x0, OutSlot::kNormBackward);
   dispatch(x.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
-    affine_map<T>(x, g.data_ptr<T>(), activation == 1 ? y.data_ptr<T>() : nullptr, false, channels,
-                  P, Q, R, mean, dx, &rstd_v);
+    const std::vector<T> tab = grad_of(tag);
+    affine_map<T>(x, row_g ? tab.data() : g.data_ptr<T>(), activation == 1 ? y.data_ptr<T>() : nullptr, false,
+                  channels, P, Q, R, mean, dx, &rstd_v, row_g);
   });
   return {dx, dw, db};
 }

@@ -27,9 +27,11 @@
 // keeps (x - mu) explicit rather than folding it into one affine map a * x + c, for the same
 // large-mean reason; backward sums g' (x - mu) likewise.
 //
-// Layout: x, grad and y may have any strides. Outputs [B, C, L] (y, dx) have x's dtype and follow
-// the rule of csrc/registration.cpp: strides (C*L, 1, C) when C > 1 and x.stride(1) == 1 and
-// x.stride(2) == C (a channels_last image), else contiguous. [B, C] outputs are contiguous.
+// Layout: x, grad and y may have any strides, 0 included (the gradient of y.sum() is an expanded
+// scalar: read in place, one value per row, never materialised; see grad_like_x). Outputs
+// [B, C, L] (y, dx) have x's dtype and follow the rule of csrc/registration.cpp: strides
+// (C*L, 1, C) when C > 1 and x.stride(1) == 1 and x.stride(2) == C (a channels_last image),
+// else contiguous. [B, C] outputs are contiguous.
 // Per-row operands (weight, bias, mean, rstd, std, grad_mean, grad_std) are read through their
 // strides in any of float32/float16/bfloat16/float64; weight/bias may be [C] or [B, C].
 //
@@ -632,6 +634,25 @@ Tensor like_x(const Tensor& t, const Tensor& x, const char* op, const char* name
   return torch::stable::to(t, x.scalar_type());
 }
 
+// The upstream gradient, in x's dtype. Every kernel reads it through its strides, so an
+// expanded one (stride 0 along L: y.sum() gives strides (0, 0, 0), (y.sum((2, 3)) * w).sum()
+// (C, 1, 0)) is read in place, one value per row. Converting such a gradient to x's dtype
+// converts only its [B, C, 1] slice (a plain conversion would materialise B * C * L values);
+// `row_scalar` then tells the launches to read it with stride 0 along L.
+Tensor grad_like_x(const Tensor& t, const Tensor& x, const char* op, bool& row_scalar) {
+  row_scalar = false;
+  if (t.dim() == 3 && t.size(2) > 1 && t.stride(2) == 0 && float_dtype(t.scalar_type()) &&
+      t.scalar_type() != x.scalar_type()) {
+    check_same_device(t, x, op, "grad");
+    STD_TORCH_CHECK(t.size(0) == x.size(0) && t.size(1) == x.size(1) && t.size(2) == x.size(2), op,
+                    " (cuda): grad must be shaped like x ", shape_str(x), ", got ", shape_str(t));
+    Tensor first = t;
+    row_scalar = true;
+    return torch::stable::to(torch::stable::narrow(first, 2, 0, 1), x.scalar_type());
+  }
+  return like_x(t, x, op, "grad");
+}
+
 // The layout rule for [B, C, L] results (as gram_backward): x's channels_last strides
 // (C*L, 1, C) when x is dense with channels innermost, else contiguous.
 Tensor new_rule(const Tensor& x) {
@@ -760,18 +781,21 @@ void run_instance_norm(const Tensor& x, const RowVec& w, const RowVec& b, const 
   check_launch(op);
 }
 
+// grad_row_scalar: grad is the [B, C, 1] slice of a gradient of one value per row (see
+// grad_like_x), read with stride 0 along L.
 template <typename T, Map M>
-void run_instance_norm_backward(const Tensor& grad, const Tensor& x, const Tensor& y,
-                                const RowVec& w, const RowVec& mean, const RowVec& rstd,
-                                const Plan& p, float inv_l, float inv_np, float x_scale,
-                                int relu, float* dw, float* db, Tensor& dx,
+void run_instance_norm_backward(const Tensor& grad, bool grad_row_scalar, const Tensor& x,
+                                const Tensor& y, const RowVec& w, const RowVec& mean,
+                                const RowVec& rstd, const Plan& p, float inv_l, float inv_np,
+                                float x_scale, int relu, float* dw, float* db, Tensor& dx,
                                 cudaStream_t stream) {
   const char* op = "fastnst::instance_norm_backward";
   const T* G = static_cast<const T*>(grad.data_ptr());
   const T* X = static_cast<const T*>(x.data_ptr());
   const T* Y = static_cast<const T*>(y.data_ptr());
   T* D = static_cast<T*>(dx.data_ptr());
-  const int64_t gsb = grad.stride(0), gsc = grad.stride(1), gsl = grad.stride(2);
+  const int64_t gsb = grad.stride(0), gsc = grad.stride(1);
+  const int64_t gsl = grad_row_scalar ? 0 : grad.stride(2);
   const int64_t sb = x.stride(0), sc = x.stride(1), sl = x.stride(2);
   const int64_t ysb = y.stride(0), ysc = y.stride(1), ysl = y.stride(2);
   const int64_t os_c = dx.stride(1), os_l = dx.stride(2);
@@ -897,7 +921,8 @@ std::tuple<Tensor, Tensor, Tensor> instance_norm_backward_cuda(
   STD_TORCH_CHECK(activation == 0 || activation == 1, op,
                   " (cuda): activation must be 0 (none) or 1 (relu), got ", activation);
   const int64_t B = x.size(0), C = x.size(1), L = x.size(2);
-  const Tensor g = like_x(grad, x, op, "grad");
+  bool g_row_scalar = false;
+  const Tensor g = grad_like_x(grad, x, op, g_row_scalar);
   const Tensor yy = like_x(y, x, op, "y");
   const RowVec w = weight.has_value() ? row_vec(*weight, B, C, true, x, op, "weight") : absent();
   const RowVec mu = row_vec(mean, B, C, false, x, op, "mean");
@@ -918,7 +943,7 @@ std::tuple<Tensor, Tensor, Tensor> instance_norm_backward_cuda(
   const cudaStream_t stream = current_stream(x.get_device_index());
   dispatch(x.scalar_type(), p.along_c, [&](auto tag, auto map) {
     run_instance_norm_backward<decltype(tag), decltype(map)::value>(
-        g, x, yy, w, mu, rs, p, inv_l, inv_np, static_cast<float>(x_scale),
+        g, g_row_scalar, x, yy, w, mu, rs, p, inv_l, inv_np, static_cast<float>(x_scale),
         static_cast<int>(activation), DW, DB, dx, stream);
   });
   return {dx, dw, db};

@@ -5,6 +5,10 @@ The ops run against the eager reference (``F.instance_norm`` + ReLU; the AdaIN p
 ``calc_mean_std`` with ``torch.var``) and torch.compile of it; rates are GB/s of the tensors
 each call must read and write once (IN fwd: x and y; fwd+bwd: x, y, then grad, x, y and dx;
 AdaIN: content, style, output; mean_std: its input).
+
+"fwd+bwd y.sum()" (the first IN shape): the same step with the loss ``y.sum()``, whose
+gradient is an expanded scalar (stride 0 everywhere) that the backward reads in place, next to
+"fwd+bwd" with a dense gradient; its rate counts x, y, then y (the sum), x, y and dx.
 """
 
 from __future__ import annotations
@@ -40,6 +44,20 @@ def _fwd_bwd(x):
     return make
 
 
+def _fwd_bwd_sum(x):
+    xg = x.detach().requires_grad_()
+
+    def make(fn):
+        def step():
+            xg.grad = None
+            fn(xg).sum().backward()  # the upstream gradient: ones, expanded (strides 0)
+
+        step.reset = lambda: setattr(xg, "grad", None)
+        return step
+
+    return make
+
+
 def cases(opts: bench.Options):
     dev = torch.device(opts.device)
 
@@ -47,7 +65,7 @@ def cases(opts: bench.Options):
         return bench.Case(op, name, tuple(shape), mode, bench.providers(impls, make_call),
                           flops=nbytes, unit="GB/s", warmup=3, repeat=opts.repeat)
 
-    for name, shape in (QUICK_IN_SHAPES if opts.quick else IN_SHAPES):
+    for i, (name, shape) in enumerate(QUICK_IN_SHAPES if opts.quick else IN_SHAPES):
         c = shape[1]
         x = torch.randn(shape, device=dev, dtype=opts.dtype)
         w, b = torch.rand(c, device=dev) + 0.5, torch.randn(c, device=dev)
@@ -58,6 +76,8 @@ def cases(opts: bench.Options):
             lambda x: reference.instance_norm_torch(x, w, b, activation="relu"))
         yield case("instance_norm", name, shape, "fwd", impls, _fwd(x), 2 * n)
         yield case("instance_norm", name, shape, "fwd+bwd", impls, _fwd_bwd(x), 6 * n)
+        if i == 0:
+            yield case("instance_norm", name, shape, "fwd+bwd y.sum()", impls, _fwd_bwd_sum(x), 6 * n)
     for name, shape in (QUICK_ADAIN_SHAPES if opts.quick else ADAIN_SHAPES):
         content = torch.randn(shape, device=dev, dtype=opts.dtype)
         style = torch.randn(shape, device=dev, dtype=opts.dtype) * 2 + 1
@@ -111,6 +131,7 @@ def transformer_cases(opts: bench.Options):
                          unit="GB/s", warmup=1, repeat=min(opts.repeat, 5))
 
 
-bench.register(bench.Benchmark("norm", "Instance norm + ReLU, AdaIN, mean_std", "norm_{device}", cases))
+bench.register(bench.Benchmark("norm", "Instance norm + ReLU, AdaIN, mean_std", "norm_{device}", cases,
+                               precisions=("fp32", "bf16", "fp16")))
 bench.register(bench.Benchmark("norm", "TransformerNet before and after fastnst.accelerate()",
                                "transformer_cpu", transformer_cases))
