@@ -251,3 +251,35 @@ def test_amx_gram_matches_the_reference():
     ref = f @ f.transpose(1, 2) / f[0].numel()
     assert ((g.double() - ref).abs() <= ref.abs() * 2.0 ** -8 + 1e-5 * ref.abs().amax()).all()
     assert torch.equal(g, g.transpose(1, 2))
+
+
+@needs_bf16
+def test_bf16_gram_forward_routes_agree():
+    """The two bf16 forward routes (fastnst's pairs SYRK, oneDNN's bf16 GEMM as on AMX CPUs),
+    pinned by FASTNST_GRAM_BF16, both accumulate in fp32: each within one bf16 rounding of the
+    float64 Gram, exactly symmetric."""
+    code = r"""
+import torch, fastnst
+from fastnst import info
+torch.manual_seed(5)
+worst = 0.0
+for shape in [(1, 64, 30, 30), (2, 70, 9, 11), (1, 512, 8, 8)]:
+    for cl in (False, True):
+        x = torch.randn(shape).bfloat16()
+        if cl:
+            x = x.contiguous(memory_format=torch.channels_last)
+        g = fastnst.gram_matrix(x)
+        f = x.double().flatten(2)
+        ref = f @ f.transpose(1, 2) / f[0].numel()
+        bound = ref.abs() * 2.0 ** -8 + 1e-5 * ref.abs().amax()
+        assert ((g.double() - ref).abs() <= bound).all()
+        assert torch.equal(g, g.transpose(1, 2))
+print([p["path"] for p in info.cpu_paths() if p["op"] == "gram" and p["dtype"] == "bfloat16"][0])
+"""
+    for pin, path in (("own", "own-bf16-pairs"), ("onednn", "onednn")):
+        res = run_child(code, FASTNST_GRAM_BF16=pin)
+        assert res.returncode == 0, res.stderr[-3000:]
+        assert res.stdout.split()[-1] == path
+    res = run_child("import torch, fastnst; fastnst.gram_matrix(torch.randn(1, 2, 3).bfloat16())",
+                    FASTNST_GRAM_BF16="amx")
+    assert "FASTNST_GRAM_BF16 must be 'own' or 'onednn', got 'amx'" in res.stderr

@@ -19,6 +19,7 @@ def test_collect_lists_every_op():
 def test_render_aligns_columns():
     lines = info.render(info.collect()).splitlines()
     table = lines[lines.index("op x backend (float32):") + 2:]
+    table = table[:table.index("")] if "" in table else table  # the CPU paths table follows
     assert [ln.split()[0] for ln in table] == ["op"] + list(info.collect()["ops"])
     starts = {ln.index(ln.split()[1]) for ln in table}
     assert len(starts) == 1  # the second column starts at the same place on every row
@@ -32,6 +33,7 @@ def test_render_never_truncates_a_reason():
     assert reason in text
     lines = text.splitlines()
     table = lines[lines.index("op x backend (float32):") + 2:]
+    table = table[:table.index("")] if "" in table else table
     header = table[0]
     col = header.index("reference")  # later columns move right, they do not overlap
     assert all(ln[col - 2:col] == "  " for ln in table)

@@ -307,6 +307,19 @@ Route fp32_route() {
   return r;
 }
 
+// FASTNST_GRAM_BF16=own|onednn pins the bf16 forward where the CPU has AVX512-BF16 (default:
+// oneDNN on AMX CPUs, fastnst's pairs SYRK otherwise), so each route is testable on either.
+const char* bf16_pin() {
+  static const char* pin = [] {
+    const char* v = std::getenv("FASTNST_GRAM_BF16");
+    if (!v || !*v) return "";
+    TORCH_CHECK(std::strcmp(v, "own") == 0 || std::strcmp(v, "onednn") == 0,
+                "fastnst: FASTNST_GRAM_BF16 must be 'own' or 'onednn', got '", v, "'");
+    return std::strcmp(v, "own") == 0 ? "own" : "onednn";
+  }();
+  return pin;
+}
+
 RouteChoice forward_route(at::ScalarType dt) {
   if (dt == at::kDouble) return {Route::kPortable, "float64: ATen bmm in float64"};
   if (isa() < Isa::kAvx2) return {Route::kPortable, "no AVX2 in use: ATen bmm in fp32 (MKL picks its own ISA)"};
@@ -318,7 +331,11 @@ RouteChoice forward_route(at::ScalarType dt) {
     return fp32_route() == Route::kBlas ? RouteChoice{Route::kBlas, "FASTNST_GRAM_FP32=blas: MKL sgemm"}
                                         : RouteChoice{Route::kOwnFp32, "AVX-512: fastnst's fp32 SYRK (half the GEMM's flops)"};
   if (dt == at::kBFloat16) {
-    if (has_amx()) return {Route::kOneDnn, "AMX-BF16: oneDNN bf16 matmul on AMX tiles (fp32 accumulation)"};
+    const char* pin = has_avx512bf16() ? bf16_pin() : "";
+    if (std::strcmp(pin, "onednn") == 0)
+      return {Route::kOneDnn, "FASTNST_GRAM_BF16=onednn: oneDNN bf16 matmul (fp32 accumulation)"};
+    if (has_amx() && std::strcmp(pin, "own") != 0)
+      return {Route::kOneDnn, "AMX-BF16: oneDNN bf16 matmul on AMX tiles (fp32 accumulation)"};
     if (has_avx512bf16()) return {Route::kOwnPairs, "AVX512-BF16: fastnst's SYRK on bf16 pairs (vdpbf16ps, fp32 accumulation)"};
     return {Route::kOwnFp32, "AVX-512 without BF16: widened exactly to fp32, fastnst's SYRK"};
   }
