@@ -26,7 +26,7 @@ LAYER = {
 }
 FACADE_FROM = 7  # cli, info and the benchmarks use the public API like any user
 # Within fastnst.ops, siblings share only these modules (an op module never imports another).
-OPS_SHARED = {"fastnst.ops._common", "fastnst.ops.registry"}
+OPS_SHARED = {"fastnst.ops._common", "fastnst.ops.registry", "fastnst.ops.autocast"}  # autocast: the rules table
 
 
 def _module_name(path: pathlib.Path) -> str:
