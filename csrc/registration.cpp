@@ -118,8 +118,9 @@ static PyObject* build_info(PyObject*, PyObject*) {
   std::string routes;
   try {
     routes = c::gram_routes();
-  } catch (const std::exception& e) {
-    routes = std::string("gram\t-\terror\t") + e.what() + "\n";
+  } catch (const c10::Error& e) {
+    const std::string msg = e.what_without_backtrace();
+    routes = std::string("gram\t-\terror\t") + msg.substr(0, msg.find('\n')) + "\n";
   }
   const char* norm16 = !c::has_avx512() ? "generic\tscalar loops (fp32 arithmetic)"
                        : c::has_avx512bf16() ? "avx512bf16\tfastnst's AVX-512 16-bit kernels, bf16 rounded by vcvtneps2bf16"

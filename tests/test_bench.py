@@ -244,7 +244,8 @@ def test_precision_axis_runs_each_precision_and_records_the_cpu(tmp_path):
         for row in payload["results"]:
             assert row["precision"] == prec
             assert row["cpu"].startswith(model + "; fastnst level ")
-    assert logged == [f"{fixed}_cpu: runs fp32 (its low-precision rows are providers), not bf16"]
+    assert logged == [f"{fixed}_cpu: runs fp32 only (no precision axis: any low-precision rows are its "
+                      "providers), not bf16"]
     assert not (tmp_path / f"{fixed}_cpu_bf16.json").exists()
 
 

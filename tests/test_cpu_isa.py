@@ -48,9 +48,26 @@ for dt in (torch.float32, torch.bfloat16, torch.float16):
         out["err"]["gram-" + key] = rel(g, r.detach())
         out["err"]["gram_bwd-" + key] = rel(xg.grad, xd.grad)
         out["err"]["gram_sym-" + key] = float((g - g.transpose(1, 2)).abs().max())
-        y = fastnst.instance_norm(x)
-        yr = torch.nn.functional.instance_norm(x.double())
-        out["err"]["norm-" + key] = rel(y, yr)
+        xn = x.detach().requires_grad_()
+        y = fastnst.instance_norm(xn, activation="relu")
+        gy = torch.randn(y.shape).to(dt)
+        y.backward(gy)
+        xr = x.detach().double().requires_grad_()
+        yr = torch.relu(torch.nn.functional.instance_norm(xr))
+        yr.backward(gy.double())
+        out["err"]["norm-" + key] = rel(y, yr.detach())
+        out["err"]["norm_bwd-" + key] = rel(xn.grad, xr.grad)
+        m, s_ = fastnst.mean_std(x)
+        sd = (x.double().var((2, 3)) + 1e-5).sqrt()
+        mr = x.double().mean((2, 3))
+        out["err"]["mean_std-" + key] = max(rel(m.flatten(), mr.flatten()), rel(s_.flatten(), sd.flatten()))
+    # longer rows: several chunks, L split between threads, odd chunk ends (bf16 pairs)
+    for shape in [(1, 64, 4161), (1, 512, 1024), (1, 40, 5001)]:
+        x = torch.randn(shape).to(dt)
+        g = fastnst.gram_matrix(x)
+        f = x.double()
+        out["err"][f"gram-long-{dt}-{shape}"] = rel(g, f @ f.transpose(1, 2) / f[0].numel())
+        out["err"][f"gram_sym-long-{dt}-{shape}"] = float((g - g.transpose(1, 2)).abs().max())
     c, s = torch.randn(1, 16, 10, 10).to(dt), torch.randn(1, 16, 12, 11).to(dt)
     idx = torch.ops.fastnst.style_swap_match(c, s, 3, 1, 1e-8)
     cp = torch.nn.functional.unfold(c.double(), 3)[0].T
@@ -89,8 +106,9 @@ def test_every_runnable_level_matches_the_reference(level):
         elif key.startswith("swap"):
             assert err == 0, key  # the argmax where the best two are clearly apart; ties to the lowest
         else:
-            # fp32 accumulation on every path; 16-bit results are rounded once (2^-8 for bf16)
-            tol = 1e-5 if "float32" in key else 1.2e-2 if "bfloat16" in key else 2e-3
+            # fp32 accumulation on every path; 16-bit results are rounded once (2^-8 for bf16);
+            # the norm backward and std of 16-bit inputs compound a few roundings
+            tol = 1e-5 if "float32" in key else 3e-2 if "bfloat16" in key else 4e-3
             assert err <= tol, (key, err)
 
 
@@ -220,7 +238,8 @@ def test_bf16_style_swap_keeps_the_exact_argmax(stride):
             cp = torch.nn.functional.unfold(c[b:b + 1].double(), 3, stride=stride)[0].T
             sc = cp @ sp.T / (sp.norm(dim=1) + 1e-8)
             top = sc.topk(2, dim=1)
-            # fp32 accumulation error bound of C*9 products: well below 1e-5 of the largest score
+            # pairs whose best two scores are this far apart are decided by far more than the
+            # fp32 rounding of their sums (a filter that keeps > 90 % of them, not a bound)
             clear = (top.values[:, 0] - top.values[:, 1]) > 1e-5 * sc.abs().amax(1)
             got = idx[b].flatten()
             assert clear.float().mean() > 0.9

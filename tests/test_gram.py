@@ -115,17 +115,25 @@ def test_large_vgg_layer_matches_reference():
 
 
 @pytest.mark.parametrize("threads", [1, 3, 4, 8])
-@pytest.mark.parametrize("shape", [(1, 64, 1024), (1, 512, 32, 32), (3, 130, 1500), (2, 64, 20000)], ids=str)
-def test_cpu_thread_splits(threads, shape):
-    # Every way the CPU kernel divides work (batch, L, the triangle's rows) for thread counts
-    # other than this machine's.
+@pytest.mark.parametrize("shape", [(1, 64, 1024), (1, 512, 32, 32), (3, 130, 1500), (2, 64, 20000), (1, 40, 5001)],
+                         ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_cpu_thread_splits(threads, shape, dtype):
+    # Every way the CPU kernel divides work (batch, L, the triangle's rows, several chunks, odd
+    # chunk ends for bf16 pairs) for thread counts other than this machine's.
     if "cpu" not in BACKENDS:
         pytest.skip("fastnst._C not built")
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        x = torch.randn(shape)
-        assert _rel_err(fastnst.gram_matrix(x, backend="cpu"), _ref64(x, "chw")) < 1e-5
+        x = torch.randn(shape).to(dtype)
+        g = fastnst.gram_matrix(x, backend="cpu")
+        ref = _ref64(x, "chw")
+        if dtype == torch.float32:
+            assert _rel_err(g, ref) < 1e-5
+        else:  # fp32 accumulation, one bf16 rounding
+            assert ((g.double() - ref).abs() <= ref.abs() * 2.0 ** -8 + 1e-5 * ref.abs().amax()).all()
+        assert torch.equal(g, g.transpose(1, 2))
     finally:
         torch.set_num_threads(old)
 

@@ -89,7 +89,7 @@ def test_nan_stays_nan_and_eps_zero_constant_channel():
     (dict(pad=1.5), r"instance_norm_pad: pad must be an integer >= 0, got 1.5"),
     (dict(activation="gelu"), r"instance_norm_pad: activation must be None or 'relu', got 'gelu'"),
     (dict(residual=torch.zeros(1, 4, 6, 7)), r"instance_norm_pad: residual must have x's shape \[1, 4, 6, 8\] "
-                                             r"and dtype torch.float32, got \[1, 4, 6, 7\]"),
+                                             r"and dtype torch.float32, got \[1, 4, 6, 7\] torch.float32"),
     (dict(weight=torch.ones(5)), r"instance_norm_pad: weight must be \[C\] = \[4\] or \[B, C\] = \[1, 4\], "
                                  r"got \[5\]"),
     (dict(eps=-1.0), r"instance_norm_pad: eps must be"),

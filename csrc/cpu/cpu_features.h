@@ -5,11 +5,12 @@
 //   generic     baseline x86-64 (or any other CPU): fastnst's portable loops, ATen/MKL GEMMs
 //   avx2        AVX2 + FMA: the Gram's fp32 SYRK and GEMM on AVX2 tiles (gemm_avx2.h); the
 //               norm and style-swap ops run their generic loops
-//   avx512      AVX-512 F (+BW/VL for the 16-bit kernels): fastnst's own fp32 GEMM, norm and
-//               style-swap kernels
+//   avx512      AVX-512 F + BW + VL (every AVX-512 CPU but Xeon Phi): fastnst's own fp32 GEMM,
+//               norm and style-swap kernels, and their 16-bit twins
 //   avx512bf16  + AVX512-BF16: bf16 pairs multiplied by vdpbf16ps (fp32 accumulation),
 //               vcvtneps2bf16 rounding, bf16 GEMMs to oneDNN
-//   amx         + AMX-BF16 tiles: bf16 GEMMs to oneDNN, which runs them on AMX
+//   amx         + AMX-BF16 tiles: bf16 GEMMs to oneDNN, which runs them on AMX (detected where
+//               the compiler's __builtin_cpu_supports knows "amx-bf16": GCC 11 and later)
 // Kernels are compiled with function-level target attributes and only called when the level in
 // use includes their ISA. The level in use is the CPU's, or lower where the environment asks:
 //   FASTNST_CPU_ISA=generic|avx2|avx512|avx512bf16|amx   (a level the CPU lacks is an error,
@@ -114,7 +115,7 @@ inline bool has_amx() { return isa() >= Isa::kAmx; }
 // Kernels this binary carries.
 inline std::string compiled_isa() {
 #if defined(FASTNST_X86)
-  return "avx512, avx512bf16, generic";
+  return "avx512, avx512bf16, avx2, generic";
 #else
   return "generic";
 #endif

@@ -13,7 +13,10 @@
 //  * backward forms S = s (dG + dG^T) once (C x C) and runs one GEMM, dF = S F, with a
 //    6 x 64 register tile; for channels-innermost x it computes dF^T = F^T S instead, so the
 //    gradient keeps x's layout and no transpose is needed.
-// Other CPUs and float64 (gradcheck) take a plain ATen path in the accumulation dtype.
+// bfloat16 on AVX512-BF16 CPUs: the forward runs the same SYRK on bf16 pairs (vdpbf16ps), the
+// backward oneDNN's bf16 GEMM; AVX2 CPUs run both on AVX2 tiles (gemm_avx2.h). Which path a
+// dtype takes, and why, is in the routes below. CPUs below AVX2 and float64 (gradcheck) take a
+// plain ATen path in the accumulation dtype.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -282,10 +285,10 @@ void gram_backward_avx512(const at::Tensor& S, const at::Tensor& xf, at::Tensor&
 // use (cpu_features.h), with the reason `fastnst info` prints (gram_routes below).
 //   kOwnFp32   fastnst's AVX-512 SYRK / GEMM on fp32 panels (16-bit inputs widened exactly)
 //   kOwnPairs  fastnst's SYRK on bf16 pairs (vdpbf16ps, fp32 accumulation)
-//   kOneDnn    ATen's bf16 batched GEMM, which oneDNN runs on AMX tiles or vdpbf16ps (fp32
-//              accumulation, one rounding to bf16)
+//   kOneDnn    ATen's bf16 batched GEMM, which hands it to oneDNN (AMX tiles or vdpbf16ps,
+//              fp32 accumulation, one rounding to bf16) where ATen's own heuristics allow
 //   kBlas      ATen's fp32 batched GEMM (MKL)
-//   kPortable  ATen's batched GEMM in the accumulation dtype (float64 input, CPUs without AVX-512)
+//   kPortable  ATen's batched GEMM in the accumulation dtype (float64 input, CPUs below AVX2)
 //   kOwnAvx2   the fp32 SYRK / GEMM with AVX2 + FMA tiles (AVX2 CPUs, or FASTNST_CPU_ISA=avx2)
 enum class Route { kOwnFp32, kOwnPairs, kOneDnn, kBlas, kPortable, kOwnAvx2 };
 
@@ -294,9 +297,10 @@ struct RouteChoice {
   const char* why;
 };
 
-// FASTNST_GRAM_FP32=own|blas pins the fp32 route (default: own, measured faster than MKL's
-// sgemm on every shape of the benchmark on the CPUs seen: AMD Zen 5 2.5-3.7x forward, 1.8-5x
-// backward; Intel Xeon with AMX 1.31x forward, geometric mean, issue 13).
+// FASTNST_GRAM_FP32=own|blas pins the fp32 route (default: own: on AMD Zen 5 2.5-3.3x MKL's
+// sgemm forward at every shape of the benchmark (README); on the Intel Xeon with AMX of issue
+// 13, 1.31x forward as a geometric mean, but a thin margin at relu5_1; AVX2 is unmeasured on a
+// real AVX2 CPU). Both variables are checked at every Gram call (check_gram_env).
 Route fp32_route() {
   static const Route r = [] {
     const char* v = std::getenv("FASTNST_GRAM_FP32");
@@ -318,6 +322,12 @@ const char* bf16_pin() {
     return std::strcmp(v, "own") == 0 ? "own" : "onednn";
   }();
   return pin;
+}
+
+// Reads (and so validates) both pins, whatever route the call takes.
+void check_gram_env() {
+  (void)fp32_route();
+  (void)bf16_pin();
 }
 
 RouteChoice forward_route(at::ScalarType dt) {
@@ -371,6 +381,7 @@ void mirror_upper(at::Tensor& out) {
 
 at::Tensor gram_cpu(const at::Tensor& x, double scale) {
   check_isa();
+  check_gram_env();
   check_input(x, "x");
   const int64_t B = x.size(0), C = x.size(1), L = x.size(2);
   at::Tensor out = at::empty({B, C, C}, x.options().memory_format(at::MemoryFormat::Contiguous));
@@ -415,6 +426,7 @@ at::Tensor gram_cpu(const at::Tensor& x, double scale) {
 
 at::Tensor gram_backward_cpu(const at::Tensor& grad, const at::Tensor& x, double scale) {
   check_isa();
+  check_gram_env();
   check_input(x, "x");
   TORCH_CHECK(grad.device().is_cpu(), "fastnst::gram_backward (cpu): grad must be a CPU tensor");
   TORCH_CHECK(at::isFloatingType(grad.scalar_type()),

@@ -568,7 +568,8 @@ def run_table(table: Benchmark, opts: Options, out_dir: str | None = "bench_resu
     if opts.precision not in table.precisions:
         if log:
             log(f"{table.stem.format(device=torch.device(opts.device).type)}: runs "
-                f"{', '.join(table.precisions)} (its low-precision rows are providers), not {opts.precision}")
+                f"{', '.join(table.precisions)} only (no precision axis: any low-precision rows are its "
+                f"providers), not {opts.precision}")
         return [], ""
     dev = torch.device(opts.device)
     results: list[Result] = []

@@ -106,11 +106,11 @@ def _cast(a, device_type: str, dtype: torch.dtype):
 
 def _kernel(op: torch._ops.OpOverload, key: str, device_type: str, cast: tuple[int, ...]):
     below = torch._C.DispatchKeySet(getattr(torch._C.DispatchKey, key))
-    names = [a.name for a in op._schema.arguments]
 
     def run(*args, **kwargs):
-        if kwargs:  # the schemas have no defaults: every argument is given
-            args = args + tuple(kwargs[n] for n in names[len(args):])
+        if kwargs:  # by position, with the schema's defaults for any not given
+            rest = op._schema.arguments[len(args):]
+            args = args + tuple(kwargs[a.name] if a.name in kwargs else a.default_value for a in rest)
         if cast:
             dtype = torch.get_autocast_dtype(device_type)
             args = tuple(_cast(a, device_type, dtype) if i in cast else a for i, a in enumerate(args))

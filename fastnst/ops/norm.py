@@ -374,8 +374,9 @@ def instance_norm_pad(x: torch.Tensor, weight: torch.Tensor | None = None, bias:
         if (not isinstance(residual, torch.Tensor) or residual.shape != x.shape
                 or autocast.cast_dtype(residual) != autocast.cast_dtype(x)):  # x's dtype, after autocast's casts
             got = shape_str(residual) if isinstance(residual, torch.Tensor) else type(residual).__name__
+            got += f" {residual.dtype}" if isinstance(residual, torch.Tensor) else ""
             raise ValueError(f"instance_norm_pad: residual must have x's shape {shape_str(x)} and dtype "
-                             f"{x.dtype}, got {got}")
+                             f"{autocast.cast_dtype(x)}, got {got}")
         check_same_device("instance_norm_pad", "x", x, "residual", residual)
     if (_ext.available() and x.device.type == "cpu" and not torch.compiler.is_compiling()
             and not _needs_grad(x, weight, bias, residual)):
