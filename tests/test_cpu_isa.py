@@ -188,6 +188,16 @@ print([p["path"] for p in info.cpu_paths() if p["op"] == "gram" and p["dtype"] =
 
 
 # ---- bf16 matrix paths, in process --------------------------------------------------------------
+def assert_bf16_gram(x: torch.Tensor) -> None:
+    """fastnst's bf16 Gram of x: one rounding to bf16 of an fp32-accumulated value (within 2^-8
+    of each entry, plus fp32 sums: 1e-5 of the largest), exactly symmetric."""
+    g = fastnst.gram_matrix(x)
+    f = x.double().flatten(2)
+    ref = f @ f.transpose(1, 2) / f[0].numel()
+    assert ((g.double() - ref).abs() <= ref.abs() * 2.0 ** -8 + 1e-5 * ref.abs().amax()).all()
+    assert torch.equal(g, g.transpose(1, 2))
+
+
 needs_bf16 = pytest.mark.skipif(DETECTED not in ("avx512bf16", "amx"), reason="needs AVX512-BF16")
 
 
@@ -202,12 +212,7 @@ def test_bf16_gram_accumulates_in_fp32(shape, layout):
         x = x.contiguous(memory_format=torch.channels_last)
     elif layout == "strided":
         x = torch.randn(shape[0], shape[1], shape[2], 2 * shape[3]).bfloat16()[..., ::2]
-    g = fastnst.gram_matrix(x)
-    f = x.double().flatten(2)
-    ref = f @ f.transpose(1, 2) / f[0].numel()
-    # one rounding to bf16 of an fp32-accumulated value: within 2^-8 relative, plus fp32 sums
-    assert ((g.double() - ref).abs() <= ref.abs() * 2.0 ** -8 + 1e-5 * ref.abs().amax()).all()
-    assert torch.equal(g, g.transpose(1, 2))
+    assert_bf16_gram(x)
 
 
 @needs_bf16
@@ -264,12 +269,7 @@ def test_bf16_style_swap_ties_take_the_lowest_index():
                     f"{DETECTED} at most)")
 def test_amx_gram_matches_the_reference():
     torch.manual_seed(4)
-    x = torch.randn(1, 256, 32, 32).bfloat16()
-    g = fastnst.gram_matrix(x)
-    f = x.double().flatten(2)
-    ref = f @ f.transpose(1, 2) / f[0].numel()
-    assert ((g.double() - ref).abs() <= ref.abs() * 2.0 ** -8 + 1e-5 * ref.abs().amax()).all()
-    assert torch.equal(g, g.transpose(1, 2))
+    assert_bf16_gram(torch.randn(1, 256, 32, 32).bfloat16())
 
 
 @needs_bf16
