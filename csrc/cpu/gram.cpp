@@ -60,6 +60,7 @@ constexpr int64_t kFwdMR = 8;    // rows of G per register tile
 constexpr int64_t kFwdNV = 3;    // 16-wide column vectors of G per register tile
 constexpr int64_t kBwdMR = 6;
 constexpr int64_t kBwdCols = 64;  // columns of dF per packed panel / parallel task
+#define FASTNST_ROW_FN __attribute__((target("avx512f,avx512bw,avx512vl")))
 
 // Panel formats of the forward SYRK. Fp32Panel: fp32 columns, any input dtype widened to them.
 // PairPanel: bfloat16 pairs (two consecutive columns per 32-bit word) for vdpbf16ps, on CPUs
@@ -121,6 +122,53 @@ inline void pack_panel(const T* X, int64_t sc, int64_t sl, int64_t C, int64_t kw
     avx2::pack_strips<T>(X, sc, sl, C, kw, P, ss);
   else
     avx512::pack_strips<T>(X, sc, sl, C, kw, P, ss);
+}
+
+// ---- the forward's last step on AVX-512: partial sums, scale, mirror, narrow ----------------
+// 16 elements of a row of G stored as T (lanes in m): fp32 as is, fp16 rounded to nearest
+// even (vcvtps2ph), bf16 rounded to nearest even as c10::BFloat16 rounds (NaN -> 0x7FC0).
+FASTNST_ROW_FN inline void store_row(float* p, __m512 v, __mmask16 m) { _mm512_mask_storeu_ps(p, m, v); }
+FASTNST_ROW_FN inline void store_row(c10::Half* p, __m512 v, __mmask16 m) {
+  _mm256_mask_storeu_epi16(p, m, _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
+FASTNST_ROW_FN inline void store_row(c10::BFloat16* p, __m512 v, __mmask16 m) {
+  const __m512i u = _mm512_castps_si512(v);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+  __m512i r = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7FFF)), lsb), 16);
+  r = _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_set1_epi32(0x7FC0));
+  _mm256_mask_storeu_epi16(p, m, _mm512_cvtepi32_epi16(r));
+}
+
+// Row block [i0, i0 + ih) of G from its nsplit partial Grams (C x Cp fp32 each, summed in order,
+// then scaled: the scalar loop's operations), written with its mirror as 16 x 16 tiles.
+template <typename T>
+FASTNST_ROW_FN void reduce_row_blocks(const float* Gb, int64_t nsplit, int64_t C, int64_t Cp, int64_t i0,
+                                      int64_t ih, float fscale, T* Ob) {
+  const __m512 vs = _mm512_set1_ps(fscale);
+  for (int64_t j0 = i0; j0 < C; j0 += 16) {
+    const int64_t jw = std::min<int64_t>(16, C - j0);
+    const __mmask16 mj = static_cast<__mmask16>(jw == 16 ? 0xFFFFu : (1u << jw) - 1u);
+    const __mmask16 mi = static_cast<__mmask16>(ih == 16 ? 0xFFFFu : (1u << ih) - 1u);
+    __m512 rows[16];
+    for (int r = 0; r < 16; ++r) {
+      __m512 v = _mm512_setzero_ps();
+      if (r < ih)
+        for (int64_t s = 0; s < nsplit; ++s) v = _mm512_add_ps(v, _mm512_loadu_ps(Gb + s * C * Cp + (i0 + r) * Cp + j0));
+      rows[r] = _mm512_mul_ps(v, vs);
+    }
+    __m512 cols[16];
+    for (int r = 0; r < 16; ++r) cols[r] = rows[r];
+    avx512::transpose16(cols);  // cols[c][r] = rows[r][c]
+    if (j0 == i0) {
+      // The diagonal tile: lanes left of the diagonal take the mirrored (upper) value.
+      for (int r = 0; r < ih; ++r)
+        store_row(Ob + (i0 + r) * C + i0, _mm512_mask_mov_ps(rows[r], static_cast<__mmask16>((1u << r) - 1u), cols[r]),
+                  mj);
+    } else {
+      for (int r = 0; r < ih; ++r) store_row(Ob + (i0 + r) * C + j0, rows[r], mj);
+      for (int c = 0; c < jw; ++c) store_row(Ob + (j0 + c) * C + i0, cols[c], mi);
+    }
+  }
 }
 
 template <typename T, class F = Fp32Panel>
@@ -202,6 +250,17 @@ void gram_forward_avx512(const at::Tensor& x, double scale, at::Tensor& out) {
   T* O = out.data_ptr<T>();
   const float fscale = static_cast<float>(scale);
   const int64_t nb = (C + 15) / 16;
+#if defined(FASTNST_X86)
+  if constexpr (!std::is_same<F, Avx2Panel>::value) {  // AVX-512: the same sums, 16 lanes a row
+    at::parallel_for(0, B * nb, 1, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t b = t / nb, i0 = (t % nb) * 16, ih = std::min<int64_t>(16, C - i0);
+        reduce_row_blocks<T>(Gp + b * nsplit * C * Cp, nsplit, C, Cp, i0, ih, fscale, O + b * C * C);
+      }
+    });
+    return;
+  }
+#endif
   at::parallel_for(0, B * nb, 1, [&](int64_t t0, int64_t t1) {
     float tile[16][16];
     for (int64_t t = t0; t < t1; ++t) {
