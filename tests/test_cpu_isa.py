@@ -302,3 +302,28 @@ print([p["path"] for p in info.cpu_paths() if p["op"] == "gram" and p["dtype"] =
     res = run_child("import torch, fastnst; fastnst.gram_matrix(torch.randn(1, 2, 3).bfloat16())",
                     FASTNST_GRAM_BF16="amx")
     assert "FASTNST_GRAM_BF16 must be 'own' or 'onednn', got 'amx'" in res.stderr
+
+
+def test_16bit_gram_is_the_fp32_gram_rounded_once():
+    """Where 16-bit inputs are widened to fp32 (fp16 always; bf16 at level avx512), the Gram is
+    bit for bit the fp32 Gram of the same values, rounded once (the vector narrowing of the last
+    step rounds as torch does, non-finite values included for fp16)."""
+    code = r"""
+import torch, fastnst
+torch.manual_seed(6)
+bad = []
+for dt in (torch.float16, torch.bfloat16):
+    for shape in [(1, 70, 33), (2, 512, 64), (1, 16, 5), (3, 33, 100), (1, 1, 7)]:
+        x = torch.randn(shape).to(dt)
+        if dt == torch.float16 and shape[1] > 8:
+            x[0, 3, 4], x[0, 5, :] = float("nan"), float("inf")
+        g, g32 = fastnst.gram_matrix(x), fastnst.gram_matrix(x.float())
+        same = torch.equal(g.view(torch.int16), g32.to(dt).view(torch.int16))
+        bad += [] if same else [f"{dt} {shape}"]
+print(bad)
+"""
+    if "avx512" not in RUNNABLE:
+        pytest.skip("needs AVX-512 (the vector narrowing)")
+    res = run_child(code, FASTNST_CPU_ISA="avx512")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.strip() == "[]"
