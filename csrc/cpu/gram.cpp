@@ -389,16 +389,30 @@ void check_gram_env() {
   (void)bf16_pin();
 }
 
+// The part of the choice both directions share: float64, the levels below AVX-512, float32.
+bool shared_route(at::ScalarType dt, bool forward, RouteChoice& rc) {
+  const bool blas = fp32_route() == Route::kBlas && dt == at::kFloat;
+  if (dt == at::kDouble) {
+    rc = {Route::kPortable, "float64: ATen bmm in float64"};
+  } else if (isa() < Isa::kAvx2) {
+    rc = {Route::kPortable, "no AVX2 in use: ATen bmm in fp32 (MKL picks its own ISA)"};
+  } else if (blas) {
+    rc = {Route::kBlas, "FASTNST_GRAM_FP32=blas: MKL sgemm"};
+  } else if (!has_avx512()) {
+    rc = {Route::kOwnAvx2, forward ? "AVX2: fastnst's fp32 SYRK on 4 x 16 FMA tiles (16-bit widened exactly)"
+                                   : "AVX2: fastnst's fp32 GEMM on 6 x 16 FMA tiles (16-bit widened exactly)"};
+  } else if (dt == at::kFloat) {
+    rc = {Route::kOwnFp32, forward ? "AVX-512: fastnst's fp32 SYRK (half the GEMM's flops)"
+                                   : "AVX-512: fastnst's fp32 GEMM"};
+  } else {
+    return false;
+  }
+  return true;
+}
+
 RouteChoice forward_route(at::ScalarType dt) {
-  if (dt == at::kDouble) return {Route::kPortable, "float64: ATen bmm in float64"};
-  if (isa() < Isa::kAvx2) return {Route::kPortable, "no AVX2 in use: ATen bmm in fp32 (MKL picks its own ISA)"};
-  if (!has_avx512())
-    return fp32_route() == Route::kBlas && dt == at::kFloat
-               ? RouteChoice{Route::kBlas, "FASTNST_GRAM_FP32=blas: MKL sgemm"}
-               : RouteChoice{Route::kOwnAvx2, "AVX2: fastnst's fp32 SYRK on 4 x 16 FMA tiles (16-bit widened exactly)"};
-  if (dt == at::kFloat)
-    return fp32_route() == Route::kBlas ? RouteChoice{Route::kBlas, "FASTNST_GRAM_FP32=blas: MKL sgemm"}
-                                        : RouteChoice{Route::kOwnFp32, "AVX-512: fastnst's fp32 SYRK (half the GEMM's flops)"};
+  RouteChoice rc{};
+  if (shared_route(dt, true, rc)) return rc;
   if (dt == at::kBFloat16) {
     const char* pin = has_avx512bf16() ? bf16_pin() : "";
     if (std::strcmp(pin, "onednn") == 0)
@@ -412,15 +426,8 @@ RouteChoice forward_route(at::ScalarType dt) {
 }
 
 RouteChoice backward_route(at::ScalarType dt) {
-  if (dt == at::kDouble) return {Route::kPortable, "float64: ATen bmm in float64"};
-  if (isa() < Isa::kAvx2) return {Route::kPortable, "no AVX2 in use: ATen bmm in fp32 (MKL picks its own ISA)"};
-  if (!has_avx512())
-    return fp32_route() == Route::kBlas && dt == at::kFloat
-               ? RouteChoice{Route::kBlas, "FASTNST_GRAM_FP32=blas: MKL sgemm"}
-               : RouteChoice{Route::kOwnAvx2, "AVX2: fastnst's fp32 GEMM on 6 x 16 FMA tiles (16-bit widened exactly)"};
-  if (dt == at::kFloat)
-    return fp32_route() == Route::kBlas ? RouteChoice{Route::kBlas, "FASTNST_GRAM_FP32=blas: MKL sgemm"}
-                                        : RouteChoice{Route::kOwnFp32, "AVX-512: fastnst's fp32 GEMM"};
+  RouteChoice rc{};
+  if (shared_route(dt, false, rc)) return rc;
   if (dt == at::kBFloat16 && has_avx512bf16())
     return {Route::kOneDnn, has_amx() ? "AMX-BF16: oneDNN bf16 matmul on AMX tiles (fp32 accumulation)"
                                       : "AVX512-BF16: oneDNN bf16 matmul (vdpbf16ps, fp32 accumulation)"};
