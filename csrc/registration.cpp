@@ -61,6 +61,14 @@ TORCH_LIBRARY(fastnst, m) {
   m.def("instance_norm_pad(Tensor x, Tensor? weight, Tensor? bias, float eps, int activation, "
         "Tensor? residual, int upsample, int pad) -> Tensor");
 
+  // Valid 3 x 3, stride-1 convolution (the networks' convolutions after a reflection pad):
+  //   y[b, o, i, j] = bias[o] + sum_{c, u, v} weight[o, c, u, v] x[b, c, i + u, j + v]
+  // by Winograd's F(4x4, 3x3) in fp32 (error ~1e-5 of the output's scale). x float32
+  // [B, C, H, W] (any strides; read channels_last), weight float32 [Co, C, 3, 3], bias None or
+  // [Co]; C and Co multiples of 16; H, W >= 3. Returns [B, Co, H - 2, W - 2] channels_last.
+  // CPU with the avx512 path only; no autograd (fastnst.ops.conv.conv3x3 decides).
+  m.def("conv3x3_winograd(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
+
   // Style swap (Chen & Schmidt 2016), in two ops. Geometry shared by both, k = patch_size,
   // s = stride: content patches sit at (i s, j s), i < nh = (Hc - k) / s + 1, j < nw =
   // (Wc - k) / s + 1; style patches at (qi s, qj s), qi < mh = (Hs - k) / s + 1,
@@ -90,6 +98,7 @@ TORCH_LIBRARY(fastnst, m) {
 namespace fastnst {
 namespace cpu {
 std::string gram_routes();  // gram.cpp
+std::string conv_routes();  // conv_winograd.cpp
 }  // namespace cpu
 }  // namespace fastnst
 
@@ -142,6 +151,7 @@ static PyObject* build_info(PyObject*, PyObject*) {
              : c::has_avx512() ? "avx512\twidened exactly to fp32, AVX-512 microkernel" : swap32) + "\n";
   routes += std::string("style_swap_match\tfloat16\t") +
             (c::has_avx512() ? "avx512\twidened exactly to fp32, AVX-512 microkernel" : swap32) + "\n";
+  routes += c::conv_routes();
   set_str("cpu_routes", routes);
   return d;
 }

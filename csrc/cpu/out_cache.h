@@ -27,9 +27,9 @@ namespace cpu {
 constexpr int64_t kReuseMinBytes = int64_t{1} << 20;
 
 // kGramWiden / kGramWidenOut: the 16-bit Gram backward's fp32 copies of x and of the gradient
-// (temporaries, free again when the call returns).
+// (temporaries, free again when the call returns). kConv: conv3x3_winograd's outputs.
 enum class OutSlot : int {
-  kGramBackward = 0, kNormForward, kNormBackward, kMeanStdBackward, kNormPad, kGramWiden, kGramWidenOut, kCount
+  kGramBackward = 0, kNormForward, kNormBackward, kMeanStdBackward, kNormPad, kGramWiden, kGramWidenOut, kConv, kCount
 };
 
 inline bool reuse_enabled() {

@@ -1,0 +1,283 @@
+// 3x3 stride-1 convolution by Winograd's minimal filtering, F(4x4, 3x3) (Lavin & Gray, "Fast
+// Algorithms for Convolutional Neural Networks", CVPR 2016), for the inference of the
+// style-transfer networks (their residual blocks and upsampling convolutions are 3x3, stride 1,
+// on reflection-padded inputs, which fastnst::instance_norm_pad writes).
+//
+//   y[b, o, i, j] = bias[o] + sum_{c, u, v} w[o, c, u, v] x[b, c, i + u, j + v]
+//   (a valid cross-correlation: y is [B, Co, H - 2, W - 2] for x [B, C, H, W])
+//
+// Each 4 x 4 output tile comes from the 6 x 6 input tile d around it:
+//   Y = A^T [ sum_c (G g_oc G^T) . (B^T d_c B) ] A
+// so the 9 multiply-adds per output of the direct form become 36 per 16 outputs (4x fewer),
+// spent in 36 independent GEMMs M[p] = V[p] U[p] (tiles x C times C x Co, p = the 36 positions of
+// the transformed tile). Matrices (points 0, +-1, +-2, infinity):
+//   B^T = [4 0 -5 0 1 0; 0 -4 -4 1 1 0; 0 4 -4 -1 1 0; 0 -2 -1 2 1 0; 0 2 -1 -2 1 0; 0 4 0 -5 0 1]
+//   G   = [1/4 0 0; -1/6 -1/6 -1/6; -1/6 1/6 -1/6; 1/24 1/12 1/6; 1/24 -1/12 1/6; 0 0 1]
+//   A^T = [1 1 1 1 1 0; 0 1 -1 2 -2 0; 0 1 1 4 4 0; 0 1 -1 8 -8 1]
+//
+// Accuracy: fp32 throughout (transforms, GEMM accumulation). The transforms' coefficients (up
+// to 8 in A, 5 in B) amplify rounding: the error is ~10-30x that of a direct fp32 convolution
+// (~1e-5 of the output's scale, measured in tests/test_conv.py against float64), far below
+// what an 8-bit image resolves. Only float32 is served (bf16 inputs would lose too much in the
+// transforms; the networks run their bf16 convolutions on oneDNN).
+//
+// Layout: x is read channels_last ([B, H, W, C] in memory; other layouts are copied once),
+// y is written channels_last. Channels are processed 16 to a vector, so C and Co must be
+// multiples of 16. Blocks of kT consecutive tiles (row-major over b, tile row, tile column)
+// go to the threads; per block, the input transform writes V [36][kT][C], then for each block
+// of 32 (or 16) output channels the 36 GEMMs write M [36][kT][32] (an L2-sized buffer) and the
+// output transform reads it back, adds the bias and stores the tile (clipped at the border).
+// U [36][Co / 32][C][32] (the transformed weight) is made once per call, in parallel.
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "cpu/cpu_features.h"
+#include "cpu/out_cache.h"
+
+#if defined(FASTNST_X86)
+#include <immintrin.h>
+#endif
+
+namespace fastnst {
+namespace cpu {
+namespace {
+
+constexpr int kT = 24;  // tiles per block: two groups of the microkernel's kR rows
+constexpr int kR = 12;  // microkernel rows (tiles) x up to 2 vectors of 16 output channels
+
+#if defined(FASTNST_X86)
+#define WINO_INL __attribute__((target("avx512f,fma"), always_inline)) inline
+#define WINO_FN __attribute__((target("avx512f,fma")))
+
+// r = B^T d for one column of 6 vectors.
+WINO_INL void bt6(const __m512 d[6], __m512 r[6]) {
+  const __m512 four = _mm512_set1_ps(4.f), five = _mm512_set1_ps(5.f), two = _mm512_set1_ps(2.f);
+  const __m512 a = _mm512_fnmadd_ps(four, d[2], d[4]);             // d4 - 4 d2
+  const __m512 b = _mm512_fnmadd_ps(four, d[1], d[3]);             // d3 - 4 d1
+  const __m512 c = _mm512_sub_ps(d[4], d[2]);                      // d4 - d2
+  const __m512 e = _mm512_mul_ps(two, _mm512_sub_ps(d[3], d[1]));  // 2 (d3 - d1)
+  r[0] = _mm512_fnmadd_ps(five, d[2], _mm512_fmadd_ps(four, d[0], d[4]));
+  r[1] = _mm512_add_ps(a, b);
+  r[2] = _mm512_sub_ps(a, b);
+  r[3] = _mm512_add_ps(c, e);
+  r[4] = _mm512_sub_ps(c, e);
+  r[5] = _mm512_fnmadd_ps(five, d[3], _mm512_fmadd_ps(four, d[1], d[5]));
+}
+
+// r = A^T m for one column of 6 vectors (4 results).
+WINO_INL void at6(const __m512 m[6], __m512 r[4]) {
+  const __m512 s12 = _mm512_add_ps(m[1], m[2]), d12 = _mm512_sub_ps(m[1], m[2]);
+  const __m512 s34 = _mm512_add_ps(m[3], m[4]), d34 = _mm512_sub_ps(m[3], m[4]);
+  r[0] = _mm512_add_ps(_mm512_add_ps(m[0], s12), s34);
+  r[1] = _mm512_fmadd_ps(_mm512_set1_ps(2.f), d34, d12);
+  r[2] = _mm512_fmadd_ps(_mm512_set1_ps(4.f), s34, s12);
+  r[3] = _mm512_add_ps(_mm512_fmadd_ps(_mm512_set1_ps(8.f), d34, d12), m[5]);
+}
+
+// r = G g for one column of 3 vectors (6 results).
+WINO_INL void g3(const __m512 g[3], __m512 r[6]) {
+  const __m512 s02 = _mm512_add_ps(g[0], g[2]);
+  const __m512 sixth = _mm512_set1_ps(1.f / 6.f);
+  r[0] = _mm512_mul_ps(_mm512_set1_ps(0.25f), g[0]);
+  r[1] = _mm512_mul_ps(_mm512_set1_ps(-1.f / 6.f), _mm512_add_ps(s02, g[1]));
+  r[2] = _mm512_mul_ps(_mm512_set1_ps(-1.f / 6.f), _mm512_sub_ps(s02, g[1]));
+  const __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(1.f / 24.f), g[0], _mm512_mul_ps(sixth, g[2]));
+  const __m512 q = _mm512_mul_ps(_mm512_set1_ps(1.f / 12.f), g[1]);
+  r[3] = _mm512_add_ps(p, q);
+  r[4] = _mm512_sub_ps(p, q);
+  r[5] = g[2];
+}
+
+// U[p][ob][c][w] (w = 32, or 16 for a last block of 16 channels) from wt [C][3][3][Co].
+WINO_FN void transform_weight(const float* wt, float* U, int64_t C, int64_t Co, int64_t c0, int64_t c1) {
+  for (int64_t c = c0; c < c1; ++c) {
+    for (int64_t o = 0; o < Co; o += 16) {
+      __m512 g[3][3], t[6][3], u[6];
+      for (int a = 0; a < 3; ++a)
+        for (int b = 0; b < 3; ++b) g[a][b] = _mm512_loadu_ps(wt + ((c * 3 + a) * 3 + b) * Co + o);
+      for (int b = 0; b < 3; ++b) {  // columns: t[.][b] = G g[.][b]
+        __m512 col[3] = {g[0][b], g[1][b], g[2][b]}, r[6];
+        g3(col, r);
+        for (int i = 0; i < 6; ++i) t[i][b] = r[i];
+      }
+      const int64_t ob = o / 32, w = std::min<int64_t>(32, Co - ob * 32), lane = o % 32;
+      for (int i = 0; i < 6; ++i) {  // rows: U[i][.] = t[i][.] G^T
+        g3(t[i], u);
+        for (int j = 0; j < 6; ++j)
+          _mm512_storeu_ps(U + (6 * i + j) * C * Co + ob * 32 * C + c * w + lane, u[j]);
+      }
+    }
+  }
+}
+
+// Geometry of one call.
+struct Geo {
+  int64_t B, C, Co, Hp, Wp, H, W, th, tw;
+  const float* x;   // [B, Hp, Wp, C]
+  float* y;         // [B, H, W, Co]
+  const float* U;   // [36][Co / 32][C][32]
+  const float* bias;  // [Co] or nullptr
+};
+
+// V[p][t][c0..c0+16) of tile t (tile row ty, column tx of image b).
+WINO_FN void input_tile(const Geo& g, int64_t b, int64_t ty, int64_t tx, float* V, int t) {
+  const int64_t y0 = 4 * ty, x0 = 4 * tx;
+  const bool inside = y0 + 6 <= g.Hp && x0 + 6 <= g.Wp;
+  const float* base = g.x + ((b * g.Hp + y0) * g.Wp + x0) * g.C;
+  const int64_t rs = g.Wp * g.C;
+  for (int64_t c = 0; c < g.C; c += 16) {
+    __m512 d[6][6], tmp[6][6];
+    for (int r = 0; r < 6; ++r)
+      for (int s = 0; s < 6; ++s)
+        d[r][s] = (inside || (y0 + r < g.Hp && x0 + s < g.Wp)) ? _mm512_loadu_ps(base + r * rs + s * g.C + c)
+                                                               : _mm512_setzero_ps();
+    for (int s = 0; s < 6; ++s) {
+      __m512 col[6] = {d[0][s], d[1][s], d[2][s], d[3][s], d[4][s], d[5][s]}, r[6];
+      bt6(col, r);
+      for (int i = 0; i < 6; ++i) tmp[i][s] = r[i];
+    }
+    for (int i = 0; i < 6; ++i) {
+      __m512 r[6];
+      bt6(tmp[i], r);
+      for (int j = 0; j < 6; ++j) _mm512_storeu_ps(V + ((6 * i + j) * kT + t) * g.C + c, r[j]);
+    }
+  }
+}
+
+// M[rows][NV * 16] = A[rows][K] * Bm[K][ldb] for `rows` <= kR; lda = K, ldm = 32.
+template <int NV>
+WINO_INL void micro(const float* A, int64_t K, const float* Bm, int64_t ldb, float* M) {
+  __m512 acc[kR][NV];
+  for (int r = 0; r < kR; ++r)
+    for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < K; ++k) {
+    __m512 bv[NV];
+    for (int v = 0; v < NV; ++v) bv[v] = _mm512_loadu_ps(Bm + k * ldb + 16 * v);
+#pragma GCC unroll 12
+    for (int r = 0; r < kR; ++r) {
+      const __m512 a = _mm512_set1_ps(A[r * K + k]);
+      for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_fmadd_ps(a, bv[v], acc[r][v]);
+    }
+  }
+  for (int r = 0; r < kR; ++r)
+    for (int v = 0; v < NV; ++v) _mm512_storeu_ps(M + r * 32 + 16 * v, acc[r][v]);
+}
+
+template <int NV>
+WINO_FN void gemm_block(const Geo& g, const float* V, float* M, int64_t ob) {
+  const int64_t w = NV * 16;
+  for (int p = 0; p < 36; ++p) {
+    const float* Up = g.U + p * g.C * g.Co + ob * 32 * g.C;
+    for (int r0 = 0; r0 < kT; r0 += kR)
+      micro<NV>(V + (p * kT + r0) * g.C, g.C, Up, w, M + (p * kT + r0) * 32);
+  }
+}
+
+// y tile of tile t from M[p][t][lane0 .. lane0 + 16) = output channels o0 .. o0 + 16.
+WINO_FN void output_tile(const Geo& g, int64_t b, int64_t ty, int64_t tx, const float* M, int t, int lane0,
+                         int64_t o0) {
+  __m512 m[6][6], tmp[4][6];
+  for (int p = 0; p < 36; ++p) m[p / 6][p % 6] = _mm512_loadu_ps(M + (p * kT + t) * 32 + lane0);
+  for (int s = 0; s < 6; ++s) {
+    __m512 col[6] = {m[0][s], m[1][s], m[2][s], m[3][s], m[4][s], m[5][s]}, r[4];
+    at6(col, r);
+    for (int i = 0; i < 4; ++i) tmp[i][s] = r[i];
+  }
+  const __m512 bias = g.bias ? _mm512_loadu_ps(g.bias + o0) : _mm512_setzero_ps();
+  const int64_t y0 = 4 * ty, x0 = 4 * tx;
+  const int ni = static_cast<int>(std::min<int64_t>(4, g.H - y0)), nj = static_cast<int>(std::min<int64_t>(4, g.W - x0));
+  for (int i = 0; i < ni; ++i) {
+    __m512 r[4];
+    at6(tmp[i], r);
+    float* row = g.y + ((b * g.H + y0 + i) * g.W + x0) * g.Co + o0;
+    for (int j = 0; j < nj; ++j) _mm512_storeu_ps(row + j * g.Co, _mm512_add_ps(r[j], bias));
+  }
+}
+
+void run_blocks(const Geo& g, int64_t blk0, int64_t blk1) {
+  const int64_t ntiles = g.B * g.th * g.tw;
+  std::vector<float> Vbuf(static_cast<size_t>(36 * kT * g.C), 0.f), Mbuf(static_cast<size_t>(36 * kT * 32), 0.f);
+  float* V = Vbuf.data();
+  float* M = Mbuf.data();
+  for (int64_t blk = blk0; blk < blk1; ++blk) {
+    const int64_t t0 = blk * kT, n = std::min<int64_t>(kT, ntiles - t0);
+    int64_t bt[kT][3];
+    for (int64_t t = 0; t < n; ++t) {
+      const int64_t id = t0 + t;
+      bt[t][0] = id / (g.th * g.tw);
+      bt[t][1] = (id / g.tw) % g.th;
+      bt[t][2] = id % g.tw;
+      input_tile(g, bt[t][0], bt[t][1], bt[t][2], V, static_cast<int>(t));
+    }
+    for (int64_t ob = 0; ob * 32 < g.Co; ++ob) {
+      const int64_t w = std::min<int64_t>(32, g.Co - ob * 32);
+      if (w == 32)
+        gemm_block<2>(g, V, M, ob);
+      else
+        gemm_block<1>(g, V, M, ob);
+      for (int64_t t = 0; t < n; ++t)
+        for (int64_t l = 0; l < w; l += 16)
+          output_tile(g, bt[t][0], bt[t][1], bt[t][2], M, static_cast<int>(t), static_cast<int>(l), ob * 32 + l);
+    }
+  }
+}
+#endif  // FASTNST_X86
+
+at::Tensor conv3x3_winograd_cpu(const at::Tensor& x0, const at::Tensor& weight0, const c10::optional<at::Tensor>& bias0) {
+  check_isa();
+  const char* op = "conv3x3_winograd";
+  TORCH_CHECK(x0.dim() == 4, op, ": x must be [B, C, H, W], got ", x0.dim(), " dimensions");
+  TORCH_CHECK(x0.scalar_type() == at::kFloat, op, ": x must be float32 (the Winograd transforms lose too much "
+              "in 16-bit floats), got ", x0.scalar_type());
+  TORCH_CHECK(weight0.dim() == 4 && weight0.size(2) == 3 && weight0.size(3) == 3 && weight0.size(1) == x0.size(1),
+              op, ": weight must be [Co, C, 3, 3] with C = x's ", x0.size(1), " channels, got ", weight0.sizes());
+  TORCH_CHECK(weight0.scalar_type() == at::kFloat, op, ": weight must be float32, got ", weight0.scalar_type());
+  const int64_t B = x0.size(0), C = x0.size(1), Hp = x0.size(2), Wp = x0.size(3), Co = weight0.size(0);
+  TORCH_CHECK(C % 16 == 0 && Co % 16 == 0 && C > 0 && Co > 0, op,
+              ": the input and output channels must be positive multiples of 16, got C = ", C, ", Co = ", Co);
+  TORCH_CHECK(Hp >= 3 && Wp >= 3, op, ": x must be at least 3 x 3 (a valid 3 x 3 convolution), got ", Hp, " x ", Wp);
+  at::Tensor bias;
+  if (bias0.has_value() && bias0->defined()) {
+    bias = bias0->contiguous();
+    TORCH_CHECK(bias.dim() == 1 && bias.size(0) == Co && bias.scalar_type() == at::kFloat, op,
+                ": bias must be float32 [", Co, "], got ", bias.scalar_type(), " ", bias.sizes());
+    TORCH_CHECK(bias.device() == x0.device(), op, ": bias must be on x's device");
+  }
+  TORCH_CHECK(weight0.device() == x0.device(), op, ": weight must be on x's device");
+  TORCH_CHECK(has_avx512(), op, ": needs the avx512 CPU path, this process runs ", runtime_isa(),
+              " (call fastnst.ops.conv.conv3x3, which uses aten's convolution there)");
+  const int64_t H = Hp - 2, W = Wp - 2;
+  at::Tensor y = reusable_empty_pooled(OutSlot::kConv, {B, Co, H, W}, {Co * H * W, 1, W * Co, Co}, x0.options());
+  if (B == 0) return y;
+#if defined(FASTNST_X86)
+  const at::Tensor x = x0.contiguous(at::MemoryFormat::ChannelsLast);
+  const at::Tensor wt = weight0.permute({1, 2, 3, 0}).contiguous();  // [C][3][3][Co]
+  at::Tensor U = at::empty({36 * C * Co}, x0.options());
+  const float* wtp = wt.data_ptr<float>();
+  float* Up = U.data_ptr<float>();
+  at::parallel_for(0, C, 8, [&](int64_t c0, int64_t c1) { transform_weight(wtp, Up, C, Co, c0, c1); });
+  Geo g{B, C, Co, Hp, Wp, H, W, (H + 3) / 4, (W + 3) / 4, x.data_ptr<float>(), y.data_ptr<float>(), Up,
+        bias.defined() ? bias.data_ptr<float>() : nullptr};
+  const int64_t nblocks = (B * g.th * g.tw + kT - 1) / kT;
+  at::parallel_for(0, nblocks, 1, [&](int64_t b0, int64_t b1) { run_blocks(g, b0, b1); });
+#endif
+  return y;
+}
+
+}  // namespace
+
+std::string conv_routes() {
+  return std::string("conv3x3_winograd\tfloat32\t") +
+         (has_avx512() ? "avx512\tWinograd F(4x4, 3x3): fastnst's transforms and 12 x 32 GEMM microkernel\n"
+                       : std::string(isa_name(isa())) + "\tnot served below avx512: fastnst.ops.conv.conv3x3 runs aten's convolution\n");
+}
+
+TORCH_LIBRARY_IMPL(fastnst, CPU, m) { m.impl("conv3x3_winograd", &conv3x3_winograd_cpu); }
+
+}  // namespace cpu
+}  // namespace fastnst
