@@ -106,6 +106,7 @@ def test_the_policy():
     want = {"gram": ("lower", (0,)), "style_swap_match": ("lower", (0, 1)),
             "instance_norm": ("activation", (0,)), "instance_norm_pad": ("activation", (0, 5)),
             "mean_std": ("keep", ()), "style_swap_reconstruct": ("keep", ()),
+            "conv3x3_winograd": ("keep", ()),
             "gram_backward": ("none", ()), "mean_std_backward": ("none", ()),
             "instance_norm_backward": ("none", ())}
     for name, (kind, cast) in want.items():

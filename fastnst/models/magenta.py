@@ -36,7 +36,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from fastnst.models.transformer import _fusable, output_conv, reflect_pad, upsample_reflect_pad
+from fastnst.models.transformer import _fusable, fused_conv, output_conv, reflect_pad, upsample_reflect_pad
 from fastnst.nn import ConditionalInstanceNorm2d
 from fastnst.ops.norm import instance_norm, instance_norm_pad
 
@@ -141,6 +141,7 @@ class CINTransformer(nn.Module):
 
     # Inference on the CPU runs _forward_fused (TransformerNet's scheme); False: module by module.
     fused_inference = True
+    winograd_convs = True  # in _forward_fused, the 3x3 stride-1 convolutions by Winograd (fused_conv)
 
     def forward(self, image: torch.Tensor, style) -> torch.Tensor:
         _check_image(type(self).__name__, image, MIN_SIDE)
@@ -159,7 +160,8 @@ class CINTransformer(nn.Module):
     def _forward_fused(self, image: torch.Tensor, style) -> torch.Tensor:
         """channels_last convolutions; each norm (γ/β of the style, + ReLU, + the residual)
         written by fastnst::instance_norm_pad into the padded (upsampled) input of the next
-        convolution; the 3- and 4-channel convolutions grouped (transformer.output_conv)."""
+        convolution; the 3- and 4-channel convolutions grouped (transformer.output_conv); with
+        winograd_convs, the 3x3 stride-1 ones by transformer.fused_conv's Winograd kernel."""
         b, h, w = image.shape[0], image.shape[2], image.shape[3]
         x = _pad_to_4(image).contiguous(memory_format=torch.channels_last)
 
@@ -178,7 +180,8 @@ class CINTransformer(nn.Module):
             out = stage(layer, y, nxt, residual)
             if k == 2 or (in_block and (k - 3) % 2 == 1):
                 P = out  # a residual block's input, padded for its first conv
-            y = output_conv(nxt.conv, out, channels_last=True) if nxt.conv.out_channels <= 4 else nxt.conv(out)
+            y = (output_conv(nxt.conv, out, channels_last=True) if nxt.conv.out_channels <= 4
+                 else fused_conv(nxt.conv, out, self.winograd_convs))
         last = layers[-1]
         gamma, beta = last.norm.affine(style, b)
         y = instance_norm(y, gamma, beta, last.norm.eps, last.norm.activation)
@@ -475,6 +478,7 @@ class ArbitraryTransformer(nn.Module):
         self.expand = _Expand(embedding_dim)
 
     fused_inference = True  # as CINTransformer's
+    winograd_convs = True
 
     def forward(self, content: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
         who = type(self).__name__
@@ -500,7 +504,7 @@ class ArbitraryTransformer(nn.Module):
         ex = self.expand
         layers = [*(m for blk in blocks for m in (blk.conv1, blk.conv2)), ex.conv1, ex.conv2, ex.conv3]
         P = reflect_pad(y, layers[0].kernel // 2)
-        y = layers[0].conv(P)
+        y = fused_conv(layers[0].conv, P, self.winograd_convs)
         for k, layer in enumerate(layers[:-1]):
             nxt = layers[k + 1]
             second = k < 2 * len(blocks) and k % 2 == 1
@@ -510,7 +514,8 @@ class ArbitraryTransformer(nn.Module):
                                     P[:, :, 1:-1, 1:-1] if second else None, nxt.upsample, nxt.kernel // 2)
             if second:
                 P = out
-            y = output_conv(nxt.conv, out, channels_last=True) if nxt.conv.out_channels <= 4 else nxt.conv(out)
+            y = (output_conv(nxt.conv, out, channels_last=True) if nxt.conv.out_channels <= 4
+                 else fused_conv(nxt.conv, out, self.winograd_convs))
         last = layers[-1]
         gamma, beta = (t.to(y.dtype) for t in last.style_norm.affine(e))
         y = instance_norm(y, gamma, beta, last.style_norm.eps, None)

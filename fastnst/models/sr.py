@@ -32,6 +32,7 @@ from fastnst.models.transformer import (
     _in_relu,
     _interior,
     _stage,
+    fused_conv,
     output_conv,
     reflect_pad,
 )
@@ -118,6 +119,7 @@ class SRNet(nn.Module):
     # As TransformerNet's: inference on the CPU runs _forward_fused; its RGB output conv grouped.
     fused_inference = True
     grouped_output_conv = True
+    winograd_convs = True  # as TransformerNet's: the 3x3 stride-1 convolutions by Winograd
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fused_inference and _fusable(self, x):
@@ -131,7 +133,9 @@ class SRNet(nn.Module):
 
     def _forward_fused(self, x: torch.Tensor) -> torch.Tensor:
         """TransformerNet's fused inference (channels_last, each norm written by
-        fastnst::instance_norm_pad into the padded, upsampled input of the next conv)."""
+        fastnst::instance_norm_pad into the padded, upsampled input of the next conv; with
+        winograd_convs, fused_conv's Winograd kernel for the 3x3 convolutions)."""
+        wg = self.winograd_convs
         cl = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
         blocks = [getattr(self, f"res{k}") for k in range(1, self.blocks + 1)]
         ups = [getattr(self, f"up{k}") for k in range(1, self.stages + 1)]
@@ -140,10 +144,10 @@ class SRNet(nn.Module):
         y = head.conv2d(reflect_pad(x.contiguous(memory_format=torch.channels_last), head.reflection_pad.padding[0]))
         P = _stage(self.head.norm, y, True, convs[0])
         for k, blk in enumerate(blocks):
-            t = blk.conv2.conv2d(_stage(blk.in1, blk.conv1.conv2d(P), True, blk.conv2))
+            t = fused_conv(blk.conv2.conv2d, _stage(blk.in1, fused_conv(blk.conv1.conv2d, P, wg), True, blk.conv2), wg)
             P = _stage(blk.in2, t, False, convs[k + 1], residual=_interior(P, blk.conv1))
         for k, up in enumerate(ups):
-            P = _stage(up.norm, up.conv.conv2d(P), True, convs[len(blocks) + k + 1])
+            P = _stage(up.norm, fused_conv(up.conv.conv2d, P, wg), True, convs[len(blocks) + k + 1])
         y = output_conv(self.tail.conv2d, P, self.grouped_output_conv)
         return y.contiguous(memory_format=torch.channels_last) if cl else y
 

@@ -160,6 +160,8 @@ class TransformerNet(nn.Module):
     fused_inference = True
     # In _forward_fused, the 3-channel output convolution as a 12-channel one (see output_conv).
     grouped_output_conv = True
+    # In _forward_fused, the 3x3 stride-1 convolutions by Winograd F(4x4, 3x3) (fused_conv).
+    winograd_convs = True
 
     def forward(self, x):
         if self.fused_inference and _fusable(self, x):
@@ -258,6 +260,20 @@ def output_conv(conv: nn.Conv2d, P: torch.Tensor, grouped: bool = True,
     return y.permute(0, 3, 1, 2)
 
 
+def fused_conv(conv: nn.Conv2d, P: torch.Tensor, winograd: bool = True) -> torch.Tensor:
+    """``conv(P)`` in a fused inference path: a 3x3, stride-1, unpadded convolution (the
+    networks' residual and upsampling convolutions, on their reflection-padded inputs) through
+    ``fastnst.ops.conv.conv3x3`` when ``winograd`` (Winograd F(4x4, 3x3) where it serves the call:
+    float32 on the avx512 CPU path, channels multiples of 16; within ~1e-5 of the output's scale
+    of ``conv(P)``, not bit for bit), any other through ``conv`` itself."""
+    from fastnst.ops.conv import conv3x3
+
+    if (winograd and conv.kernel_size == (3, 3) and conv.stride == (1, 1) and conv.padding == (0, 0)
+            and conv.dilation == (1, 1) and conv.groups == 1 and type(conv) is nn.Conv2d):
+        return conv3x3(P, conv.weight, conv.bias)
+    return conv(P)
+
+
 def _forward_fused(self: TransformerNet, x: torch.Tensor) -> torch.Tensor:
     """Inference in channels_last (oneDNN's convolutions run 1.5-2x faster on it than on NCHW
     here), each norm (+ ReLU, + the residual) written by fastnst::instance_norm_pad straight
@@ -265,8 +281,10 @@ def _forward_fused(self: TransformerNet, x: torch.Tensor) -> torch.Tensor:
     upsampled intermediate is ever allocated; the RGB output convolution runs grouped
     (output_conv). Each stage's values are bit for bit the plain path's on the same
     channels_last convolutions (with grouped_output_conv False: the whole output); the output
-    has x's layout."""
+    has x's layout. With winograd_convs, the residual and upsampling convolutions run as
+    fused_conv's Winograd kernel (not bit for bit: within ~1e-5 of each output's scale)."""
     cl = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    wg = self.winograd_convs
     y = self.conv1.conv2d(reflect_pad(x.contiguous(memory_format=torch.channels_last),
                                       self.conv1.reflection_pad.padding[0]))
     y = self.conv2.conv2d(_stage(self.in1, y, True, self.conv2))
@@ -274,11 +292,11 @@ def _forward_fused(self: TransformerNet, x: torch.Tensor) -> torch.Tensor:
     blocks = [getattr(self, f"res{k}") for k in range(1, 6)]
     P = _stage(self.in3, y, True, blocks[0].conv1)
     for k, blk in enumerate(blocks):
-        t = blk.conv1.conv2d(P)
-        t = blk.conv2.conv2d(_stage(blk.in1, t, True, blk.conv2))
+        t = fused_conv(blk.conv1.conv2d, P, wg)
+        t = fused_conv(blk.conv2.conv2d, _stage(blk.in1, t, True, blk.conv2), wg)
         nxt = blocks[k + 1].conv1 if k + 1 < len(blocks) else self.deconv1
         P = _stage(blk.in2, t, False, nxt, residual=_interior(P, blk.conv1))
-    y = self.deconv2.conv2d(_stage(self.in4, self.deconv1.conv2d(P), True, self.deconv2))
+    y = fused_conv(self.deconv2.conv2d, _stage(self.in4, fused_conv(self.deconv1.conv2d, P, wg), True, self.deconv2), wg)
     y = output_conv(self.deconv3.conv2d, _stage(self.in5, y, True, self.deconv3), self.grouped_output_conv)
     return y.contiguous(memory_format=torch.channels_last) if cl else y
 
