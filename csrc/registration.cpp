@@ -61,13 +61,16 @@ TORCH_LIBRARY(fastnst, m) {
   m.def("instance_norm_pad(Tensor x, Tensor? weight, Tensor? bias, float eps, int activation, "
         "Tensor? residual, int upsample, int pad) -> Tensor");
 
-  // Valid 3 x 3, stride-1 convolution (the networks' convolutions after a reflection pad):
-  //   y[b, o, i, j] = bias[o] + sum_{c, u, v} weight[o, c, u, v] x[b, c, i + u, j + v]
+  // Valid 3 x 3, stride-1 convolution of the upsampled, reflection-padded x (the networks'
+  // [upsample ->] pad -> conv layers), that input never formed:
+  //   y[b, o, i, j] = bias[o] + sum_{c, u, v} weight[o, c, u, v] X[b, c, i + u, j + v],
+  //   X = reflect_pad(upsample_nearest(x, upsample), pad)
   // by Winograd's F(4x4, 3x3) in fp32 (error ~1e-5 of the output's scale). x float32
   // [B, C, H, W] (any strides; read channels_last), weight float32 [Co, C, 3, 3], bias None or
-  // [Co]; C and Co multiples of 16; H, W >= 3. Returns [B, Co, H - 2, W - 2] channels_last.
+  // [Co]; C and Co multiples of 16; upsample >= 1, 0 <= pad < H upsample, W upsample; X at least
+  // 3 x 3. Returns [B, Co, Hv - 2, Wv - 2] channels_last, Hv = H upsample + 2 pad.
   // CPU with the avx512 path only; no autograd (fastnst.ops.conv.conv3x3 decides).
-  m.def("conv3x3_winograd(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
+  m.def("conv3x3_winograd(Tensor x, Tensor weight, Tensor? bias, int upsample=1, int pad=0) -> Tensor");
 
   // Style swap (Chen & Schmidt 2016), in two ops. Geometry shared by both, k = patch_size,
   // s = stride: content patches sit at (i s, j s), i < nh = (Hc - k) / s + 1, j < nw =

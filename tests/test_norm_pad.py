@@ -160,17 +160,22 @@ def net():
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("size", [(36, 44), (20, 28)])
 def test_fused_network_is_the_plain_path_bit_for_bit(net, precision, size):
+    """With winograd_convs off, every stage is the plain path's on the same convolutions; with
+    it on (the default), the 3x3 convolutions' Winograd rounding stays within 1e-4 of the output's
+    scale (and bf16, which never takes it, is unchanged)."""
     x = torch.rand(2, 3, *size) * 255
     with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16"):
-        y = net(x)
-        net.grouped_output_conv = False
-        y_ungrouped = net(x)
-        net.fused_inference = False
+        y_wino = net(x)
+        net.winograd_convs = False
         try:
+            y = net(x)
+            net.grouped_output_conv = False
+            y_ungrouped = net(x)
+            net.fused_inference = False
             plain_cl = net(x.contiguous(memory_format=CL))  # the same channels_last convolutions
             plain = net(x)
         finally:
-            net.fused_inference = net.grouped_output_conv = True
+            net.fused_inference = net.grouped_output_conv = net.winograd_convs = True
     assert y.is_contiguous() and y.shape == x.shape
     assert torch.equal(y_ungrouped, plain_cl.contiguous())
     scale = plain_cl.float().abs().max()
@@ -178,6 +183,17 @@ def test_fused_network_is_the_plain_path_bit_for_bit(net, precision, size):
     torch.testing.assert_close(y.float(), plain_cl.float(), rtol=0, atol=atol)
     tol = dict(rtol=0, atol=1e-3) if precision == "fp32" else dict(rtol=0.05, atol=4.0)
     torch.testing.assert_close(y.float(), plain.float(), **tol)  # NCHW convolutions round differently
+    if precision == "bf16" or not _winograd_here():
+        assert torch.equal(y_wino, y)
+    else:
+        assert not torch.equal(y_wino, y)  # the Winograd kernel did run
+        torch.testing.assert_close(y_wino, plain_cl.contiguous(), rtol=0, atol=float(scale) * 1e-4)
+
+
+def _winograd_here() -> bool:
+    from fastnst.ops.conv import route
+
+    return route(torch.zeros(1, 16, 4, 4), torch.zeros(16, 16, 3, 3))[0] == "winograd"
 
 
 def test_fused_network_with_torch_norms_matches_float64(net):
@@ -271,6 +287,8 @@ def test_fused_sr_network_is_the_plain_path_bit_for_bit(blocks, factor):
                 n.bias.normal_(0, 0.3)
     x = torch.rand(2, 3, 9, 12) * 255
     with torch.inference_mode():
+        y_wino = net(x)
+        net.winograd_convs = False
         y = net(x)
         net.grouped_output_conv = False
         y_ungrouped = net(x)
@@ -278,7 +296,9 @@ def test_fused_sr_network_is_the_plain_path_bit_for_bit(blocks, factor):
         plain_cl = net(x.contiguous(memory_format=CL))
     assert y.shape == (2, 3, 9 * factor, 12 * factor) and y.is_contiguous()
     assert torch.equal(y_ungrouped, plain_cl.contiguous())
-    torch.testing.assert_close(y, plain_cl.contiguous(), rtol=0, atol=float(plain_cl.abs().max()) * 1e-6)
+    scale = float(plain_cl.abs().max())
+    torch.testing.assert_close(y, plain_cl.contiguous(), rtol=0, atol=scale * 1e-6)
+    torch.testing.assert_close(y_wino, plain_cl.contiguous(), rtol=0, atol=scale * 1e-4)
 
 
 def test_fused_network_follows_weights_edited_through_data():

@@ -3,8 +3,9 @@
 // style-transfer networks (their residual blocks and upsampling convolutions are 3x3, stride 1,
 // on reflection-padded inputs, which fastnst::instance_norm_pad writes).
 //
-//   y[b, o, i, j] = bias[o] + sum_{c, u, v} w[o, c, u, v] x[b, c, i + u, j + v]
-//   (a valid cross-correlation: y is [B, Co, H - 2, W - 2] for x [B, C, H, W])
+//   y[b, o, i, j] = bias[o] + sum_{c, u, v} w[o, c, u, v] X[b, c, i + u, j + v]
+//   X = reflect_pad(upsample_nearest(x, upsample), pad)   (never formed: read through index maps)
+//   (a valid cross-correlation: y is [B, Co, Hv - 2, Wv - 2], Hv = H upsample + 2 pad)
 //
 // Each 4 x 4 output tile comes from the 6 x 6 input tile d around it:
 //   Y = A^T [ sum_c (G g_oc G^T) . (B^T d_c B) ] A
@@ -20,6 +21,9 @@
 // (~1e-5 of the output's scale, measured in tests/test_conv.py against float64), far below
 // what an 8-bit image resolves. Only float32 is served (bf16 inputs would lose too much in the
 // transforms; the networks run their bf16 convolutions on oneDNN).
+//
+// The virtual input X lets the networks' norm stage write the small tensor x instead of the
+// padded (and 4x larger, upsampled) one, once per layer.
 //
 // Layout: x is read channels_last ([B, H, W, C] in memory; other layouts are copied once),
 // y is written channels_last. Channels are processed 16 to a vector, so C and Co must be
@@ -117,8 +121,11 @@ WINO_FN void transform_weight(const float* wt, float* U, int64_t C, int64_t Co, 
 
 // Geometry of one call.
 struct Geo {
-  int64_t B, C, Co, Hp, Wp, H, W, th, tw;
-  const float* x;   // [B, Hp, Wp, C]
+  int64_t B, C, Co, Hp, Wp, H, W, th, tw;  // Hp, Wp: the virtual input X; H, W: the output
+  int64_t Hx, Wx;   // x's own height and width
+  const int64_t* rows;  // [Hp]: the row of x that row i of X reads
+  const int64_t* cols;  // [Wp]: the column of x that column j of X reads
+  const float* x;   // [B, Hx, Wx, C]
   float* y;         // [B, H, W, Co]
   const float* U;   // [36][Co / 32][C][32]
   const float* bias;  // [Co] or nullptr
@@ -127,15 +134,16 @@ struct Geo {
 // V[p][t][c0..c0+16) of tile t (tile row ty, column tx of image b).
 WINO_FN void input_tile(const Geo& g, int64_t b, int64_t ty, int64_t tx, float* V, int t) {
   const int64_t y0 = 4 * ty, x0 = 4 * tx;
-  const bool inside = y0 + 6 <= g.Hp && x0 + 6 <= g.Wp;
-  const float* base = g.x + ((b * g.Hp + y0) * g.Wp + x0) * g.C;
-  const int64_t rs = g.Wp * g.C;
+  const float* src[6][6];  // each pixel of the tile in x, nullptr beyond X
+  for (int r = 0; r < 6; ++r)
+    for (int s = 0; s < 6; ++s)
+      src[r][s] = (y0 + r < g.Hp && x0 + s < g.Wp)
+                      ? g.x + ((b * g.Hx + g.rows[y0 + r]) * g.Wx + g.cols[x0 + s]) * g.C
+                      : nullptr;
   for (int64_t c = 0; c < g.C; c += 16) {
     __m512 d[6][6], tmp[6][6];
     for (int r = 0; r < 6; ++r)
-      for (int s = 0; s < 6; ++s)
-        d[r][s] = (inside || (y0 + r < g.Hp && x0 + s < g.Wp)) ? _mm512_loadu_ps(base + r * rs + s * g.C + c)
-                                                               : _mm512_setzero_ps();
+      for (int s = 0; s < 6; ++s) d[r][s] = src[r][s] ? _mm512_loadu_ps(src[r][s] + c) : _mm512_setzero_ps();
     for (int s = 0; s < 6; ++s) {
       __m512 col[6] = {d[0][s], d[1][s], d[2][s], d[3][s], d[4][s], d[5][s]}, r[6];
       bt6(col, r);
@@ -228,7 +236,21 @@ void run_blocks(const Geo& g, int64_t blk0, int64_t blk1) {
 }
 #endif  // FASTNST_X86
 
-at::Tensor conv3x3_winograd_cpu(const at::Tensor& x0, const at::Tensor& weight0, const c10::optional<at::Tensor>& bias0) {
+// map[i] = the source index of index i of reflect_pad(upsample(n, up), pad).
+std::vector<int64_t> index_map(int64_t n, int64_t up, int64_t pad) {
+  const int64_t m = n * up;
+  std::vector<int64_t> map(static_cast<size_t>(m + 2 * pad));
+  for (int64_t i = 0; i < m + 2 * pad; ++i) {
+    int64_t u = i - pad;
+    if (u < 0) u = -u;
+    if (u >= m) u = 2 * (m - 1) - u;
+    map[static_cast<size_t>(i)] = u / up;
+  }
+  return map;
+}
+
+at::Tensor conv3x3_winograd_cpu(const at::Tensor& x0, const at::Tensor& weight0, const c10::optional<at::Tensor>& bias0,
+                                int64_t upsample, int64_t pad) {
   check_isa();
   const char* op = "conv3x3_winograd";
   TORCH_CHECK(x0.dim() == 4, op, ": x must be [B, C, H, W], got ", x0.dim(), " dimensions");
@@ -237,10 +259,14 @@ at::Tensor conv3x3_winograd_cpu(const at::Tensor& x0, const at::Tensor& weight0,
   TORCH_CHECK(weight0.dim() == 4 && weight0.size(2) == 3 && weight0.size(3) == 3 && weight0.size(1) == x0.size(1),
               op, ": weight must be [Co, C, 3, 3] with C = x's ", x0.size(1), " channels, got ", weight0.sizes());
   TORCH_CHECK(weight0.scalar_type() == at::kFloat, op, ": weight must be float32, got ", weight0.scalar_type());
-  const int64_t B = x0.size(0), C = x0.size(1), Hp = x0.size(2), Wp = x0.size(3), Co = weight0.size(0);
+  const int64_t B = x0.size(0), C = x0.size(1), Hx = x0.size(2), Wx = x0.size(3), Co = weight0.size(0);
   TORCH_CHECK(C % 16 == 0 && Co % 16 == 0 && C > 0 && Co > 0, op,
               ": the input and output channels must be positive multiples of 16, got C = ", C, ", Co = ", Co);
-  TORCH_CHECK(Hp >= 3 && Wp >= 3, op, ": x must be at least 3 x 3 (a valid 3 x 3 convolution), got ", Hp, " x ", Wp);
+  TORCH_CHECK(upsample >= 1 && pad >= 0, op, ": upsample must be >= 1 and pad >= 0, got ", upsample, " and ", pad);
+  TORCH_CHECK(Hx >= 1 && Wx >= 1 && pad < Hx * upsample && pad < Wx * upsample, op, ": reflection padding ", pad,
+              " must be smaller than the (upsampled) height and width ", Hx * upsample, " x ", Wx * upsample);
+  const int64_t Hp = Hx * upsample + 2 * pad, Wp = Wx * upsample + 2 * pad;
+  TORCH_CHECK(Hp >= 3 && Wp >= 3, op, ": the (upsampled, padded) input must be at least 3 x 3, got ", Hp, " x ", Wp);
   at::Tensor bias;
   if (bias0.has_value() && bias0->defined()) {
     bias = bias0->contiguous();
@@ -261,8 +287,9 @@ at::Tensor conv3x3_winograd_cpu(const at::Tensor& x0, const at::Tensor& weight0,
   const float* wtp = wt.data_ptr<float>();
   float* Up = U.data_ptr<float>();
   at::parallel_for(0, C, 8, [&](int64_t c0, int64_t c1) { transform_weight(wtp, Up, C, Co, c0, c1); });
-  Geo g{B, C, Co, Hp, Wp, H, W, (H + 3) / 4, (W + 3) / 4, x.data_ptr<float>(), y.data_ptr<float>(), Up,
-        bias.defined() ? bias.data_ptr<float>() : nullptr};
+  const std::vector<int64_t> rows = index_map(Hx, upsample, pad), cols = index_map(Wx, upsample, pad);
+  Geo g{B, C, Co, Hp, Wp, H, W, (H + 3) / 4, (W + 3) / 4, Hx, Wx, rows.data(), cols.data(), x.data_ptr<float>(),
+        y.data_ptr<float>(), Up, bias.defined() ? bias.data_ptr<float>() : nullptr};
   const int64_t nblocks = (B * g.th * g.tw + kT - 1) / kT;
   at::parallel_for(0, nblocks, 1, [&](int64_t b0, int64_t b1) { run_blocks(g, b0, b1); });
 #endif

@@ -30,9 +30,9 @@ from fastnst.models.transformer import (
     UpsampleConvLayer,
     _fusable,
     _in_relu,
-    _interior,
-    _stage,
-    fused_conv,
+    _run,
+    _stage_into,
+    _unpadded,
     output_conv,
     reflect_pad,
 )
@@ -134,7 +134,7 @@ class SRNet(nn.Module):
     def _forward_fused(self, x: torch.Tensor) -> torch.Tensor:
         """TransformerNet's fused inference (channels_last, each norm written by
         fastnst::instance_norm_pad into the padded, upsampled input of the next conv; with
-        winograd_convs, fused_conv's Winograd kernel for the 3x3 convolutions)."""
+        winograd_convs, the Winograd kernel for the 3x3 convolutions, reading unpadded stage outputs)."""
         wg = self.winograd_convs
         cl = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
         blocks = [getattr(self, f"res{k}") for k in range(1, self.blocks + 1)]
@@ -142,12 +142,13 @@ class SRNet(nn.Module):
         convs = [b.conv1 for b in blocks] + [u.conv for u in ups] + [self.tail]  # each stage's next layer
         head = self.head.conv
         y = head.conv2d(reflect_pad(x.contiguous(memory_format=torch.channels_last), head.reflection_pad.padding[0]))
-        P = _stage(self.head.norm, y, True, convs[0])
+        P, v = _stage_into(self.head.norm, y, True, convs[0], wg)
         for k, blk in enumerate(blocks):
-            t = fused_conv(blk.conv2.conv2d, _stage(blk.in1, fused_conv(blk.conv1.conv2d, P, wg), True, blk.conv2), wg)
-            P = _stage(blk.in2, t, False, convs[k + 1], residual=_interior(P, blk.conv1))
+            t = _run(blk.conv2, *_stage_into(blk.in1, _run(blk.conv1, P, v, wg), True, blk.conv2, wg), wg)
+            P, v = _stage_into(blk.in2, t, False, convs[k + 1], wg, residual=_unpadded(P, blk.conv1, v))
         for k, up in enumerate(ups):
-            P = _stage(up.norm, fused_conv(up.conv.conv2d, P, wg), True, convs[len(blocks) + k + 1])
+            nxt = convs[len(blocks) + k + 1]
+            P, v = _stage_into(up.norm, _run(up.conv, P, v, wg), True, nxt, wg)
         y = output_conv(self.tail.conv2d, P, self.grouped_output_conv)
         return y.contiguous(memory_format=torch.channels_last) if cl else y
 

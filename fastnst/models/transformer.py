@@ -260,6 +260,11 @@ def output_conv(conv: nn.Conv2d, P: torch.Tensor, grouped: bool = True,
     return y.permute(0, 3, 1, 2)
 
 
+def _winograd_eligible(conv: nn.Module) -> bool:
+    return (type(conv) is nn.Conv2d and conv.kernel_size == (3, 3) and conv.stride == (1, 1)
+            and conv.padding == (0, 0) and conv.dilation == (1, 1) and conv.groups == 1)
+
+
 def fused_conv(conv: nn.Conv2d, P: torch.Tensor, winograd: bool = True) -> torch.Tensor:
     """``conv(P)`` in a fused inference path: a 3x3, stride-1, unpadded convolution (the
     networks' residual and upsampling convolutions, on their reflection-padded inputs) through
@@ -268,10 +273,48 @@ def fused_conv(conv: nn.Conv2d, P: torch.Tensor, winograd: bool = True) -> torch
     of ``conv(P)``, not bit for bit), any other through ``conv`` itself."""
     from fastnst.ops.conv import conv3x3
 
-    if (winograd and conv.kernel_size == (3, 3) and conv.stride == (1, 1) and conv.padding == (0, 0)
-            and conv.dilation == (1, 1) and conv.groups == 1 and type(conv) is nn.Conv2d):
+    if winograd and _winograd_eligible(conv):
         return conv3x3(P, conv.weight, conv.bias)
     return conv(P)
+
+
+def _geometry(layer: nn.Module) -> tuple[nn.Conv2d, int, int]:
+    """(conv, upsample, pad) of a ConvLayer / UpsampleConvLayer."""
+    return layer.conv2d, int(getattr(layer, "upsample", None) or 1), layer.reflection_pad.padding[0]
+
+
+def reads_virtually(conv: nn.Conv2d, y: torch.Tensor, upsample: int, pad: int, winograd: bool) -> bool:
+    """Whether ``conv`` on the upsampled, padded form of a tensor like ``y`` (the stage's input:
+    same shape, dtype and device as the stage's output before padding) runs as the Winograd
+    kernel reading the unpadded tensor (so the stage writes only that)."""
+    from fastnst.ops.conv import route
+
+    return winograd and _winograd_eligible(conv) and route(y, conv.weight, conv.bias, upsample, pad)[0] == "winograd"
+
+
+def _stage_into(norm: nn.Module, y: torch.Tensor, relu: bool, nxt: nn.Module, winograd: bool,
+                residual: torch.Tensor | None = None) -> tuple[torch.Tensor, bool]:
+    """The stage (``_stage``) in front of layer ``nxt``, and whether its output is unpadded
+    (``nxt``'s Winograd convolution reads it virtually upsampled and padded) or ``nxt``'s padded
+    input."""
+    conv, up, pad = _geometry(nxt)
+    if reads_virtually(conv, y, up, pad, winograd):
+        return _stage(norm, y, relu, None, residual), True
+    return _stage(norm, y, relu, nxt, residual), False
+
+
+def _run(layer: nn.Module, P: torch.Tensor, virtual: bool, winograd: bool) -> torch.Tensor:
+    """``layer``'s convolution on the stage output ``P`` (see _stage_into)."""
+    from fastnst.ops.conv import conv3x3
+
+    conv, up, pad = _geometry(layer)
+    if virtual:
+        return conv3x3(P, conv.weight, conv.bias, up, pad)
+    return fused_conv(conv, P, winograd)
+
+
+def _unpadded(P: torch.Tensor, layer: nn.Module, virtual: bool) -> torch.Tensor:
+    return P if virtual else _interior(P, layer)
 
 
 def _forward_fused(self: TransformerNet, x: torch.Tensor) -> torch.Tensor:
@@ -281,8 +324,10 @@ def _forward_fused(self: TransformerNet, x: torch.Tensor) -> torch.Tensor:
     upsampled intermediate is ever allocated; the RGB output convolution runs grouped
     (output_conv). Each stage's values are bit for bit the plain path's on the same
     channels_last convolutions (with grouped_output_conv False: the whole output); the output
-    has x's layout. With winograd_convs, the residual and upsampling convolutions run as
-    fused_conv's Winograd kernel (not bit for bit: within ~1e-5 of each output's scale)."""
+    has x's layout. With winograd_convs, the residual and upsampling convolutions run as the
+    Winograd kernel (fastnst.ops.conv.conv3x3; not bit for bit: within ~1e-5 of each output's
+    scale), which reads its input upsampled and padded through index maps, so the stage in
+    front of it writes only the unpadded tensor (_stage_into)."""
     cl = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
     wg = self.winograd_convs
     y = self.conv1.conv2d(reflect_pad(x.contiguous(memory_format=torch.channels_last),
@@ -290,13 +335,14 @@ def _forward_fused(self: TransformerNet, x: torch.Tensor) -> torch.Tensor:
     y = self.conv2.conv2d(_stage(self.in1, y, True, self.conv2))
     y = self.conv3.conv2d(_stage(self.in2, y, True, self.conv3))
     blocks = [getattr(self, f"res{k}") for k in range(1, 6)]
-    P = _stage(self.in3, y, True, blocks[0].conv1)
+    P, v = _stage_into(self.in3, y, True, blocks[0].conv1, wg)
     for k, blk in enumerate(blocks):
-        t = fused_conv(blk.conv1.conv2d, P, wg)
-        t = fused_conv(blk.conv2.conv2d, _stage(blk.in1, t, True, blk.conv2), wg)
+        t = _run(blk.conv1, P, v, wg)
+        t = _run(blk.conv2, *_stage_into(blk.in1, t, True, blk.conv2, wg), wg)
         nxt = blocks[k + 1].conv1 if k + 1 < len(blocks) else self.deconv1
-        P = _stage(blk.in2, t, False, nxt, residual=_interior(P, blk.conv1))
-    y = fused_conv(self.deconv2.conv2d, _stage(self.in4, fused_conv(self.deconv1.conv2d, P, wg), True, self.deconv2), wg)
+        P, v = _stage_into(blk.in2, t, False, nxt, wg, residual=_unpadded(P, blk.conv1, v))
+    y = _run(self.deconv1, P, v, wg)
+    y = _run(self.deconv2, *_stage_into(self.in4, y, True, self.deconv2, wg), wg)
     y = output_conv(self.deconv3.conv2d, _stage(self.in5, y, True, self.deconv3), self.grouped_output_conv)
     return y.contiguous(memory_format=torch.channels_last) if cl else y
 

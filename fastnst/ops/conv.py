@@ -1,8 +1,10 @@
 """3x3, stride-1 convolution for network inference: ``fastnst::conv3x3_winograd``.
 
-    conv3x3(x, weight, bias):  F.conv2d(x, weight, bias)  (valid: no padding; the networks pad
-                               by reflection first, into the tensor fastnst::instance_norm_pad
-                               writes)
+    conv3x3(x, weight, bias, upsample, pad):
+        F.conv2d(F.pad(F.interpolate(x, scale_factor=upsample, mode="nearest"), [pad] * 4,
+                       mode="reflect"), weight, bias)
+    (the networks' [upsample ->] reflection pad -> 3x3 conv layers; the kernel reads the
+    upsampled, padded input through index maps and never forms it)
 
 On the CPU's avx512 path, in float32, without autograd, outside torch.compile and autocast, with
 input and output channels multiples of 16, it runs Winograd's F(4x4, 3x3) (maths and layout in
@@ -54,8 +56,9 @@ def _cpu_isa() -> str:
     return _ext.build_info().get("cpu_isa", "generic") if _ext.available() else "none"
 
 
-def route(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> tuple[str, str]:
-    """``("winograd" | "aten", why)``: the path ``conv3x3(x, weight, bias)`` takes."""
+def route(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, upsample: int = 1,
+          pad: int = 0) -> tuple[str, str]:
+    """``("winograd" | "aten", why)``: the path ``conv3x3(x, weight, bias, upsample, pad)`` takes."""
     choice = _env_choice()
     if getattr(_STATE, "enabled", None) is False or choice == "aten":
         return "aten", f"switched off ({_ENV}=aten or use_winograd(False))"
@@ -78,30 +81,45 @@ def route(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = Non
         return "aten", "not a [B, C, H, W] input with a [Co, C, 3, 3] weight"
     if x.shape[1] % 16 or weight.shape[0] % 16:
         return "aten", "channels not multiples of 16"
-    if x.shape[2] < 3 or x.shape[3] < 3:
+    if x.shape[2] * upsample + 2 * pad < 3 or x.shape[3] * upsample + 2 * pad < 3:
         return "aten", "smaller than 3 x 3"
     return "winograd", "Winograd F(4x4, 3x3) on AVX-512"
 
 
-def conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``F.conv2d(x, weight, bias)`` for a 3x3 weight, stride 1, no padding (see the module
-    docstring for when the Winograd kernel serves it). The Winograd result is channels_last;
-    ``F.conv2d``'s follows x's layout, as aten decides."""
-    path, why = route(x, weight, bias)
+def conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, upsample: int = 1,
+            pad: int = 0) -> torch.Tensor:
+    """The convolution of the module docstring: a 3x3 weight, stride 1, on x upsampled (nearest,
+    an integer factor >= 1) and reflection-padded by ``pad`` (0 <= pad < the upsampled sides).
+    See the module docstring for when the Winograd kernel serves it. The Winograd result is
+    channels_last; ``F.conv2d``'s follows x's layout, as aten decides."""
+    for name, v, lo in (("upsample", upsample, 1), ("pad", pad, 0)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < lo:
+            raise ValueError(f"conv3x3: {name} must be an integer >= {lo}, got {v!r}")
+    if x.dim() == 4 and (pad >= x.shape[2] * upsample or pad >= x.shape[3] * upsample):
+        raise ValueError(f"conv3x3: reflection padding {pad} must be smaller than the (upsampled) height and "
+                         f"width {x.shape[2] * upsample} x {x.shape[3] * upsample}")
+    path, why = route(x, weight, bias, upsample, pad)
     if path == "winograd":
-        return torch.ops.fastnst.conv3x3_winograd(x, weight, bias)
+        return torch.ops.fastnst.conv3x3_winograd(x, weight, bias, upsample, pad)
     if _env_choice() == "winograd":
         raise RuntimeError(f"conv3x3: {_ENV}=winograd, but the Winograd kernel cannot serve this call: {why}")
+    with torch.autocast(x.device.type, enabled=False) if torch.amp.is_autocast_available(x.device.type) \
+            else contextlib.nullcontext():
+        if upsample > 1:  # copies: exact in any dtype (autocast would run them in fp32)
+            x = F.interpolate(x, scale_factor=upsample, mode="nearest")
+        if pad:
+            x = F.pad(x, (pad,) * 4, mode="reflect")
     return F.conv2d(x, weight, bias)
 
 
-def _fake(x, weight, bias):
+def _fake(x, weight, bias, upsample=1, pad=0):
     for name, t in (("weight", weight), ("bias", bias)):
         if isinstance(t, torch.Tensor) and t.device != x.device:
             raise ValueError(f"fastnst::conv3x3_winograd: {name} must be on x's device {x.device}, got {t.device}")
     if x.dim() != 4 or weight.dim() != 4:
         raise ValueError("fastnst::conv3x3_winograd: x must be [B, C, H, W] and weight [Co, C, 3, 3]")
     b, _, h, w = x.shape
+    h, w = h * upsample + 2 * pad, w * upsample + 2 * pad
     return x.new_empty(b, weight.shape[0], h - 2, w - 2).contiguous(memory_format=torch.channels_last)
 
 
