@@ -23,7 +23,7 @@ from fastnst.models import onnx_weights as ow
 SIZE_ERROR = ("image height and width must be at least 5 pixels (the 9x9 layers reflection-pad 4 pixels, "
               "the quarter-resolution residual blocks need 2), got ")
 PNG = 0.5 / 255 + 1e-6  # a result against its 8-bit copy
-BATCH = 5e-6  # a batch against one image at a time: float rounding of the batched convolutions
+BATCH = 2e-5  # a batch against one image at a time: float rounding of the batched convolutions (Winograd: ~1e-5)
 
 
 # ---- helpers and fixtures --------------------------------------------------------------------------
@@ -313,7 +313,8 @@ def test_cin_batches_give_the_same_results(model, photos):
     for x, a, b, c in zip(images, one, four, two):
         assert a.shape == b.shape == c.shape == x.shape  # in input order
         assert _max(a, cin.run_network(model, x, w)) <= 1e-6
-        # A batch's convolutions round differently (measured: at most 1.9e-6, mean 1.5e-7, fused or not).
+        # A batch's convolutions round differently (measured: at most 1.9e-6, mean 1.5e-7, with oneDNN;
+        # 5.5e-6 with the Winograd kernel, whose tiles then cover other pixels).
         assert _max(a, b) <= BATCH and _max(a, c) <= BATCH
 
 

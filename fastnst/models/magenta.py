@@ -36,7 +36,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from fastnst.models.transformer import _fusable, fused_conv, output_conv, reflect_pad, upsample_reflect_pad
+from fastnst.models.transformer import _fusable, fused_conv, output_conv, reads_virtually, reflect_pad, upsample_reflect_pad
+from fastnst.ops.conv import conv3x3
 from fastnst.nn import ConditionalInstanceNorm2d
 from fastnst.ops.norm import instance_norm, instance_norm_pad
 
@@ -172,16 +173,23 @@ class CINTransformer(nn.Module):
 
         layers = [*self.contract, *(blk[i] for blk in self.res for i in range(2)), *self.expand]
         y = layers[0].conv(reflect_pad(x, layers[0].kernel // 2))
-        P = None
+        P, p_virtual = None, False
         for k, layer in enumerate(layers[:-1]):
             nxt = layers[k + 1]
             in_block = 3 <= k < 3 + 2 * len(self.res)
-            residual = P[:, :, 1:-1, 1:-1] if in_block and (k - 3) % 2 == 1 else None  # res.j.1 adds res.j's input
-            out = stage(layer, y, nxt, residual)
+            # the Winograd kernel reads the stage's unpadded output, upsampled and padded on the fly
+            virtual = reads_virtually(nxt.conv, y, nxt.upsample, nxt.kernel // 2, self.winograd_convs)
+            residual = None
+            if in_block and (k - 3) % 2 == 1:  # res.j.1 adds res.j's input
+                residual = P if p_virtual else P[:, :, 1:-1, 1:-1]
+            out = stage(layer, y, None if virtual else nxt, residual)
             if k == 2 or (in_block and (k - 3) % 2 == 1):
-                P = out  # a residual block's input, padded for its first conv
-            y = (output_conv(nxt.conv, out, channels_last=True) if nxt.conv.out_channels <= 4
-                 else fused_conv(nxt.conv, out, self.winograd_convs))
+                P, p_virtual = out, virtual  # a residual block's input (padded for its first conv, or not)
+            if virtual:
+                y = conv3x3(out, nxt.conv.weight, nxt.conv.bias, nxt.upsample, nxt.kernel // 2)
+            else:
+                y = (output_conv(nxt.conv, out, channels_last=True) if nxt.conv.out_channels <= 4
+                     else fused_conv(nxt.conv, out, self.winograd_convs))
         last = layers[-1]
         gamma, beta = last.norm.affine(style, b)
         y = instance_norm(y, gamma, beta, last.norm.eps, last.norm.activation)
@@ -503,19 +511,30 @@ class ArbitraryTransformer(nn.Module):
         blocks = list(self.residual.children())
         ex = self.expand
         layers = [*(m for blk in blocks for m in (blk.conv1, blk.conv2)), ex.conv1, ex.conv2, ex.conv3]
-        P = reflect_pad(y, layers[0].kernel // 2)
-        y = fused_conv(layers[0].conv, P, self.winograd_convs)
+        wg = self.winograd_convs
+        p_virtual = reads_virtually(layers[0].conv, y, 1, layers[0].kernel // 2, wg)
+        if p_virtual:  # the Winograd kernel pads on the fly (see CINTransformer._forward_fused)
+            P = y
+            y = conv3x3(P, layers[0].conv.weight, layers[0].conv.bias, 1, layers[0].kernel // 2)
+        else:
+            P = reflect_pad(y, layers[0].kernel // 2)
+            y = fused_conv(layers[0].conv, P, wg)
         for k, layer in enumerate(layers[:-1]):
             nxt = layers[k + 1]
             second = k < 2 * len(blocks) and k % 2 == 1
             gamma, beta = (t.to(y.dtype) for t in layer.style_norm.affine(e))  # as StyleNorm.forward
             act = "relu" if layer.activation == "relu" else None
-            out = instance_norm_pad(y, gamma, beta, layer.style_norm.eps, act,
-                                    P[:, :, 1:-1, 1:-1] if second else None, nxt.upsample, nxt.kernel // 2)
+            virtual = reads_virtually(nxt.conv, y, nxt.upsample, nxt.kernel // 2, wg)
+            residual = (P if p_virtual else P[:, :, 1:-1, 1:-1]) if second else None
+            up, pad = (1, 0) if virtual else (nxt.upsample, nxt.kernel // 2)
+            out = instance_norm_pad(y, gamma, beta, layer.style_norm.eps, act, residual, up, pad)
             if second:
-                P = out
-            y = (output_conv(nxt.conv, out, channels_last=True) if nxt.conv.out_channels <= 4
-                 else fused_conv(nxt.conv, out, self.winograd_convs))
+                P, p_virtual = out, virtual
+            if virtual:
+                y = conv3x3(out, nxt.conv.weight, nxt.conv.bias, nxt.upsample, nxt.kernel // 2)
+            else:
+                y = (output_conv(nxt.conv, out, channels_last=True) if nxt.conv.out_channels <= 4
+                     else fused_conv(nxt.conv, out, wg))
         last = layers[-1]
         gamma, beta = (t.to(y.dtype) for t in last.style_norm.affine(e))
         y = instance_norm(y, gamma, beta, last.style_norm.eps, None)
