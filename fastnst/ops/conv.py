@@ -59,6 +59,8 @@ def _cpu_isa() -> str:
 def route(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, upsample: int = 1,
           pad: int = 0) -> tuple[str, str]:
     """``("winograd" | "aten", why)``: the path ``conv3x3(x, weight, bias, upsample, pad)`` takes."""
+    if torch.compiler.is_compiling():
+        return "aten", "under torch.compile (Inductor plans the convolution)"
     choice = _env_choice()
     if getattr(_STATE, "enabled", None) is False or choice == "aten":
         return "aten", f"switched off ({_ENV}=aten or use_winograd(False))"
@@ -68,8 +70,6 @@ def route(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = Non
         return "aten", f"a {x.device.type} tensor (the kernel is CPU-only)"
     if _cpu_isa() not in ("avx512", "avx512bf16", "amx"):
         return "aten", f"the CPU path is {_cpu_isa()} (the kernel needs avx512)"
-    if torch.compiler.is_compiling():
-        return "aten", "under torch.compile (Inductor plans the convolution)"
     if torch.is_autocast_enabled("cpu"):
         return "aten", "under autocast (the convolution runs in the autocast dtype)"
     tensors = [x, weight] + ([bias] if bias is not None else [])
@@ -101,7 +101,7 @@ def conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = N
     path, why = route(x, weight, bias, upsample, pad)
     if path == "winograd":
         return torch.ops.fastnst.conv3x3_winograd(x, weight, bias, upsample, pad)
-    if _env_choice() == "winograd":
+    if not torch.compiler.is_compiling() and _env_choice() == "winograd":
         raise RuntimeError(f"conv3x3: {_ENV}=winograd, but the Winograd kernel cannot serve this call: {why}")
     with torch.autocast(x.device.type, enabled=False) if torch.amp.is_autocast_available(x.device.type) \
             else contextlib.nullcontext():
