@@ -279,3 +279,20 @@ def test_info_lists_the_conv_path():
     line = next(r for r in routes.splitlines() if r.startswith("conv3x3_winograd\tfloat32\t"))
     assert ("Winograd F(4x4, 3x3)" in line) == _winograd_here()
     assert "conv3x3_winograd" in str(info.cpu_paths())
+
+
+def test_bench_case_runs(tmp_path):
+    """The conv benchmark's quick cases through the harness: every provider computes the same
+    convolution (checked here), the timed run gives rows (torch.compile left out: seconds)."""
+    from fastnst import bench
+    from fastnst.bench import harness
+
+    text = bench.run("conv", quick=True, repeat=1, out_dir=str(tmp_path), log=None,
+                     providers=["fastnst", "oneDNN (input padded beforehand)", "reference"])
+    assert "| TransformerNet residual 128→128 | 1x128x64x64 | fwd | reference |" in text
+    opts = bench.Options(quick=True)
+    for case in harness.benchmarks("conv")[0].cases(opts):
+        outs = {p.name: p.fn() for p in case.providers if p.fn is not None and not p.compiled}
+        ref = outs["reference"]
+        for name, y in outs.items():
+            torch.testing.assert_close(y, ref, rtol=0, atol=float(ref.abs().max()) * 1e-5, msg=name)

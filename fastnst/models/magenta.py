@@ -36,9 +36,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from fastnst.models.transformer import _fusable, fused_conv, output_conv, reads_virtually, reflect_pad, upsample_reflect_pad
-from fastnst.ops.conv import conv3x3
+from fastnst.models.transformer import (
+    _fusable,
+    fused_conv,
+    output_conv,
+    reads_virtually,
+    reflect_pad,
+    upsample_reflect_pad,
+)
 from fastnst.nn import ConditionalInstanceNorm2d
+from fastnst.ops.conv import conv3x3
 from fastnst.ops.norm import instance_norm, instance_norm_pad
 
 __all__ = ["NUM_STYLES", "EMBEDDING_DIM", "CINTransformer", "StylePredictor", "ArbitraryTransformer",

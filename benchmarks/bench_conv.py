@@ -1,0 +1,13 @@
+"""The style networks' 3x3 stride-1 convolutions at a 1024² image: fastnst's Winograd kernel vs
+the eager layer (upsample + reflection pad + oneDNN convolution), oneDNN alone and torch.compile
+(fastnst/bench/cases/conv.py).
+
+    python benchmarks/bench_conv.py [--quick]     # = fastnst bench --op conv
+"""
+
+import sys
+
+from fastnst import bench
+
+if __name__ == "__main__":
+    sys.exit(bench.script_main("conv", doc=__doc__))
