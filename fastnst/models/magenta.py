@@ -87,6 +87,17 @@ def _pad_to_4(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def _next_conv(layer: nn.Module, out: torch.Tensor, virtual: bool, winograd: bool) -> torch.Tensor:
+    """``layer``'s convolution (a CINConv / StyleConv) on the stage output ``out``: the Winograd
+    kernel reading ``out`` upsampled and padded (``virtual``), else the convolution of the padded
+    ``out`` (grouped for the 3- and 4-channel ones, transformer.output_conv)."""
+    if virtual:
+        return conv3x3(out, layer.conv.weight, layer.conv.bias, layer.upsample, layer.kernel // 2)
+    if layer.conv.out_channels <= 4:
+        return output_conv(layer.conv, out, channels_last=True)
+    return fused_conv(layer.conv, out, winograd)
+
+
 # ---- multistyle26: conditional instance norm network -------------------------------------------
 class CINConv(nn.Module):
     """``[nearest ×upsample] -> reflection pad k//2 -> conv (no bias) -> conditional instance
@@ -192,11 +203,7 @@ class CINTransformer(nn.Module):
             out = stage(layer, y, None if virtual else nxt, residual)
             if k == 2 or (in_block and (k - 3) % 2 == 1):
                 P, p_virtual = out, virtual  # a residual block's input (padded for its first conv, or not)
-            if virtual:
-                y = conv3x3(out, nxt.conv.weight, nxt.conv.bias, nxt.upsample, nxt.kernel // 2)
-            else:
-                y = (output_conv(nxt.conv, out, channels_last=True) if nxt.conv.out_channels <= 4
-                     else fused_conv(nxt.conv, out, self.winograd_convs))
+            y = _next_conv(nxt, out, virtual, self.winograd_convs)
         last = layers[-1]
         gamma, beta = last.norm.affine(style, b)
         y = instance_norm(y, gamma, beta, last.norm.eps, last.norm.activation)
@@ -537,11 +544,7 @@ class ArbitraryTransformer(nn.Module):
             out = instance_norm_pad(y, gamma, beta, layer.style_norm.eps, act, residual, up, pad)
             if second:
                 P, p_virtual = out, virtual
-            if virtual:
-                y = conv3x3(out, nxt.conv.weight, nxt.conv.bias, nxt.upsample, nxt.kernel // 2)
-            else:
-                y = (output_conv(nxt.conv, out, channels_last=True) if nxt.conv.out_channels <= 4
-                     else fused_conv(nxt.conv, out, wg))
+            y = _next_conv(nxt, out, virtual, wg)
         last = layers[-1]
         gamma, beta = (t.to(y.dtype) for t in last.style_norm.affine(e))
         y = instance_norm(y, gamma, beta, last.style_norm.eps, None)

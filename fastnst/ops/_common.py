@@ -1,8 +1,13 @@
-"""Input validation shared by the ops: every error states the contract."""
+"""Input validation shared by the ops (every error states the contract), and the pad/upsample
+composite of the network-stage ops."""
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
+
+from fastnst.ops import autocast
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
@@ -40,3 +45,14 @@ def grad_strides(x: torch.Tensor) -> tuple[int, int, int]:
     if c > 1 and x.stride(1) == 1 and x.stride(2) == c:
         return (c * l, 1, c)
     return (c * l, l, 1)
+
+
+def resample(y: torch.Tensor, upsample: int, pad: int) -> torch.Tensor:
+    """``F.pad(F.interpolate(y, scale_factor=upsample, mode="nearest"), [pad] * 4, mode="reflect")``
+    in y's dtype, under autocast too (autocast makes reflection_pad an fp32 op; both are copies,
+    exact in any dtype)."""
+    off = autocast.enabled(y.device.type)
+    with torch.autocast(y.device.type, enabled=False) if off else contextlib.nullcontext():
+        if upsample > 1:
+            y = torch.nn.functional.interpolate(y, scale_factor=int(upsample), mode="nearest")
+        return torch.nn.functional.pad(y, (pad,) * 4, mode="reflect") if pad else y

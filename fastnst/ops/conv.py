@@ -8,11 +8,11 @@
 
 On the CPU's avx512 path, in float32, without autograd, outside torch.compile and autocast, with
 input and output channels multiples of 16, it runs Winograd's F(4x4, 3x3) (maths and layout in
-csrc/cpu/conv_winograd.cpp): 4x fewer multiply-adds than the direct convolution, 1.6-3.5x faster
-than oneDNN's at the networks' shapes here, at ~10-30x a direct fp32 convolution's rounding error
-(~1e-5 of the output's scale). Anything else runs ``F.conv2d``. ``FASTNST_CONV=aten`` (or
-``use_winograd(False)``) keeps every call on ``F.conv2d``; ``route(x, weight)`` says which path a
-call takes and why.
+csrc/cpu/conv_winograd.cpp): 4x fewer multiply-adds than the direct convolution, 2.5-4x faster
+than oneDNN's at the networks' 64-128-channel shapes here (equal at 32), at ~10-30x a direct
+fp32 convolution's rounding error (~1e-5 of the output's scale). Anything else runs
+``F.conv2d``. ``FASTNST_CONV=aten`` (or ``use_winograd(False)``) keeps every call on
+``F.conv2d``; ``route(x, weight)`` says which path a call takes and why.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from fastnst import _ext
+from fastnst.ops._common import resample
 
 __all__ = ["conv3x3", "route", "use_winograd"]
 
@@ -103,13 +104,7 @@ def conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = N
         return torch.ops.fastnst.conv3x3_winograd(x, weight, bias, upsample, pad)
     if not torch.compiler.is_compiling() and _env_choice() == "winograd":
         raise RuntimeError(f"conv3x3: {_ENV}=winograd, but the Winograd kernel cannot serve this call: {why}")
-    with torch.autocast(x.device.type, enabled=False) if torch.amp.is_autocast_available(x.device.type) \
-            else contextlib.nullcontext():
-        if upsample > 1:  # copies: exact in any dtype (autocast would run them in fp32)
-            x = F.interpolate(x, scale_factor=upsample, mode="nearest")
-        if pad:
-            x = F.pad(x, (pad,) * 4, mode="reflect")
-    return F.conv2d(x, weight, bias)
+    return F.conv2d(resample(x, upsample, pad), weight, bias)
 
 
 def _fake(x, weight, bias, upsample=1, pad=0):

@@ -24,7 +24,7 @@ import torch
 from fastnst import _ext, reference
 from fastnst.backend import resolve
 from fastnst.ops import autocast
-from fastnst.ops._common import check_same_device, check_tensor, grad_strides, shape_str
+from fastnst.ops._common import check_same_device, check_tensor, grad_strides, resample, shape_str
 from fastnst.ops.registry import OpSpec, Sample, register
 
 ACTIVATIONS = {None: 0, "relu": 1}
@@ -385,17 +385,8 @@ def instance_norm_pad(x: torch.Tensor, weight: torch.Tensor | None = None, bias:
     y = instance_norm(x, weight, bias, eps, activation)
     if residual is not None:
         y = y + residual.to(y.dtype)  # a no-op outside autocast (same dtypes)
-    if autocast.enabled(y.device.type):
-        # Autocast makes reflection_pad an fp32 op: keep y's dtype, as the fused kernel does.
-        with torch.autocast(y.device.type, enabled=False):
-            return _resample(y, upsample, pad)
-    return _resample(y, upsample, pad)
+    return resample(y, upsample, pad)  # y's dtype, as the fused kernel's
 
-
-def _resample(y: torch.Tensor, upsample: int, pad: int) -> torch.Tensor:
-    if upsample > 1:
-        y = torch.nn.functional.interpolate(y, scale_factor=int(upsample), mode="nearest")
-    return torch.nn.functional.pad(y, (pad,) * 4, mode="reflect") if pad else y
 
 
 def adain(content: torch.Tensor, style: torch.Tensor | Sequence[torch.Tensor], alpha: float = 1.0,

@@ -29,10 +29,14 @@ LAYERS = (
 QUICK_SIDE = 64
 
 
-def _eager(x, w, b, up):
+def _padded(x, up):
     if up > 1:
         x = F.interpolate(x, scale_factor=up, mode="nearest")
-    return F.conv2d(F.pad(x, (1, 1, 1, 1), mode="reflect"), w, b)
+    return F.pad(x, (1, 1, 1, 1), mode="reflect")
+
+
+def _eager(x, w, b, up):
+    return F.conv2d(_padded(x, up), w, b)
 
 
 def cases(opts: bench.Options):
@@ -44,23 +48,17 @@ def cases(opts: bench.Options):
         x = torch.randn(1, c, side, side, generator=g).contiguous(memory_format=CL)
         w = (torch.randn(co, c, 3, 3, generator=g) / (3 * c ** 0.5)).contiguous(memory_format=CL)
         b = torch.randn(co, generator=g)
-        X = F.pad(F.interpolate(x, scale_factor=up, mode="nearest") if up > 1 else x, (1, 1, 1, 1), mode="reflect")
+        X = _padded(x, up)
         path, why = conv.route(x, w, b, up, 1)
-        compiled = bench.compiled(_eager)
         impls = {
             "fastnst": (lambda x=x, w=w, b=b, up=up: conv.conv3x3(x, w, b, up, 1)) if path == "winograd" else why,
             "oneDNN (input padded beforehand)": lambda X=X, w=w, b=b: F.conv2d(X, w, b),
             bench.BASELINE: lambda x=x, w=w, b=b, up=up: _eager(x, w, b, up),
-            bench.COMPILED: compiled,
+            bench.COMPILED: bench.compiled(_eager),
         }
 
-        def call(fn, x=x, w=w, b=b, up=up):
-            if isinstance(fn, Compiled):
-                return lambda: fn(x, w, b, up)
-            return fn
-
-        def make(fn):
-            f = call(fn)
+        def make(fn, x=x, w=w, b=b, up=up):
+            f = (lambda: fn(x, w, b, up)) if isinstance(fn, Compiled) else fn
 
             def run():
                 with torch.no_grad():
