@@ -72,6 +72,15 @@ TORCH_LIBRARY(fastnst, m) {
   // CPU with the avx512 path only; no autograd (fastnst.ops.conv.conv3x3 decides).
   m.def("conv3x3_winograd(Tensor x, Tensor weight, Tensor? bias, int upsample=1, int pad=0) -> Tensor");
 
+  // Direct convolution of the same virtual input with any square kernel and stride:
+  //   y[b, o, i, j] = bias[o] + sum_{c, u, v} weight[o, c, u, v] X[b, c, s i + u, s j + v]
+  // in fp32 (one FMA per product). x float32 [B, C, H, W] (any strides), weight float32
+  // [Co, C, k, k], bias None or [Co]; stride, upsample >= 1, 0 <= pad < H upsample, W upsample;
+  // X at least k x k. Returns [B, Co, (Hv - k) / s + 1, (Wv - k) / s + 1], channels_last for
+  // Co > 8 and contiguous for Co <= 8. CPU with the avx512 path only; no autograd
+  // (fastnst.ops.conv.conv decides).
+  m.def("conv2d_direct(Tensor x, Tensor weight, Tensor? bias, int stride=1, int upsample=1, int pad=0) -> Tensor");
+
   // Style swap (Chen & Schmidt 2016), in two ops. Geometry shared by both, k = patch_size,
   // s = stride: content patches sit at (i s, j s), i < nh = (Hc - k) / s + 1, j < nw =
   // (Wc - k) / s + 1; style patches at (qi s, qj s), qi < mh = (Hs - k) / s + 1,
@@ -102,6 +111,7 @@ namespace fastnst {
 namespace cpu {
 std::string gram_routes();  // gram.cpp
 std::string conv_routes();  // conv_winograd.cpp
+std::string conv_direct_routes();  // conv_direct.cpp
 }  // namespace cpu
 }  // namespace fastnst
 
@@ -155,6 +165,7 @@ static PyObject* build_info(PyObject*, PyObject*) {
   routes += std::string("style_swap_match\tfloat16\t") +
             (c::has_avx512() ? "avx512\twidened exactly to fp32, AVX-512 microkernel" : swap32) + "\n";
   routes += c::conv_routes();
+  routes += c::conv_direct_routes();
   set_str("cpu_routes", routes);
   return d;
 }

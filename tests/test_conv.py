@@ -1,5 +1,5 @@
-"""fastnst::conv3x3_winograd (Winograd F(4x4, 3x3)) and fastnst.ops.conv.conv3x3, which routes
-between it and aten's convolution.
+"""fastnst::conv3x3_winograd (Winograd F(4x4, 3x3)) and fastnst.ops.conv.conv / conv3x3, which
+route between it, fastnst::conv2d_direct (tests/test_conv_direct.py) and aten's convolution.
 
 Parity is against float64 F.conv2d of the upsampled, reflection-padded input, with an error
 bound relative to the convolution's own scale (sum |w| |x| over a window): Winograd's transforms
@@ -152,34 +152,51 @@ def test_bad_input(args, message):
     assert str(e.value).splitlines()[0] == message
 
 
-# ---- the router: fastnst.ops.conv.conv3x3 ----------------------------------------------------
+# ---- the router: fastnst.ops.conv.conv / conv3x3 ---------------------------------------------
 def test_conv3x3_is_f_conv2d_of_the_padded_input():
     x, w, b = torch.randn(2, 16, 9, 10), torch.randn(32, 16, 3, 3) / 12, torch.randn(32)
     for up, pad in ((1, 0), (1, 1), (2, 1)):
         want, scale = _reference(x, w, b, up, pad)
         y = conv.conv3x3(x, w, b, up, pad)
         assert float((y.double() - want).abs().max()) <= 2e-6 * scale
-        with conv.use_winograd(False):
-            assert torch.equal(conv.conv3x3(x, w, b, up, pad), F.conv2d(_virtual(x, up, pad), w, b))
+        with conv.use_winograd(False):  # the direct kernel: a direct fp32 convolution's rounding
+            assert float((conv.conv3x3(x, w, b, up, pad).double() - want).abs().max()) <= 1e-6 * scale
+            with conv.use_direct(False):
+                assert torch.equal(conv.conv3x3(x, w, b, up, pad), F.conv2d(_virtual(x, up, pad), w, b))
+        assert torch.equal(conv.conv(x, w, b, 1, up, pad, winograd=False, direct=False),
+                           F.conv2d(_virtual(x, up, pad), w, b))
 
 
 def test_routes_and_reasons():
     x, w = torch.randn(1, 16, 6, 6), torch.randn(16, 16, 3, 3)
-    if _winograd_here():
+    fast = _winograd_here()
+    if fast:
         assert conv.route(x, w) == ("winograd", "Winograd F(4x4, 3x3) on AVX-512")
+        assert conv.route(x, w, winograd=False) == ("direct", "direct convolution on AVX-512")
+        # what Winograd does not take goes to the direct kernel
+        assert conv.route(torch.randn(1, 8, 6, 6), torch.randn(16, 8, 3, 3))[0] == "direct"
+        assert conv.route(x, torch.randn(16, 16, 5, 5))[0] == "direct"
+        assert conv.route(x, w, None, 1, 1, 2)[0] == "direct"
     assert conv.route(x.double(), w.double())[1] == "not float32"
-    assert conv.route(torch.randn(1, 8, 6, 6), torch.randn(16, 8, 3, 3))[1] == "channels not multiples of 16"
-    assert conv.route(x, torch.randn(16, 16, 5, 5))[1] == "not a [B, C, H, W] input with a [Co, C, 3, 3] weight"
+    assert conv.route(x, w, None, 1, 0, 2, direct=False)[1] == (
+        "Winograd takes only 3x3 stride-1 weights with channels multiples of 16; the direct kernel is off")
+    assert conv.route(x, torch.randn(16, 16, 3, 5))[1] == "not a [B, C, H, W] input with a square [Co, C, k, k] weight"
     xg = x.clone().requires_grad_(True)
-    assert conv.route(xg, w)[1] == "a gradient is needed (the kernel has no backward)"
+    assert conv.route(xg, w)[1] == "a gradient is needed (the kernels have no backward)"
     with torch.no_grad():
-        assert conv.route(xg, w)[0] == ("winograd" if _winograd_here() else "aten")
+        assert conv.route(xg, w)[0] == ("winograd" if fast else "aten")
     with torch.autocast("cpu", torch.bfloat16):
         assert conv.route(x, w)[1] == "under autocast (the convolution runs in the autocast dtype)"
     with conv.use_winograd(False):
-        assert conv.route(x, w)[0] == "aten"
+        assert conv.route(x, w)[0] == ("direct" if fast else "aten")
+        with conv.use_direct(False):
+            assert conv.route(x, w)[0] == "aten"
+    with conv.use_direct(False):
+        assert conv.route(x, w)[0] == ("winograd" if fast else "aten")
     assert conv.route(x, w, None, 1, 1)[0] == conv.route(x, w)[0]
-    assert conv.route(torch.randn(1, 16, 1, 1), w)[1] == "smaller than 3 x 3"
+    assert conv.route(torch.randn(1, 16, 1, 1), w)[1] == "smaller than the 3 x 3 kernel"
+    assert conv.route(x, w, winograd=False, direct=False)[1] == (
+        "switched off (FASTNST_CONV=aten, use_winograd(False) and use_direct(False), or the caller's choice)")
 
 
 def test_gradients_take_aten():
@@ -196,7 +213,8 @@ def test_gradients_take_aten():
 def test_the_op_itself_has_no_backward():
     x = torch.randn(1, 16, 6, 6, requires_grad=True)
     y = OP(x, torch.randn(16, 16, 3, 3), None)
-    with pytest.raises(RuntimeError, match="fastnst::conv3x3_winograd is inference-only"):
+    with pytest.raises(RuntimeError, match="fastnst::conv3x3_winograd is inference-only \\(no backward\\); call "
+                                           "fastnst.ops.conv.conv, which takes aten's convolution"):
         y.sum().backward()
 
 
@@ -240,36 +258,49 @@ from fastnst.ops import conv
 x, w = torch.randn(1, 16, 6, 6), torch.randn(16, 16, 3, 3)
 print(conv.route(x, w))
 print(torch.equal(conv.conv3x3(x, w, None, 1, 1), F.conv2d(F.pad(x, (1,) * 4, mode="reflect"), w)))
-try:
-    torch.ops.fastnst.conv3x3_winograd(x, w, None)
-except RuntimeError as e:
-    print(str(e).splitlines()[0])
+for op, args in (("conv3x3_winograd", (x, w, None)), ("conv2d_direct", (x, w, None, 2))):
+    try:
+        getattr(torch.ops.fastnst, op)(*args)
+    except RuntimeError as e:
+        print(str(e).splitlines()[0])
 """
 
 
-def test_below_avx512_conv3x3_is_aten_and_the_op_says_why():
+def test_below_avx512_conv_is_aten_and_the_ops_say_why():
     res = _child(_CHILD, FASTNST_CPU_ISA="avx2")
     assert res.returncode == 0, res.stderr
     lines = res.stdout.splitlines()
-    assert lines[0] == "('aten', 'the CPU path is avx2 (the kernel needs avx512)')"
+    assert lines[0] == "('aten', 'the CPU path is avx2 (the kernels need avx512)')"
     assert lines[1] == "True"
     assert lines[2] == ("conv3x3_winograd: needs the avx512 CPU path, this process runs avx2 (call "
                         "fastnst.ops.conv.conv3x3, which uses aten's convolution there)")
+    assert lines[3] == ("conv2d_direct: needs the avx512 CPU path, this process runs avx2 (call "
+                        "fastnst.ops.conv.conv, which uses aten's convolution there)")
 
 
+@pytest.mark.skipif(not _winograd_here(), reason="the kernels need the avx512 CPU path")
 def test_fastnst_conv_switch():
     res = _child(_CHILD, FASTNST_CONV="aten")
     assert res.returncode == 0, res.stderr
-    assert res.stdout.splitlines()[:2] == ["('aten', 'switched off (FASTNST_CONV=aten or use_winograd(False))')",
-                                           "True"]
+    assert res.stdout.splitlines()[:2] == [
+        "('aten', \"switched off (FASTNST_CONV=aten, use_winograd(False) and use_direct(False), or the caller's "
+        "choice)\")", "True"]
+    res = _child(_CHILD, FASTNST_CONV="direct")
+    assert res.stdout.splitlines()[0] == "('direct', 'direct convolution on AVX-512')"
     res = _child("from fastnst.ops import conv; import torch; conv.route(torch.zeros(1), torch.zeros(1))",
                  FASTNST_CONV="fast")
-    assert "ValueError: FASTNST_CONV must be auto, winograd or aten, got 'fast'" in res.stderr
+    assert "ValueError: FASTNST_CONV must be auto, winograd, direct or aten, got 'fast'" in res.stderr
     code = ("from fastnst.ops import conv; import torch\n"
             "conv.conv3x3(torch.randn(1, 8, 6, 6), torch.randn(8, 8, 3, 3))")
     res = _child(code, FASTNST_CONV="winograd")
     assert ("RuntimeError: conv3x3: FASTNST_CONV=winograd, but the Winograd kernel cannot serve this call: "
-            "channels not multiples of 16") in res.stderr
+            "Winograd takes only 3x3 stride-1 weights with channels multiples of 16; the direct kernel is off"
+            ) in res.stderr
+    code = ("from fastnst.ops import conv; import torch\n"
+            "conv.conv(torch.randn(1, 8, 6, 6).double(), torch.randn(8, 8, 3, 3).double(), None, 2)")
+    res = _child(code, FASTNST_CONV="direct")
+    assert ("RuntimeError: conv: FASTNST_CONV=direct, but the direct kernel cannot serve this call: not float32"
+            ) in res.stderr
 
 
 def test_info_lists_the_conv_path():
@@ -278,7 +309,9 @@ def test_info_lists_the_conv_path():
     routes = _ext.build_info()["cpu_routes"]
     line = next(r for r in routes.splitlines() if r.startswith("conv3x3_winograd\tfloat32\t"))
     assert ("Winograd F(4x4, 3x3)" in line) == _winograd_here()
-    assert "conv3x3_winograd" in str(info.cpu_paths())
+    line = next(r for r in routes.splitlines() if r.startswith("conv2d_direct\tfloat32\t"))
+    assert ("direct: staged rows" in line) == _winograd_here()
+    assert "conv3x3_winograd" in str(info.cpu_paths()) and "conv2d_direct" in str(info.cpu_paths())
 
 
 def test_bench_case_runs(tmp_path):

@@ -160,14 +160,18 @@ def net():
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("size", [(36, 44), (20, 28)])
 def test_fused_network_is_the_plain_path_bit_for_bit(net, precision, size):
-    """With winograd_convs off, every stage is the plain path's on the same convolutions; with
-    it on (the default), the 3x3 convolutions' Winograd rounding stays within 1e-4 of the output's
-    scale (and bf16, which never takes it, is unchanged)."""
+    """With winograd_convs and direct_convs off, every stage is the plain path's on the same
+    convolutions; with fastnst's direct kernel only (the 9x9 and stride-2 ones, and the 3x3 ones
+    too) it stays within 1e-5 of the output's scale (a direct fp32 convolution, summed in
+    another order); with both on (the default), the 3x3 convolutions' Winograd rounding stays
+    within 1e-4 (and bf16, which never takes them, is unchanged)."""
     x = torch.rand(2, 3, *size) * 255
     with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16"):
-        y_wino = net(x)
+        y_fast = net(x)
         net.winograd_convs = False
         try:
+            y_direct = net(x)
+            net.direct_convs = False
             y = net(x)
             net.grouped_output_conv = False
             y_ungrouped = net(x)
@@ -175,8 +179,9 @@ def test_fused_network_is_the_plain_path_bit_for_bit(net, precision, size):
             plain_cl = net(x.contiguous(memory_format=CL))  # the same channels_last convolutions
             plain = net(x)
         finally:
-            net.fused_inference = net.grouped_output_conv = net.winograd_convs = True
+            net.fused_inference = net.grouped_output_conv = net.winograd_convs = net.direct_convs = True
     assert y.is_contiguous() and y.shape == x.shape
+    assert y_fast.is_contiguous() and y_fast.shape == x.shape
     assert torch.equal(y_ungrouped, plain_cl.contiguous())
     scale = plain_cl.float().abs().max()
     atol = scale * (1e-6 if precision == "fp32" else 1e-2)
@@ -184,10 +189,11 @@ def test_fused_network_is_the_plain_path_bit_for_bit(net, precision, size):
     tol = dict(rtol=0, atol=1e-3) if precision == "fp32" else dict(rtol=0.05, atol=4.0)
     torch.testing.assert_close(y.float(), plain.float(), **tol)  # NCHW convolutions round differently
     if precision == "bf16" or not _winograd_here():
-        assert torch.equal(y_wino, y)
+        assert torch.equal(y_fast, y) and torch.equal(y_direct, y)
     else:
-        assert not torch.equal(y_wino, y)  # the Winograd kernel did run
-        torch.testing.assert_close(y_wino, plain_cl.contiguous(), rtol=0, atol=float(scale) * 1e-4)
+        assert not torch.equal(y_direct, y) and not torch.equal(y_fast, y_direct)  # the kernels did run
+        torch.testing.assert_close(y_direct, plain_cl.contiguous(), rtol=0, atol=float(scale) * 1e-5)
+        torch.testing.assert_close(y_fast, plain_cl.contiguous(), rtol=0, atol=float(scale) * 1e-4)
 
 
 def _winograd_here() -> bool:
@@ -287,18 +293,21 @@ def test_fused_sr_network_is_the_plain_path_bit_for_bit(blocks, factor):
                 n.bias.normal_(0, 0.3)
     x = torch.rand(2, 3, 9, 12) * 255
     with torch.inference_mode():
-        y_wino = net(x)
+        y_fast = net(x)
         net.winograd_convs = False
+        y_direct = net(x)
+        net.direct_convs = False
         y = net(x)
         net.grouped_output_conv = False
         y_ungrouped = net(x)
         net.fused_inference = False
         plain_cl = net(x.contiguous(memory_format=CL))
-    assert y.shape == (2, 3, 9 * factor, 12 * factor) and y.is_contiguous()
+    assert y.shape == (2, 3, 9 * factor, 12 * factor) and y.is_contiguous() and y_fast.is_contiguous()
     assert torch.equal(y_ungrouped, plain_cl.contiguous())
     scale = float(plain_cl.abs().max())
     torch.testing.assert_close(y, plain_cl.contiguous(), rtol=0, atol=scale * 1e-6)
-    torch.testing.assert_close(y_wino, plain_cl.contiguous(), rtol=0, atol=scale * 1e-4)
+    torch.testing.assert_close(y_direct, plain_cl.contiguous(), rtol=0, atol=scale * 1e-5)
+    torch.testing.assert_close(y_fast, plain_cl.contiguous(), rtol=0, atol=scale * 1e-4)
 
 
 def test_fused_network_follows_weights_edited_through_data():

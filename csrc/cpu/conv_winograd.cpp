@@ -40,6 +40,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "cpu/conv_maps.h"
 #include "cpu/cpu_features.h"
 #include "cpu/out_cache.h"
 
@@ -236,19 +237,6 @@ void run_blocks(const Geo& g, int64_t blk0, int64_t blk1) {
 }
 #endif  // FASTNST_X86
 
-// map[i] = the source index of index i of reflect_pad(upsample(n, up), pad).
-std::vector<int64_t> index_map(int64_t n, int64_t up, int64_t pad) {
-  const int64_t m = n * up;
-  std::vector<int64_t> map(static_cast<size_t>(m + 2 * pad));
-  for (int64_t i = 0; i < m + 2 * pad; ++i) {
-    int64_t u = i - pad;
-    if (u < 0) u = -u;
-    if (u >= m) u = 2 * (m - 1) - u;
-    map[static_cast<size_t>(i)] = u / up;
-  }
-  return map;
-}
-
 at::Tensor conv3x3_winograd_cpu(const at::Tensor& x0, const at::Tensor& weight0, const c10::optional<at::Tensor>& bias0,
                                 int64_t upsample, int64_t pad) {
   check_isa();
@@ -287,7 +275,7 @@ at::Tensor conv3x3_winograd_cpu(const at::Tensor& x0, const at::Tensor& weight0,
   const float* wtp = wt.data_ptr<float>();
   float* Up = U.data_ptr<float>();
   at::parallel_for(0, C, 8, [&](int64_t c0, int64_t c1) { transform_weight(wtp, Up, C, Co, c0, c1); });
-  const std::vector<int64_t> rows = index_map(Hx, upsample, pad), cols = index_map(Wx, upsample, pad);
+  const std::vector<int64_t> rows = reflect_upsample_map(Hx, upsample, pad), cols = reflect_upsample_map(Wx, upsample, pad);
   Geo g{B, C, Co, Hp, Wp, H, W, (H + 3) / 4, (W + 3) / 4, Hx, Wx, rows.data(), cols.data(), x.data_ptr<float>(),
         y.data_ptr<float>(), Up, bias.defined() ? bias.data_ptr<float>() : nullptr};
   const int64_t nblocks = (B * g.th * g.tw + kT - 1) / kT;

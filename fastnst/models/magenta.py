@@ -38,14 +38,15 @@ import torch.nn.functional as F
 
 from fastnst.models.transformer import (
     _fusable,
+    first_conv,
     fused_conv,
     output_conv,
     reads_virtually,
     reflect_pad,
     upsample_reflect_pad,
+    virtual_conv,
 )
 from fastnst.nn import ConditionalInstanceNorm2d
-from fastnst.ops.conv import conv3x3
 from fastnst.ops.norm import instance_norm, instance_norm_pad
 
 __all__ = ["NUM_STYLES", "EMBEDDING_DIM", "CINTransformer", "StylePredictor", "ArbitraryTransformer",
@@ -87,12 +88,22 @@ def _pad_to_4(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def _next_conv(layer: nn.Module, out: torch.Tensor, virtual: bool, winograd: bool) -> torch.Tensor:
-    """``layer``'s convolution (a CINConv / StyleConv) on the stage output ``out``: the Winograd
+def _norm_stage(y: torch.Tensor, gamma, beta, eps: float, activation, residual, up: int, pad: int) -> torch.Tensor:
+    """instance_norm_pad(y, ...); a contiguous (NCHW) y with nothing to add, upsample or pad (the
+    output of a narrow layer's direct convolution, read virtually by the next one) by
+    instance_norm, which keeps that layout (instance_norm_pad would copy y to channels_last):
+    the same values bit for bit."""
+    if up == 1 and pad == 0 and residual is None and y.is_contiguous() and not _is_cl(y):
+        return instance_norm(y, gamma, beta, eps, activation)
+    return instance_norm_pad(y, gamma, beta, eps, activation, residual, up, pad)
+
+
+def _next_conv(layer: nn.Module, out: torch.Tensor, virtual: bool, winograd: bool, direct: bool) -> torch.Tensor:
+    """``layer``'s convolution (a CINConv / StyleConv) on the stage output ``out``: a fastnst
     kernel reading ``out`` upsampled and padded (``virtual``), else the convolution of the padded
     ``out`` (grouped for the 3- and 4-channel ones, transformer.output_conv)."""
     if virtual:
-        return conv3x3(out, layer.conv.weight, layer.conv.bias, layer.upsample, layer.kernel // 2)
+        return virtual_conv(layer.conv, out, layer.upsample, layer.kernel // 2, winograd, direct)
     if layer.conv.out_channels <= 4:
         return output_conv(layer.conv, out, channels_last=True)
     return fused_conv(layer.conv, out, winograd)
@@ -161,6 +172,7 @@ class CINTransformer(nn.Module):
     # Inference on the CPU runs _forward_fused (TransformerNet's scheme); False: module by module.
     fused_inference = True
     winograd_convs = True  # in _forward_fused, the 3x3 stride-1 convolutions by Winograd (fused_conv)
+    direct_convs = True  # ... and the others by fastnst's direct kernel (False: oneDNN's)
 
     def forward(self, image: torch.Tensor, style) -> torch.Tensor:
         _check_image(type(self).__name__, image, MIN_SIDE)
@@ -182,28 +194,29 @@ class CINTransformer(nn.Module):
         convolution; the 3- and 4-channel convolutions grouped (transformer.output_conv); with
         winograd_convs, the 3x3 stride-1 ones by transformer.fused_conv's Winograd kernel."""
         b, h, w = image.shape[0], image.shape[2], image.shape[3]
-        x = _pad_to_4(image).contiguous(memory_format=torch.channels_last)
+        wg, dc = self.winograd_convs, self.direct_convs
+        x = _pad_to_4(image)
 
         def stage(layer: CINConv, y, nxt: CINConv | None, residual=None):
             gamma, beta = layer.norm.affine(style, b)
             pad, up = (nxt.kernel // 2, nxt.upsample) if nxt is not None else (0, 1)
-            return instance_norm_pad(y, gamma, beta, layer.norm.eps, layer.norm.activation, residual, up, pad)
+            return _norm_stage(y, gamma, beta, layer.norm.eps, layer.norm.activation, residual, up, pad)
 
         layers = [*self.contract, *(blk[i] for blk in self.res for i in range(2)), *self.expand]
-        y = layers[0].conv(reflect_pad(x, layers[0].kernel // 2))
+        y = first_conv(layers[0].conv, x, layers[0].kernel // 2, wg, dc)
         P, p_virtual = None, False
         for k, layer in enumerate(layers[:-1]):
             nxt = layers[k + 1]
             in_block = 3 <= k < 3 + 2 * len(self.res)
-            # the Winograd kernel reads the stage's unpadded output, upsampled and padded on the fly
-            virtual = reads_virtually(nxt.conv, y, nxt.upsample, nxt.kernel // 2, self.winograd_convs)
+            # a fastnst kernel reads the stage's unpadded output, upsampled and padded on the fly
+            virtual = reads_virtually(nxt.conv, y, nxt.upsample, nxt.kernel // 2, wg, dc)
             residual = None
             if in_block and (k - 3) % 2 == 1:  # res.j.1 adds res.j's input
                 residual = P if p_virtual else P[:, :, 1:-1, 1:-1]
             out = stage(layer, y, None if virtual else nxt, residual)
             if k == 2 or (in_block and (k - 3) % 2 == 1):
                 P, p_virtual = out, virtual  # a residual block's input (padded for its first conv, or not)
-            y = _next_conv(nxt, out, virtual, self.winograd_convs)
+            y = _next_conv(nxt, out, virtual, wg, dc)
         last = layers[-1]
         gamma, beta = last.norm.affine(style, b)
         y = instance_norm(y, gamma, beta, last.norm.eps, last.norm.activation)
@@ -501,6 +514,7 @@ class ArbitraryTransformer(nn.Module):
 
     fused_inference = True  # as CINTransformer's
     winograd_convs = True
+    direct_convs = True
 
     def forward(self, content: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
         who = type(self).__name__
@@ -517,19 +531,20 @@ class ArbitraryTransformer(nn.Module):
         """CINTransformer's fused scheme; the contract stage (no norms) as conv, ReLU in place
         and the reflection-pad copy."""
         h, w = content.shape[2], content.shape[3]
-        x = _pad_to_4(content).contiguous(memory_format=torch.channels_last)
+        wg, dc = self.winograd_convs, self.direct_convs
         c = self.contract
-        y = x
-        for conv in (c.conv1, c.conv2, c.conv3):
-            y = conv(reflect_pad(y, conv.kernel_size[0] // 2)).relu_()
+        y = first_conv(c.conv1, _pad_to_4(content), c.conv1.kernel_size[0] // 2, wg, dc).relu_()
+        for conv in (c.conv2, c.conv3):
+            p = conv.kernel_size[0] // 2
+            y = (virtual_conv(conv, y, 1, p, wg, dc) if reads_virtually(conv, y, 1, p, wg, dc)
+                 else conv(reflect_pad(y, p))).relu_()
         blocks = list(self.residual.children())
         ex = self.expand
         layers = [*(m for blk in blocks for m in (blk.conv1, blk.conv2)), ex.conv1, ex.conv2, ex.conv3]
-        wg = self.winograd_convs
-        p_virtual = reads_virtually(layers[0].conv, y, 1, layers[0].kernel // 2, wg)
-        if p_virtual:  # the Winograd kernel pads on the fly (see CINTransformer._forward_fused)
+        p_virtual = reads_virtually(layers[0].conv, y, 1, layers[0].kernel // 2, wg, dc)
+        if p_virtual:  # a fastnst kernel pads on the fly (see CINTransformer._forward_fused)
             P = y
-            y = conv3x3(P, layers[0].conv.weight, layers[0].conv.bias, 1, layers[0].kernel // 2)
+            y = virtual_conv(layers[0].conv, P, 1, layers[0].kernel // 2, wg, dc)
         else:
             P = reflect_pad(y, layers[0].kernel // 2)
             y = fused_conv(layers[0].conv, P, wg)
@@ -538,13 +553,13 @@ class ArbitraryTransformer(nn.Module):
             second = k < 2 * len(blocks) and k % 2 == 1
             gamma, beta = (t.to(y.dtype) for t in layer.style_norm.affine(e))  # as StyleNorm.forward
             act = "relu" if layer.activation == "relu" else None
-            virtual = reads_virtually(nxt.conv, y, nxt.upsample, nxt.kernel // 2, wg)
+            virtual = reads_virtually(nxt.conv, y, nxt.upsample, nxt.kernel // 2, wg, dc)
             residual = (P if p_virtual else P[:, :, 1:-1, 1:-1]) if second else None
             up, pad = (1, 0) if virtual else (nxt.upsample, nxt.kernel // 2)
-            out = instance_norm_pad(y, gamma, beta, layer.style_norm.eps, act, residual, up, pad)
+            out = _norm_stage(y, gamma, beta, layer.style_norm.eps, act, residual, up, pad)
             if second:
                 P, p_virtual = out, virtual
-            y = _next_conv(nxt, out, virtual, wg)
+            y = _next_conv(nxt, out, virtual, wg, dc)
         last = layers[-1]
         gamma, beta = (t.to(y.dtype) for t in last.style_norm.affine(e))
         y = instance_norm(y, gamma, beta, last.style_norm.eps, None)

@@ -33,8 +33,8 @@ from fastnst.models.transformer import (
     _run,
     _stage_into,
     _unpadded,
+    first_conv,
     output_conv,
-    reflect_pad,
 )
 
 __all__ = ["SRNet", "bicubic"]
@@ -120,6 +120,7 @@ class SRNet(nn.Module):
     fused_inference = True
     grouped_output_conv = True
     winograd_convs = True  # as TransformerNet's: the 3x3 stride-1 convolutions by Winograd
+    direct_convs = True  # ... and the 9x9 ones by fastnst's direct kernel
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fused_inference and _fusable(self, x):
@@ -134,22 +135,24 @@ class SRNet(nn.Module):
     def _forward_fused(self, x: torch.Tensor) -> torch.Tensor:
         """TransformerNet's fused inference (channels_last, each norm written by
         fastnst::instance_norm_pad into the padded, upsampled input of the next conv; with
-        winograd_convs, the Winograd kernel for the 3x3 convolutions, reading unpadded stage outputs)."""
-        wg = self.winograd_convs
+        winograd_convs, the Winograd kernel for the 3x3 convolutions, with direct_convs fastnst's
+        direct kernel for the 9x9 ones, both reading unpadded stage outputs)."""
+        wg, dc = self.winograd_convs, self.direct_convs
         cl = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
         blocks = [getattr(self, f"res{k}") for k in range(1, self.blocks + 1)]
         ups = [getattr(self, f"up{k}") for k in range(1, self.stages + 1)]
         convs = [b.conv1 for b in blocks] + [u.conv for u in ups] + [self.tail]  # each stage's next layer
         head = self.head.conv
-        y = head.conv2d(reflect_pad(x.contiguous(memory_format=torch.channels_last), head.reflection_pad.padding[0]))
-        P, v = _stage_into(self.head.norm, y, True, convs[0], wg)
+        y = first_conv(head.conv2d, x, head.reflection_pad.padding[0], wg, dc)
+        P, v = _stage_into(self.head.norm, y, True, convs[0], wg, direct=dc)
         for k, blk in enumerate(blocks):
-            t = _run(blk.conv2, *_stage_into(blk.in1, _run(blk.conv1, P, v, wg), True, blk.conv2, wg), wg)
-            P, v = _stage_into(blk.in2, t, False, convs[k + 1], wg, residual=_unpadded(P, blk.conv1, v))
+            t = _run(blk.conv1, P, v, wg, dc)
+            t = _run(blk.conv2, *_stage_into(blk.in1, t, True, blk.conv2, wg, direct=dc), wg, dc)
+            P, v = _stage_into(blk.in2, t, False, convs[k + 1], wg, residual=_unpadded(P, blk.conv1, v), direct=dc)
         for k, up in enumerate(ups):
             nxt = convs[len(blocks) + k + 1]
-            P, v = _stage_into(up.norm, _run(up.conv, P, v, wg), True, nxt, wg)
-        y = output_conv(self.tail.conv2d, P, self.grouped_output_conv)
+            P, v = _stage_into(up.norm, _run(up.conv, P, v, wg, dc), True, nxt, wg, direct=dc)
+        y = _run(self.tail, P, v, wg, dc) if v else output_conv(self.tail.conv2d, P, self.grouped_output_conv)
         return y.contiguous(memory_format=torch.channels_last) if cl else y
 
     def extra_repr(self) -> str:

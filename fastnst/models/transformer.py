@@ -162,6 +162,8 @@ class TransformerNet(nn.Module):
     grouped_output_conv = True
     # In _forward_fused, the 3x3 stride-1 convolutions by Winograd F(4x4, 3x3) (fused_conv).
     winograd_convs = True
+    # ... and the others (9x9, stride 2) by fastnst's direct kernel; False: oneDNN's.
+    direct_convs = True
 
     def forward(self, x):
         if self.fused_inference and _fusable(self, x):
@@ -265,6 +267,13 @@ def _winograd_eligible(conv: nn.Module) -> bool:
             and conv.padding == (0, 0) and conv.dilation == (1, 1) and conv.groups == 1)
 
 
+def _plain_conv(conv: nn.Module) -> bool:
+    """An ``nn.Conv2d`` that fastnst.ops.conv.conv can stand for: square kernel and stride, no
+    padding of its own, no dilation, no groups."""
+    return (type(conv) is nn.Conv2d and conv.kernel_size[0] == conv.kernel_size[1] and conv.stride[0] == conv.stride[1]
+            and conv.padding == (0, 0) and conv.dilation == (1, 1) and conv.groups == 1)
+
+
 def fused_conv(conv: nn.Conv2d, P: torch.Tensor, winograd: bool = True) -> torch.Tensor:
     """``conv(P)`` in a fused inference path: a 3x3, stride-1, unpadded convolution (the
     networks' residual and upsampling convolutions, on their reflection-padded inputs) through
@@ -283,33 +292,61 @@ def _geometry(layer: nn.Module) -> tuple[nn.Conv2d, int, int]:
     return layer.conv2d, int(getattr(layer, "upsample", None) or 1), layer.reflection_pad.padding[0]
 
 
-def reads_virtually(conv: nn.Conv2d, y: torch.Tensor, upsample: int, pad: int, winograd: bool) -> bool:
-    """Whether ``conv`` on the upsampled, padded form of a tensor like ``y`` (the stage's input:
-    same shape, dtype and device as the stage's output before padding) runs as the Winograd
-    kernel reading the unpadded tensor (so the stage writes only that)."""
+def virtual_path(conv: nn.Conv2d, y: torch.Tensor, upsample: int, pad: int, winograd: bool,
+                 direct: bool = False) -> str | None:
+    """``"winograd"`` or ``"direct"`` when ``conv`` on the upsampled, padded form of a tensor like
+    ``y`` (the stage's input: same shape, dtype and device as the stage's output before padding)
+    runs as that fastnst kernel reading the unpadded tensor (so the stage writes only that);
+    None when it runs on the padded tensor. ``winograd`` / ``direct``: the network's
+    ``winograd_convs`` / ``direct_convs``."""
     from fastnst.ops.conv import route
 
-    return winograd and _winograd_eligible(conv) and route(y, conv.weight, conv.bias, upsample, pad)[0] == "winograd"
+    if not (winograd or direct) or not _plain_conv(conv):
+        return None
+    path = route(y, conv.weight, conv.bias, upsample, pad, conv.stride[0], winograd=winograd, direct=direct)[0]
+    return None if path == "aten" else path
+
+
+def reads_virtually(conv: nn.Conv2d, y: torch.Tensor, upsample: int, pad: int, winograd: bool,
+                    direct: bool = False) -> bool:
+    """Whether ``virtual_path`` names a fastnst kernel."""
+    return virtual_path(conv, y, upsample, pad, winograd, direct) is not None
+
+
+def virtual_conv(conv: nn.Conv2d, y: torch.Tensor, upsample: int, pad: int, winograd: bool,
+                 direct: bool = False) -> torch.Tensor:
+    """``conv`` on ``y`` upsampled and reflection-padded, by fastnst.ops.conv.conv (where
+    ``reads_virtually``: without forming that input)."""
+    from fastnst.ops.conv import conv as conv_op
+
+    return conv_op(y, conv.weight, conv.bias, conv.stride[0], upsample, pad, winograd=winograd, direct=direct)
+
+
+def first_conv(conv: nn.Conv2d, x: torch.Tensor, pad: int, winograd: bool, direct: bool) -> torch.Tensor:
+    """A network's first convolution on the image ``x`` reflection-padded by ``pad``: a fastnst
+    kernel reading ``x`` in its own layout where one serves, else ``conv`` on the padded
+    channels_last copy (oneDNN's fast layout)."""
+    if reads_virtually(conv, x, 1, pad, winograd, direct):
+        return virtual_conv(conv, x, 1, pad, winograd, direct)
+    return conv(reflect_pad(x.contiguous(memory_format=torch.channels_last), pad))
 
 
 def _stage_into(norm: nn.Module, y: torch.Tensor, relu: bool, nxt: nn.Module, winograd: bool,
-                residual: torch.Tensor | None = None) -> tuple[torch.Tensor, bool]:
+                residual: torch.Tensor | None = None, direct: bool = False) -> tuple[torch.Tensor, bool]:
     """The stage (``_stage``) in front of layer ``nxt``, and whether its output is unpadded
-    (``nxt``'s Winograd convolution reads it virtually upsampled and padded) or ``nxt``'s padded
-    input."""
+    (``nxt``'s convolution, a fastnst kernel, reads it virtually upsampled and padded) or
+    ``nxt``'s padded input."""
     conv, up, pad = _geometry(nxt)
-    if reads_virtually(conv, y, up, pad, winograd):
+    if reads_virtually(conv, y, up, pad, winograd, direct):
         return _stage(norm, y, relu, None, residual), True
     return _stage(norm, y, relu, nxt, residual), False
 
 
-def _run(layer: nn.Module, P: torch.Tensor, virtual: bool, winograd: bool) -> torch.Tensor:
+def _run(layer: nn.Module, P: torch.Tensor, virtual: bool, winograd: bool, direct: bool = False) -> torch.Tensor:
     """``layer``'s convolution on the stage output ``P`` (see _stage_into)."""
-    from fastnst.ops.conv import conv3x3
-
     conv, up, pad = _geometry(layer)
     if virtual:
-        return conv3x3(P, conv.weight, conv.bias, up, pad)
+        return virtual_conv(conv, P, up, pad, winograd, direct)
     return fused_conv(conv, P, winograd)
 
 
@@ -329,21 +366,21 @@ def _forward_fused(self: TransformerNet, x: torch.Tensor) -> torch.Tensor:
     scale), which reads its input upsampled and padded through index maps, so the stage in
     front of it writes only the unpadded tensor (_stage_into)."""
     cl = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-    wg = self.winograd_convs
-    y = self.conv1.conv2d(reflect_pad(x.contiguous(memory_format=torch.channels_last),
-                                      self.conv1.reflection_pad.padding[0]))
-    y = self.conv2.conv2d(_stage(self.in1, y, True, self.conv2))
-    y = self.conv3.conv2d(_stage(self.in2, y, True, self.conv3))
+    wg, dc = self.winograd_convs, self.direct_convs
+    y = first_conv(self.conv1.conv2d, x, self.conv1.reflection_pad.padding[0], wg, dc)
+    y = _run(self.conv2, *_stage_into(self.in1, y, True, self.conv2, wg, direct=dc), wg, dc)
+    y = _run(self.conv3, *_stage_into(self.in2, y, True, self.conv3, wg, direct=dc), wg, dc)
     blocks = [getattr(self, f"res{k}") for k in range(1, 6)]
-    P, v = _stage_into(self.in3, y, True, blocks[0].conv1, wg)
+    P, v = _stage_into(self.in3, y, True, blocks[0].conv1, wg, direct=dc)
     for k, blk in enumerate(blocks):
-        t = _run(blk.conv1, P, v, wg)
-        t = _run(blk.conv2, *_stage_into(blk.in1, t, True, blk.conv2, wg), wg)
+        t = _run(blk.conv1, P, v, wg, dc)
+        t = _run(blk.conv2, *_stage_into(blk.in1, t, True, blk.conv2, wg, direct=dc), wg, dc)
         nxt = blocks[k + 1].conv1 if k + 1 < len(blocks) else self.deconv1
-        P, v = _stage_into(blk.in2, t, False, nxt, wg, residual=_unpadded(P, blk.conv1, v))
-    y = _run(self.deconv1, P, v, wg)
-    y = _run(self.deconv2, *_stage_into(self.in4, y, True, self.deconv2, wg), wg)
-    y = output_conv(self.deconv3.conv2d, _stage(self.in5, y, True, self.deconv3), self.grouped_output_conv)
+        P, v = _stage_into(blk.in2, t, False, nxt, wg, residual=_unpadded(P, blk.conv1, v), direct=dc)
+    y = _run(self.deconv1, P, v, wg, dc)
+    y = _run(self.deconv2, *_stage_into(self.in4, y, True, self.deconv2, wg, direct=dc), wg, dc)
+    P, v = _stage_into(self.in5, y, True, self.deconv3, wg, direct=dc)
+    y = _run(self.deconv3, P, v, wg, dc) if v else output_conv(self.deconv3.conv2d, P, self.grouped_output_conv)
     return y.contiguous(memory_format=torch.channels_last) if cl else y
 
 

@@ -16,8 +16,9 @@ instance_norm_pad        activation   x and residual cast to D; weight/bias as g
                                       (C++ only)
 mean_std                 keep         x in its own dtype; statistics in x's dtype
 style_swap_reconstruct   keep         the style's dtype
-conv3x3_winograd         keep         float32 only (C++ only); fastnst.ops.conv.conv3x3 runs
+conv3x3_winograd         keep         float32 only (C++ only); fastnst.ops.conv.conv runs
                                       aten's convolution under autocast
+conv2d_direct            keep         as conv3x3_winograd
 *_backward               (none)       autocast's fallthrough, as PyTorch's backward ops: they
                                       run on the dtypes the forward saved
 =======================  ===========  ========================================================
@@ -69,11 +70,12 @@ _FORWARD = {
     "instance_norm_pad": Rule("activation", (0, 5)),  # x, residual
     "mean_std": Rule("keep"),
     "style_swap_reconstruct": Rule("keep"),
-    "conv3x3_winograd": Rule("keep"),  # float32 only; fastnst.ops.conv.conv3x3 takes aten's conv under autocast
+    "conv3x3_winograd": Rule("keep"),  # float32 only; fastnst.ops.conv.conv takes aten's conv under autocast
+    "conv2d_direct": Rule("keep"),  # likewise
 }
 _BACKWARD = ("gram_backward", "mean_std_backward", "instance_norm_backward")
 
-_NO_TRITON = ("instance_norm_pad", "conv3x3_winograd")  # C++ only
+_NO_TRITON = ("instance_norm_pad", "conv3x3_winograd", "conv2d_direct")  # C++ only
 
 # Every fastnst op, C++ (no suffix) and Triton (``_triton``), with its rule.
 POLICY: dict[str, Rule] = {}
