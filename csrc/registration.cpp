@@ -79,6 +79,13 @@ TORCH_LIBRARY(fastnst, m) {
   // X at least k x k. Returns [B, Co, (Hv - k) / s + 1, (Wv - k) / s + 1], channels_last for
   // Co > 8 and contiguous for Co <= 8. CPU with the avx512 path only; no autograd
   // (fastnst.ops.conv.conv decides).
+  // The same valid convolution (stride 1) with a k x k weight, k a multiple of 3, as the sum of
+  // its (k / 3)^2 3 x 3 blocks' convolutions of the shifted input, each by F(4x4, 3x3) (error
+  // ~1e-5 of the output's scale, as conv3x3_winograd's). x float32 [B, C, H, W] (any strides),
+  // weight float32 [Co, C, k, k] with Co a multiple of 16, bias None or [Co]. Returns
+  // [B, Co, Hv - k + 1, Wv - k + 1] channels_last. CPU with the avx512 path only; no autograd.
+  m.def("conv_winograd_split(Tensor x, Tensor weight, Tensor? bias, int upsample=1, int pad=0) -> Tensor");
+
   m.def("conv2d_direct(Tensor x, Tensor weight, Tensor? bias, int stride=1, int upsample=1, int pad=0) -> Tensor");
 
   // Style swap (Chen & Schmidt 2016), in two ops. Geometry shared by both, k = patch_size,

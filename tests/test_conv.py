@@ -179,7 +179,8 @@ def test_routes_and_reasons():
         assert conv.route(x, w, None, 1, 1, 2)[0] == "direct"
     assert conv.route(x.double(), w.double())[1] == "not float32"
     assert conv.route(x, w, None, 1, 0, 2, direct=False)[1] == (
-        "Winograd takes only 3x3 stride-1 weights with channels multiples of 16; the direct kernel is off")
+        "Winograd takes only stride-1 weights: 3x3 with channels multiples of 16, or k x k (k a multiple of 3) "
+        "with output channels multiples of 16; the direct kernel is off")
     assert conv.route(x, torch.randn(16, 16, 3, 5))[1] == "not a [B, C, H, W] input with a square [Co, C, k, k] weight"
     xg = x.clone().requires_grad_(True)
     assert conv.route(xg, w)[1] == "a gradient is needed (the kernels have no backward)"
@@ -294,8 +295,8 @@ def test_fastnst_conv_switch():
             "conv.conv3x3(torch.randn(1, 8, 6, 6), torch.randn(8, 8, 3, 3))")
     res = _child(code, FASTNST_CONV="winograd")
     assert ("RuntimeError: conv3x3: FASTNST_CONV=winograd, but the Winograd kernel cannot serve this call: "
-            "Winograd takes only 3x3 stride-1 weights with channels multiples of 16; the direct kernel is off"
-            ) in res.stderr
+            "Winograd takes only stride-1 weights: 3x3 with channels multiples of 16, or k x k (k a multiple of 3) "
+            "with output channels multiples of 16; the direct kernel is off") in res.stderr
     code = ("from fastnst.ops import conv; import torch\n"
             "conv.conv(torch.randn(1, 8, 6, 6).double(), torch.randn(8, 8, 3, 3).double(), None, 2)")
     res = _child(code, FASTNST_CONV="direct")
@@ -329,3 +330,78 @@ def test_bench_case_runs(tmp_path):
         ref = outs["reference"]
         for name, y in outs.items():
             torch.testing.assert_close(y, ref, rtol=0, atol=float(ref.abs().max()) * 1e-5, msg=name)
+
+
+# ---- fastnst::conv_winograd_split: k x k weights (k = 3 m) as m^2 Winograd 3x3 blocks ---------
+SPLIT = torch.ops.fastnst.conv_winograd_split
+SPLIT_SHAPES = [  # (B, C, Co, H, W, k, upsample, pad)
+    (1, 3, 32, 37, 29, 9, 1, 4),   # the networks' RGB input layer, partial tiles
+    (2, 3, 64, 20, 33, 9, 1, 4),   # B > 1, 64 outputs (SR's head), more than 16 tiles a row
+    (1, 5, 16, 13, 11, 6, 2, 1),   # k = 6, upsampled, a single block of 16 outputs
+    (1, 3, 48, 5, 5, 9, 1, 4),     # the smallest image the 9x9 layers take; 32 + 16 outputs
+    (1, 16, 32, 9, 8, 3, 1, 1),    # k = 3 (m = 1)
+]
+
+
+@needs_winograd
+@pytest.mark.parametrize("shape", SPLIT_SHAPES, ids=[str(s) for s in SPLIT_SHAPES])
+@pytest.mark.parametrize("bias", [True, False])
+def test_split_matches_float64(shape, bias):
+    B, C, Co, H, W, k, up, pad = shape
+    g = torch.Generator().manual_seed(sum(shape))
+    x = torch.randn(B, C, H, W, generator=g)
+    w = torch.randn(Co, C, k, k, generator=g) / (k * C ** 0.5)
+    b = torch.randn(Co, generator=g) if bias else None
+    y = SPLIT(x, w, b, up, pad)
+    X = _virtual(x.double(), up, pad)
+    want = F.conv2d(X, w.double(), None if b is None else b.double())
+    scale = float(F.conv2d(X.abs(), w.double().abs()).amax())
+    assert y.shape == want.shape and y.is_contiguous(memory_format=CL)
+    err = float((y.double() - want).abs().max())
+    assert err <= 4e-6 * scale, (err, scale)  # m^2 sums of F(4x4, 3x3) blocks: Winograd's rounding
+    direct = float((F.conv2d(_virtual(x, up, pad), w, b).double() - want).abs().max())
+    assert err <= 100 * max(direct, 1e-7 * scale)
+
+
+@needs_winograd
+def test_split_layouts_and_batch():
+    x = torch.randn(3, 3, 21, 18)
+    w, b = torch.randn(32, 3, 9, 9) / 27, torch.randn(32)
+    want = SPLIT(x, w, b, 1, 4)
+    strided = torch.randn(3, 3, 21, 36)[:, :, :, ::2]
+    strided.copy_(x)
+    for v in (x.contiguous(memory_format=CL), strided):
+        assert torch.equal(SPLIT(v, w, b, 1, 4), want)
+    for i in range(3):
+        assert torch.equal(SPLIT(x[i:i + 1], w, b, 1, 4), want[i:i + 1])
+
+
+@needs_winograd
+def test_split_opcheck_and_router():
+    x, w, b = torch.randn(2, 3, 11, 12), torch.randn(16, 3, 9, 9), torch.randn(16)
+    for args in ((x, w, b, 1, 4), (x, torch.randn(32, 3, 6, 6), None, 2, 1)):
+        opcheck(SPLIT, args, test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+    assert conv.route(x, w, b, 1, 4) == ("winograd", "Winograd F(4x4, 3x3) on the 3x3 blocks of the 9x9 weight, "
+                                         "on AVX-512")
+    assert torch.equal(conv.conv(x, w, b, 1, 1, 4), SPLIT(x, w, b, 1, 4))
+    assert conv.route(x, w, b, 1, 4, 2)[0] == "direct"  # stride 2: not Winograd's
+    assert conv.route(x, torch.randn(8, 3, 9, 9))[0] == "direct"  # 8 outputs: not a whole vector
+
+
+@pytest.mark.parametrize("args,message", [
+    (lambda: (torch.randn(1, 3, 9, 9), torch.randn(16, 3, 5, 5), None),
+     "conv_winograd_split: weight must be [Co, C, k, k] with k a multiple of 3 and C = x's 3 channels, got "
+     "[16, 3, 5, 5]"),
+    (lambda: (torch.randn(1, 3, 9, 9), torch.randn(8, 3, 9, 9), None),
+     "conv_winograd_split: the output channels must be a positive multiple of 16 and C positive, got C = 3, Co = 8"),
+    (lambda: (torch.randn(1, 3, 9, 9).double(), torch.randn(16, 3, 9, 9).double(), None),
+     "conv_winograd_split: x must be float32 (the Winograd transforms lose too much in 16-bit floats), got Double"),
+    (lambda: (torch.randn(1, 3, 4, 9), torch.randn(16, 3, 9, 9), None, 1, 2),
+     "conv_winograd_split: the (upsampled, padded) input must be at least 9 x 9, got 8 x 13"),
+    (lambda: (torch.randn(1, 3, 9, 9), torch.randn(16, 3, 9, 9), torch.randn(3)),
+     "conv_winograd_split: bias must be float32 [16], got Float [3]"),
+])
+def test_split_bad_input(args, message):
+    with pytest.raises(RuntimeError) as e:
+        SPLIT(*args())
+    assert str(e.value).splitlines()[0] == message

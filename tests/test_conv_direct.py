@@ -24,7 +24,7 @@ OP = torch.ops.fastnst.conv2d_direct
 
 
 def _here() -> bool:
-    return conv.route(torch.zeros(1, 3, 9, 9), torch.zeros(16, 3, 9, 9))[0] == "direct"
+    return conv.route(torch.zeros(1, 3, 9, 9), torch.zeros(16, 3, 3, 3), None, 1, 0, 2)[0] == "direct"
 
 
 needs_direct = pytest.mark.skipif(not _here(), reason="the direct kernel needs the avx512 CPU path")
@@ -173,7 +173,7 @@ def test_bad_input(args, message):
 def test_router_serves_the_networks_layers():
     """fastnst.ops.conv.conv takes the direct kernel for what Winograd does not take, within a
     direct convolution's rounding; with both kernels off it is F.conv2d bit for bit."""
-    for C, Co, k, s, up, pad in ((3, 32, 9, 1, 1, 4), (32, 64, 3, 2, 1, 1), (32, 8, 3, 1, 2, 1)):
+    for C, Co, k, s, up, pad in ((4, 3, 9, 1, 1, 4), (32, 64, 3, 2, 1, 1), (32, 8, 3, 1, 2, 1)):
         x, w, b = torch.randn(1, C, 14, 10), torch.randn(Co, C, k, k) / k, torch.randn(Co)
         assert conv.route(x, w, b, up, pad, s)[0] == "direct"
         want, scale = _reference(x, w, b, s, up, pad)

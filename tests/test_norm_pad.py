@@ -323,4 +323,4 @@ def test_fused_network_follows_weights_edited_through_data():
         m.fused_inference = False
         c = m(x)
     assert not torch.equal(a, b)
-    torch.testing.assert_close(b, c, rtol=0, atol=float(c.abs().max()) * 1e-5)
+    torch.testing.assert_close(b, c, rtol=0, atol=float(c.abs().max()) * 1e-4)  # the Winograd kernels

@@ -235,6 +235,146 @@ void run_blocks(const Geo& g, int64_t blk0, int64_t blk1) {
     }
   }
 }
+
+// ---- k x k kernels (k = 3 m) split into m x m blocks of 3 x 3 ---------------------------------
+// y = sum over the blocks (a, b) of the 3x3 convolution of X shifted by (3a, 3b) with the block
+// w[:, :, 3a:3a+3, 3b:3b+3]; each by F(4x4, 3x3), the m^2 C (block, channel) pairs forming the
+// GEMMs' K: M[p] = V[p] U[p] with V[p] [K][16 tiles] and U[p] [K][Co]. For the networks' 9x9
+// layers on 3-channel images (C = 3, K = 27), which the channel-vectorised kernel above cannot
+// take: vectorised over 16 consecutive tiles of a tile row instead, whose inputs are 16
+// consecutive floats of rows staged in 4 column phases ([phase][c][j] = X[c, row, 4 j + phase]).
+constexpr int kST = 16;  // tiles per block (one vector)
+
+struct SplitGeo {
+  int64_t B, C, Co, m, K, Hv, Wv, H, W, th, tw, ld;
+  int64_t sB, sC, sH, sW;
+  const int64_t* rows;
+  const int64_t* cols;
+  const float* x;
+  float* y;
+  const float* U;     // [36][Co / 32][K][32]
+  const float* bias;  // [Co] or nullptr
+};
+
+// Staged row vr of image b (zeros for vr >= Hv: rows of partial tiles past the image).
+void split_stage(const SplitGeo& g, int64_t b, int64_t vr, float* dst) {
+  const int64_t slot = 4 * g.C * g.ld;
+  if (vr >= g.Hv) {
+    std::fill(dst, dst + slot, 0.f);
+    return;
+  }
+  const float* src = g.x + b * g.sB + g.rows[vr] * g.sH;
+  for (int64_t ph = 0; ph < 4; ++ph)
+    for (int64_t c = 0; c < g.C; ++c) {
+      const float* p = src + c * g.sC;
+      float* d = dst + (ph * g.C + c) * g.ld;
+      const int64_t n = (g.Wv - ph + 3) / 4;
+      for (int64_t j = 0; j < n; ++j) d[j] = p[g.cols[4 * j + ph] * g.sW];
+    }
+}
+
+// M[rows 8][NV * 16] += A[K][16] (tiles t0 .. t0 + 8) times Bm[K][ldb].
+template <int NV>
+WINO_INL void micro_tiles(const float* A, int64_t K, const float* Bm, int64_t ldb, float* M) {
+  constexpr int R = 8;
+  __m512 acc[R][NV];
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < K; ++k) {
+    __m512 bv[NV];
+    for (int v = 0; v < NV; ++v) bv[v] = _mm512_loadu_ps(Bm + k * ldb + 16 * v);
+    for (int r = 0; r < R; ++r) {
+      const __m512 a = _mm512_set1_ps(A[k * kST + r]);
+      for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_fmadd_ps(a, bv[v], acc[r][v]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < NV; ++v) _mm512_storeu_ps(M + r * 32 + 16 * v, acc[r][v]);
+}
+
+// One block of 16 tiles (tile row ty of image b, tiles tx0 ..): rp[r] = staged row 4 ty + r.
+WINO_FN void split_block(const SplitGeo& g, const float* const* rp, int64_t b, int64_t ty, int64_t tx0, float* V,
+                         float* M) {
+  const int64_t C = g.C, K = g.K, ld = g.ld;
+  for (int64_t a = 0; a < g.m; ++a)
+    for (int64_t bb = 0; bb < g.m; ++bb)
+      for (int64_t c = 0; c < C; ++c) {
+        const int64_t k = (a * g.m + bb) * C + c;
+        __m512 d[6][6], tmp[6][6];
+        for (int r = 0; r < 6; ++r)
+          for (int s = 0; s < 6; ++s) {
+            const int64_t col = 3 * bb + s;  // the tile's column offset in X
+            d[r][s] = _mm512_loadu_ps(rp[3 * a + r] + ((col % 4) * C + c) * ld + tx0 + col / 4);
+          }
+        for (int s = 0; s < 6; ++s) {
+          __m512 col[6] = {d[0][s], d[1][s], d[2][s], d[3][s], d[4][s], d[5][s]}, r6[6];
+          bt6(col, r6);
+          for (int i = 0; i < 6; ++i) tmp[i][s] = r6[i];
+        }
+        for (int i = 0; i < 6; ++i) {
+          __m512 r6[6];
+          bt6(tmp[i], r6);
+          for (int j = 0; j < 6; ++j) _mm512_storeu_ps(V + ((6 * i + j) * K + k) * kST, r6[j]);
+        }
+      }
+  const int64_t nt = std::min<int64_t>(kST, g.tw - tx0);
+  for (int64_t ob = 0; ob * 32 < g.Co; ++ob) {
+    const int64_t w = std::min<int64_t>(32, g.Co - ob * 32);
+    for (int p = 0; p < 36; ++p) {
+      const float* Up = g.U + p * K * g.Co + ob * 32 * K;
+      for (int t0 = 0; t0 < kST; t0 += 8) {
+        if (w == 32)
+          micro_tiles<2>(V + p * K * kST + t0, K, Up, 32, M + (p * kST + t0) * 32);
+        else
+          micro_tiles<1>(V + p * K * kST + t0, K, Up, 16, M + (p * kST + t0) * 32);
+      }
+    }
+    for (int64_t t = 0; t < nt; ++t) {
+      const int64_t tx = tx0 + t;
+      for (int64_t l = 0; l < w; l += 16) {
+        const int64_t o0 = ob * 32 + l;
+        __m512 mm[6][6], tmp[4][6];
+        for (int p = 0; p < 36; ++p) mm[p / 6][p % 6] = _mm512_loadu_ps(M + (p * kST + t) * 32 + l);
+        for (int s = 0; s < 6; ++s) {
+          __m512 col[6] = {mm[0][s], mm[1][s], mm[2][s], mm[3][s], mm[4][s], mm[5][s]}, r4[4];
+          at6(col, r4);
+          for (int i = 0; i < 4; ++i) tmp[i][s] = r4[i];
+        }
+        const __m512 bias = g.bias ? _mm512_loadu_ps(g.bias + o0) : _mm512_setzero_ps();
+        const int64_t y0 = 4 * ty, x0 = 4 * tx;
+        const int ni = static_cast<int>(std::min<int64_t>(4, g.H - y0)), nj = static_cast<int>(std::min<int64_t>(4, g.W - x0));
+        for (int i = 0; i < ni; ++i) {
+          __m512 r4[4];
+          at6(tmp[i], r4);
+          float* row = g.y + ((b * g.H + y0 + i) * g.W + x0) * g.Co + o0;
+          for (int j = 0; j < nj; ++j) _mm512_storeu_ps(row + j * g.Co, _mm512_add_ps(r4[j], bias));
+        }
+      }
+    }
+  }
+}
+
+// Tile rows r0 .. r1 (r = b th + ty), with a ring of the 3 (m - 1) + 6 staged rows they read.
+void split_rows(const SplitGeo& g, int64_t r0, int64_t r1) {
+  const int64_t nrows = 3 * (g.m - 1) + 6, slot = 4 * g.C * g.ld;
+  std::vector<float> ring(static_cast<size_t>(nrows * slot), 0.f);
+  std::vector<int64_t> tag(static_cast<size_t>(nrows), -1);
+  std::vector<const float*> rp(static_cast<size_t>(nrows));
+  std::vector<float> V(static_cast<size_t>(36 * g.K * kST)), M(static_cast<size_t>(36 * kST * 32));
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t b = r / g.th, ty = r % g.th;
+    for (int64_t i = 0; i < nrows; ++i) {
+      const int64_t vr = 4 * ty + i, sl = vr % nrows, id = b * (g.Hv + 4 * nrows) + vr;
+      float* dst = ring.data() + sl * slot;
+      if (tag[sl] != id) {
+        split_stage(g, b, vr, dst);
+        tag[sl] = id;
+      }
+      rp[i] = dst;
+    }
+    for (int64_t tx0 = 0; tx0 < g.tw; tx0 += kST) split_block(g, rp.data(), b, ty, tx0, V.data(), M.data());
+  }
+}
 #endif  // FASTNST_X86
 
 at::Tensor conv3x3_winograd_cpu(const at::Tensor& x0, const at::Tensor& weight0, const c10::optional<at::Tensor>& bias0,
@@ -284,15 +424,73 @@ at::Tensor conv3x3_winograd_cpu(const at::Tensor& x0, const at::Tensor& weight0,
   return y;
 }
 
+at::Tensor conv_winograd_split_cpu(const at::Tensor& x, const at::Tensor& weight0, const c10::optional<at::Tensor>& bias0,
+                                   int64_t upsample, int64_t pad) {
+  check_isa();
+  const char* op = "conv_winograd_split";
+  TORCH_CHECK(x.dim() == 4, op, ": x must be [B, C, H, W], got ", x.dim(), " dimensions");
+  TORCH_CHECK(x.scalar_type() == at::kFloat, op, ": x must be float32 (the Winograd transforms lose too much "
+              "in 16-bit floats), got ", x.scalar_type());
+  TORCH_CHECK(weight0.dim() == 4 && weight0.size(2) == weight0.size(3) && weight0.size(2) % 3 == 0 &&
+                  weight0.size(2) > 0 && weight0.size(1) == x.size(1),
+              op, ": weight must be [Co, C, k, k] with k a multiple of 3 and C = x's ", x.size(1), " channels, got ",
+              weight0.sizes());
+  TORCH_CHECK(weight0.scalar_type() == at::kFloat, op, ": weight must be float32, got ", weight0.scalar_type());
+  TORCH_CHECK(weight0.device() == x.device(), op, ": weight must be on x's device");
+  const int64_t B = x.size(0), C = x.size(1), Hx = x.size(2), Wx = x.size(3), Co = weight0.size(0), k = weight0.size(2);
+  TORCH_CHECK(C > 0 && Co > 0 && Co % 16 == 0, op,
+              ": the output channels must be a positive multiple of 16 and C positive, got C = ", C, ", Co = ", Co);
+  TORCH_CHECK(upsample >= 1 && pad >= 0, op, ": upsample must be >= 1 and pad >= 0, got ", upsample, " and ", pad);
+  TORCH_CHECK(Hx >= 1 && Wx >= 1 && pad < Hx * upsample && pad < Wx * upsample, op, ": reflection padding ", pad,
+              " must be smaller than the (upsampled) height and width ", Hx * upsample, " x ", Wx * upsample);
+  const int64_t Hv = Hx * upsample + 2 * pad, Wv = Wx * upsample + 2 * pad;
+  TORCH_CHECK(Hv >= k && Wv >= k, op, ": the (upsampled, padded) input must be at least ", k, " x ", k, ", got ", Hv,
+              " x ", Wv);
+  at::Tensor bias;
+  if (bias0.has_value() && bias0->defined()) {
+    bias = bias0->contiguous();
+    TORCH_CHECK(bias.dim() == 1 && bias.size(0) == Co && bias.scalar_type() == at::kFloat, op,
+                ": bias must be float32 [", Co, "], got ", bias.scalar_type(), " ", bias.sizes());
+    TORCH_CHECK(bias.device() == x.device(), op, ": bias must be on x's device");
+  }
+  TORCH_CHECK(has_avx512(), op, ": needs the avx512 CPU path, this process runs ", runtime_isa(),
+              " (call fastnst.ops.conv.conv, which uses aten's convolution there)");
+  const int64_t H = Hv - k + 1, W = Wv - k + 1, m = k / 3, K = m * m * C;
+  at::Tensor y = reusable_empty_pooled(OutSlot::kConv, {B, Co, H, W}, {Co * H * W, 1, W * Co, Co}, x.options());
+  if (B == 0) return y;
+#if defined(FASTNST_X86)
+  // wt[(a m + b) C + c][u][v][o] = w[o][c][3 a + u][3 b + v]: the blocks as K input channels
+  const at::Tensor wt = weight0.reshape({Co, C, m, 3, m, 3}).permute({2, 4, 1, 3, 5, 0}).contiguous();
+  at::Tensor U = at::empty({36 * K * Co}, x.options());
+  const float* wtp = wt.data_ptr<float>();
+  float* Up = U.data_ptr<float>();
+  at::parallel_for(0, K, 8, [&](int64_t c0, int64_t c1) { transform_weight(wtp, Up, K, Co, c0, c1); });
+  const std::vector<int64_t> rows = reflect_upsample_map(Hx, upsample, pad), cols = reflect_upsample_map(Wx, upsample, pad);
+  const int64_t th = (H + 3) / 4, tw = (W + 3) / 4;
+  const int64_t ld = (tw + kST - 1) / kST * kST + 4;  // blocks of 16 tiles read up to 3 columns on
+  SplitGeo g{B, C, Co, m, K, Hv, Wv, H, W, th, tw, ld, x.stride(0), x.stride(1), x.stride(2), x.stride(3),
+             rows.data(), cols.data(), x.data_ptr<float>(), y.data_ptr<float>(), Up,
+             bias.defined() ? bias.data_ptr<float>() : nullptr};
+  at::parallel_for(0, B * th, 4, [&](int64_t r0, int64_t r1) { split_rows(g, r0, r1); });
+#endif
+  return y;
+}
+
 }  // namespace
 
 std::string conv_routes() {
   return std::string("conv3x3_winograd\tfloat32\t") +
          (has_avx512() ? "avx512\tWinograd F(4x4, 3x3): fastnst's transforms and 12 x 32 GEMM microkernel\n"
-                       : std::string(isa_name(isa())) + "\tnot served below avx512: fastnst.ops.conv.conv3x3 runs aten's convolution\n");
+                       : std::string(isa_name(isa())) + "\tnot served below avx512: fastnst.ops.conv.conv3x3 runs aten's convolution\n") +
+         "conv_winograd_split\tfloat32\t" +
+         (has_avx512() ? "avx512\tWinograd F(4x4, 3x3) on the 3x3 blocks of a k x k kernel, 16 tiles a vector\n"
+                       : std::string(isa_name(isa())) + "\tnot served below avx512: fastnst.ops.conv.conv runs aten's convolution\n");
 }
 
-TORCH_LIBRARY_IMPL(fastnst, CPU, m) { m.impl("conv3x3_winograd", &conv3x3_winograd_cpu); }
+TORCH_LIBRARY_IMPL(fastnst, CPU, m) {
+  m.impl("conv3x3_winograd", &conv3x3_winograd_cpu);
+  m.impl("conv_winograd_split", &conv_winograd_split_cpu);
+}
 
 }  // namespace cpu
 }  // namespace fastnst

@@ -18,6 +18,7 @@ mean_std                 keep         x in its own dtype; statistics in x's dtyp
 style_swap_reconstruct   keep         the style's dtype
 conv3x3_winograd         keep         float32 only (C++ only); fastnst.ops.conv.conv runs
                                       aten's convolution under autocast
+conv_winograd_split      keep         as conv3x3_winograd
 conv2d_direct            keep         as conv3x3_winograd
 *_backward               (none)       autocast's fallthrough, as PyTorch's backward ops: they
                                       run on the dtypes the forward saved
@@ -71,11 +72,12 @@ _FORWARD = {
     "mean_std": Rule("keep"),
     "style_swap_reconstruct": Rule("keep"),
     "conv3x3_winograd": Rule("keep"),  # float32 only; fastnst.ops.conv.conv takes aten's conv under autocast
+    "conv_winograd_split": Rule("keep"),  # likewise
     "conv2d_direct": Rule("keep"),  # likewise
 }
 _BACKWARD = ("gram_backward", "mean_std_backward", "instance_norm_backward")
 
-_NO_TRITON = ("instance_norm_pad", "conv3x3_winograd", "conv2d_direct")  # C++ only
+_NO_TRITON = ("instance_norm_pad", "conv3x3_winograd", "conv_winograd_split", "conv2d_direct")  # C++ only
 
 # Every fastnst op, C++ (no suffix) and Triton (``_triton``), with its rule.
 POLICY: dict[str, Rule] = {}
