@@ -1,4 +1,4 @@
-"""The style networks' 3x3 stride-1 convolutions at a 1024² image: fastnst's Winograd kernel vs
+"""The style networks' convolutions at a 1024² image: fastnst's Winograd and direct kernels vs
 the eager layer (upsample + reflection pad + oneDNN convolution), oneDNN alone and torch.compile
 (fastnst/bench/cases/conv.py).
 

@@ -323,7 +323,8 @@ def test_bench_case_runs(tmp_path):
 
     text = bench.run("conv", quick=True, repeat=1, out_dir=str(tmp_path), log=None,
                      providers=["fastnst", "oneDNN (input padded beforehand)", "reference"])
-    assert "| TransformerNet residual 128→128 | 1x128x64x64 | fwd | reference |" in text
+    assert "| TransformerNet residual 128→128" in text and "| 1x128x64x64 | fwd | reference |" in text
+    assert "| CIN output 9x9 4→3" in text and "| TransformerNet stride-2 32→64" in text
     opts = bench.Options(quick=True)
     for case in harness.benchmarks("conv")[0].cases(opts):
         outs = {p.name: p.fn() for p in case.providers if p.fn is not None and not p.compiled}
