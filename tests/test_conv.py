@@ -311,7 +311,9 @@ def test_info_lists_the_conv_path():
     line = next(r for r in routes.splitlines() if r.startswith("conv3x3_winograd\tfloat32\t"))
     assert ("Winograd F(4x4, 3x3)" in line) == _winograd_here()
     line = next(r for r in routes.splitlines() if r.startswith("conv2d_direct\tfloat32\t"))
-    assert ("direct: staged rows" in line) == _winograd_here()
+    assert ("direct: x read in place (channels_last) or through staged rows" in line) == _winograd_here()
+    line = next(r for r in routes.splitlines() if r.startswith("conv_winograd_split\tfloat32\t"))
+    assert ("on the 3x3 blocks of a k x k kernel" in line) == _winograd_here()
     assert "conv3x3_winograd" in str(info.cpu_paths()) and "conv2d_direct" in str(info.cpu_paths())
 
 

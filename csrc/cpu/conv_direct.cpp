@@ -463,8 +463,8 @@ at::Tensor conv2d_direct_cpu(const at::Tensor& x, const at::Tensor& weight0, con
 
 std::string conv_direct_routes() {
   return std::string("conv2d_direct\tfloat32\t") +
-         (has_avx512() ? "avx512\tdirect: staged rows of the virtual input, 12 x 32 channel-vector or Co x 96 "
-                         "pixel-vector microkernels\n"
+         (has_avx512() ? "avx512\tdirect: x read in place (channels_last) or through staged rows, 12 x 32 "
+                         "channel-vector or Co x 96 pixel-vector microkernels\n"
                        : std::string(isa_name(isa())) + "\tnot served below avx512: fastnst.ops.conv.conv runs aten's convolution\n");
 }
 

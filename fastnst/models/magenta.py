@@ -189,10 +189,15 @@ class CINTransformer(nn.Module):
         return torch.sigmoid(y[:, :, :h, :w])
 
     def _forward_fused(self, image: torch.Tensor, style) -> torch.Tensor:
-        """channels_last convolutions; each norm (γ/β of the style, + ReLU, + the residual)
-        written by fastnst::instance_norm_pad into the padded (upsampled) input of the next
-        convolution; the 3- and 4-channel convolutions grouped (transformer.output_conv); with
-        winograd_convs, the 3x3 stride-1 ones by transformer.fused_conv's Winograd kernel."""
+        """Each norm (γ/β of the style, + ReLU, + the residual) one kernel in front of the next
+        convolution. With winograd_convs and direct_convs (the defaults) every convolution is
+        one of fastnst's (fastnst.ops.conv.conv: Winograd for the 3x3 residual ones and the 9x9
+        input, the direct kernel for the stride-2, upsampling and output ones), reading the
+        stage's unpadded output upsampled and padded on the fly, the first one the image in its
+        own layout, the narrow layers' outputs NCHW (_norm_stage). With both off: channels_last
+        oneDNN convolutions, each norm written by fastnst::instance_norm_pad into the padded
+        (upsampled) input of the next one, the 3- and 4-channel convolutions grouped
+        (transformer.output_conv): the module path's values bit for bit."""
         b, h, w = image.shape[0], image.shape[2], image.shape[3]
         wg, dc = self.winograd_convs, self.direct_convs
         x = _pad_to_4(image)

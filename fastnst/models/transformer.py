@@ -361,10 +361,13 @@ def _forward_fused(self: TransformerNet, x: torch.Tensor) -> torch.Tensor:
     upsampled intermediate is ever allocated; the RGB output convolution runs grouped
     (output_conv). Each stage's values are bit for bit the plain path's on the same
     channels_last convolutions (with grouped_output_conv False: the whole output); the output
-    has x's layout. With winograd_convs, the residual and upsampling convolutions run as the
-    Winograd kernel (fastnst.ops.conv.conv3x3; not bit for bit: within ~1e-5 of each output's
-    scale), which reads its input upsampled and padded through index maps, so the stage in
-    front of it writes only the unpadded tensor (_stage_into)."""
+    has x's layout (with winograd_convs and direct_convs False). With winograd_convs, the
+    residual and upsampling convolutions and the 9x9 input one run as Winograd kernels
+    (fastnst.ops.conv.conv; not bit for bit: within ~1e-5 of each output's scale); with
+    direct_convs, the stride-2 ones and the RGB output as fastnst's direct kernel (a direct
+    fp32 convolution's rounding). Both read their input upsampled and padded through index
+    maps, so the stage in front of them writes only the unpadded tensor (_stage_into), and the
+    first one reads x itself."""
     cl = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
     wg, dc = self.winograd_convs, self.direct_convs
     y = first_conv(self.conv1.conv2d, x, self.conv1.reflection_pad.padding[0], wg, dc)
