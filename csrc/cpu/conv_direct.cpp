@@ -404,18 +404,9 @@ at::Tensor conv2d_direct_cpu(const at::Tensor& x, const at::Tensor& weight0, con
   TORCH_CHECK(C > 0 && Co > 0, op, ": the input and output channels must be positive, got C = ", C, ", Co = ", Co);
   TORCH_CHECK(stride >= 1 && upsample >= 1 && pad >= 0, op, ": stride and upsample must be >= 1 and pad >= 0, got ",
               stride, ", ", upsample, " and ", pad);
-  TORCH_CHECK(Hx >= 1 && Wx >= 1 && pad < Hx * upsample && pad < Wx * upsample, op, ": reflection padding ", pad,
-              " must be smaller than the (upsampled) height and width ", Hx * upsample, " x ", Wx * upsample);
+  check_virtual_input(op, Hx, Wx, upsample, pad, k);
   const int64_t Hv = Hx * upsample + 2 * pad, Wv = Wx * upsample + 2 * pad;
-  TORCH_CHECK(Hv >= k && Wv >= k, op, ": the (upsampled, padded) input must be at least ", k, " x ", k, ", got ", Hv,
-              " x ", Wv);
-  at::Tensor bias;
-  if (bias0.has_value() && bias0->defined()) {
-    bias = bias0->contiguous();
-    TORCH_CHECK(bias.dim() == 1 && bias.size(0) == Co && bias.scalar_type() == at::kFloat, op,
-                ": bias must be float32 [", Co, "], got ", bias.scalar_type(), " ", bias.sizes());
-    TORCH_CHECK(bias.device() == x.device(), op, ": bias must be on x's device");
-  }
+  const at::Tensor bias = checked_bias(op, bias0, Co, x);
   TORCH_CHECK(has_avx512(), op, ": needs the avx512 CPU path, this process runs ", runtime_isa(),
               " (call fastnst.ops.conv.conv, which uses aten's convolution there)");
   const int64_t Ho = (Hv - k) / stride + 1, Wo = (Wv - k) / stride + 1;

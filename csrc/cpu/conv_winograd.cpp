@@ -74,6 +74,21 @@ WINO_INL void bt6(const __m512 d[6], __m512 r[6]) {
   r[5] = _mm512_fnmadd_ps(five, d[3], _mm512_fmadd_ps(four, d[1], d[5]));
 }
 
+// V[p] = (B^T d B)[p / 6][p % 6] for a 6 x 6 tile d, stored at out + p * pstride.
+WINO_INL void input_transform(const __m512 d[6][6], float* out, int64_t pstride) {
+  __m512 tmp[6][6];
+  for (int s = 0; s < 6; ++s) {
+    __m512 col[6] = {d[0][s], d[1][s], d[2][s], d[3][s], d[4][s], d[5][s]}, r[6];
+    bt6(col, r);
+    for (int i = 0; i < 6; ++i) tmp[i][s] = r[i];
+  }
+  for (int i = 0; i < 6; ++i) {
+    __m512 r[6];
+    bt6(tmp[i], r);
+    for (int j = 0; j < 6; ++j) _mm512_storeu_ps(out + (6 * i + j) * pstride, r[j]);
+  }
+}
+
 // r = A^T m for one column of 6 vectors (4 results).
 WINO_INL void at6(const __m512 m[6], __m512 r[4]) {
   const __m512 s12 = _mm512_add_ps(m[1], m[2]), d12 = _mm512_sub_ps(m[1], m[2]);
@@ -142,19 +157,10 @@ WINO_FN void input_tile(const Geo& g, int64_t b, int64_t ty, int64_t tx, float* 
                       ? g.x + ((b * g.Hx + g.rows[y0 + r]) * g.Wx + g.cols[x0 + s]) * g.C
                       : nullptr;
   for (int64_t c = 0; c < g.C; c += 16) {
-    __m512 d[6][6], tmp[6][6];
+    __m512 d[6][6];
     for (int r = 0; r < 6; ++r)
       for (int s = 0; s < 6; ++s) d[r][s] = src[r][s] ? _mm512_loadu_ps(src[r][s] + c) : _mm512_setzero_ps();
-    for (int s = 0; s < 6; ++s) {
-      __m512 col[6] = {d[0][s], d[1][s], d[2][s], d[3][s], d[4][s], d[5][s]}, r[6];
-      bt6(col, r);
-      for (int i = 0; i < 6; ++i) tmp[i][s] = r[i];
-    }
-    for (int i = 0; i < 6; ++i) {
-      __m512 r[6];
-      bt6(tmp[i], r);
-      for (int j = 0; j < 6; ++j) _mm512_storeu_ps(V + ((6 * i + j) * kT + t) * g.C + c, r[j]);
-    }
+    input_transform(d, V + t * g.C + c, kT * g.C);
   }
 }
 
@@ -187,11 +193,13 @@ WINO_FN void gemm_block(const Geo& g, const float* V, float* M, int64_t ob) {
   }
 }
 
-// y tile of tile t from M[p][t][lane0 .. lane0 + 16) = output channels o0 .. o0 + 16.
-WINO_FN void output_tile(const Geo& g, int64_t b, int64_t ty, int64_t tx, const float* M, int t, int lane0,
-                         int64_t o0) {
+// y tile of tile t from M[p][t][lane0 .. lane0 + 16) = output channels o0 .. o0 + 16 (M holds
+// `tiles` tiles per position; G: Geo or SplitGeo, for y, H, W, Co and bias).
+template <class G>
+WINO_FN void output_tile(const G& g, int64_t b, int64_t ty, int64_t tx, const float* M, int t, int lane0,
+                         int64_t o0, int tiles) {
   __m512 m[6][6], tmp[4][6];
-  for (int p = 0; p < 36; ++p) m[p / 6][p % 6] = _mm512_loadu_ps(M + (p * kT + t) * 32 + lane0);
+  for (int p = 0; p < 36; ++p) m[p / 6][p % 6] = _mm512_loadu_ps(M + (p * tiles + t) * 32 + lane0);
   for (int s = 0; s < 6; ++s) {
     __m512 col[6] = {m[0][s], m[1][s], m[2][s], m[3][s], m[4][s], m[5][s]}, r[4];
     at6(col, r);
@@ -231,7 +239,7 @@ void run_blocks(const Geo& g, int64_t blk0, int64_t blk1) {
         gemm_block<1>(g, V, M, ob);
       for (int64_t t = 0; t < n; ++t)
         for (int64_t l = 0; l < w; l += 16)
-          output_tile(g, bt[t][0], bt[t][1], bt[t][2], M, static_cast<int>(t), static_cast<int>(l), ob * 32 + l);
+          output_tile(g, bt[t][0], bt[t][1], bt[t][2], M, static_cast<int>(t), static_cast<int>(l), ob * 32 + l, kT);
     }
   }
 }
@@ -300,22 +308,13 @@ WINO_FN void split_block(const SplitGeo& g, const float* const* rp, int64_t b, i
     for (int64_t bb = 0; bb < g.m; ++bb)
       for (int64_t c = 0; c < C; ++c) {
         const int64_t k = (a * g.m + bb) * C + c;
-        __m512 d[6][6], tmp[6][6];
+        __m512 d[6][6];
         for (int r = 0; r < 6; ++r)
           for (int s = 0; s < 6; ++s) {
             const int64_t col = 3 * bb + s;  // the tile's column offset in X
             d[r][s] = _mm512_loadu_ps(rp[3 * a + r] + ((col % 4) * C + c) * ld + tx0 + col / 4);
           }
-        for (int s = 0; s < 6; ++s) {
-          __m512 col[6] = {d[0][s], d[1][s], d[2][s], d[3][s], d[4][s], d[5][s]}, r6[6];
-          bt6(col, r6);
-          for (int i = 0; i < 6; ++i) tmp[i][s] = r6[i];
-        }
-        for (int i = 0; i < 6; ++i) {
-          __m512 r6[6];
-          bt6(tmp[i], r6);
-          for (int j = 0; j < 6; ++j) _mm512_storeu_ps(V + ((6 * i + j) * K + k) * kST, r6[j]);
-        }
+        input_transform(d, V + k * kST, K * kST);
       }
   const int64_t nt = std::min<int64_t>(kST, g.tw - tx0);
   for (int64_t ob = 0; ob * 32 < g.Co; ++ob) {
@@ -329,28 +328,9 @@ WINO_FN void split_block(const SplitGeo& g, const float* const* rp, int64_t b, i
           micro_tiles<1>(V + p * K * kST + t0, K, Up, 16, M + (p * kST + t0) * 32);
       }
     }
-    for (int64_t t = 0; t < nt; ++t) {
-      const int64_t tx = tx0 + t;
-      for (int64_t l = 0; l < w; l += 16) {
-        const int64_t o0 = ob * 32 + l;
-        __m512 mm[6][6], tmp[4][6];
-        for (int p = 0; p < 36; ++p) mm[p / 6][p % 6] = _mm512_loadu_ps(M + (p * kST + t) * 32 + l);
-        for (int s = 0; s < 6; ++s) {
-          __m512 col[6] = {mm[0][s], mm[1][s], mm[2][s], mm[3][s], mm[4][s], mm[5][s]}, r4[4];
-          at6(col, r4);
-          for (int i = 0; i < 4; ++i) tmp[i][s] = r4[i];
-        }
-        const __m512 bias = g.bias ? _mm512_loadu_ps(g.bias + o0) : _mm512_setzero_ps();
-        const int64_t y0 = 4 * ty, x0 = 4 * tx;
-        const int ni = static_cast<int>(std::min<int64_t>(4, g.H - y0)), nj = static_cast<int>(std::min<int64_t>(4, g.W - x0));
-        for (int i = 0; i < ni; ++i) {
-          __m512 r4[4];
-          at6(tmp[i], r4);
-          float* row = g.y + ((b * g.H + y0 + i) * g.W + x0) * g.Co + o0;
-          for (int j = 0; j < nj; ++j) _mm512_storeu_ps(row + j * g.Co, _mm512_add_ps(r4[j], bias));
-        }
-      }
-    }
+    for (int64_t t = 0; t < nt; ++t)
+      for (int64_t l = 0; l < w; l += 16)
+        output_tile(g, b, ty, tx0 + t, M, static_cast<int>(t), static_cast<int>(l), ob * 32 + l, kST);
   }
 }
 
@@ -391,17 +371,9 @@ at::Tensor conv3x3_winograd_cpu(const at::Tensor& x0, const at::Tensor& weight0,
   TORCH_CHECK(C % 16 == 0 && Co % 16 == 0 && C > 0 && Co > 0, op,
               ": the input and output channels must be positive multiples of 16, got C = ", C, ", Co = ", Co);
   TORCH_CHECK(upsample >= 1 && pad >= 0, op, ": upsample must be >= 1 and pad >= 0, got ", upsample, " and ", pad);
-  TORCH_CHECK(Hx >= 1 && Wx >= 1 && pad < Hx * upsample && pad < Wx * upsample, op, ": reflection padding ", pad,
-              " must be smaller than the (upsampled) height and width ", Hx * upsample, " x ", Wx * upsample);
+  check_virtual_input(op, Hx, Wx, upsample, pad, 3);
   const int64_t Hp = Hx * upsample + 2 * pad, Wp = Wx * upsample + 2 * pad;
-  TORCH_CHECK(Hp >= 3 && Wp >= 3, op, ": the (upsampled, padded) input must be at least 3 x 3, got ", Hp, " x ", Wp);
-  at::Tensor bias;
-  if (bias0.has_value() && bias0->defined()) {
-    bias = bias0->contiguous();
-    TORCH_CHECK(bias.dim() == 1 && bias.size(0) == Co && bias.scalar_type() == at::kFloat, op,
-                ": bias must be float32 [", Co, "], got ", bias.scalar_type(), " ", bias.sizes());
-    TORCH_CHECK(bias.device() == x0.device(), op, ": bias must be on x's device");
-  }
+  const at::Tensor bias = checked_bias(op, bias0, Co, x0);
   TORCH_CHECK(weight0.device() == x0.device(), op, ": weight must be on x's device");
   TORCH_CHECK(has_avx512(), op, ": needs the avx512 CPU path, this process runs ", runtime_isa(),
               " (call fastnst.ops.conv.conv3x3, which uses aten's convolution there)");
@@ -441,18 +413,9 @@ at::Tensor conv_winograd_split_cpu(const at::Tensor& x, const at::Tensor& weight
   TORCH_CHECK(C > 0 && Co > 0 && Co % 16 == 0, op,
               ": the output channels must be a positive multiple of 16 and C positive, got C = ", C, ", Co = ", Co);
   TORCH_CHECK(upsample >= 1 && pad >= 0, op, ": upsample must be >= 1 and pad >= 0, got ", upsample, " and ", pad);
-  TORCH_CHECK(Hx >= 1 && Wx >= 1 && pad < Hx * upsample && pad < Wx * upsample, op, ": reflection padding ", pad,
-              " must be smaller than the (upsampled) height and width ", Hx * upsample, " x ", Wx * upsample);
+  check_virtual_input(op, Hx, Wx, upsample, pad, k);
   const int64_t Hv = Hx * upsample + 2 * pad, Wv = Wx * upsample + 2 * pad;
-  TORCH_CHECK(Hv >= k && Wv >= k, op, ": the (upsampled, padded) input must be at least ", k, " x ", k, ", got ", Hv,
-              " x ", Wv);
-  at::Tensor bias;
-  if (bias0.has_value() && bias0->defined()) {
-    bias = bias0->contiguous();
-    TORCH_CHECK(bias.dim() == 1 && bias.size(0) == Co && bias.scalar_type() == at::kFloat, op,
-                ": bias must be float32 [", Co, "], got ", bias.scalar_type(), " ", bias.sizes());
-    TORCH_CHECK(bias.device() == x.device(), op, ": bias must be on x's device");
-  }
+  const at::Tensor bias = checked_bias(op, bias0, Co, x);
   TORCH_CHECK(has_avx512(), op, ": needs the avx512 CPU path, this process runs ", runtime_isa(),
               " (call fastnst.ops.conv.conv, which uses aten's convolution there)");
   const int64_t H = Hv - k + 1, W = Wv - k + 1, m = k / 3, K = m * m * C;
