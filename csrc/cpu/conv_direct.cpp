@@ -419,9 +419,8 @@ at::Tensor conv2d_direct_cpu(const at::Tensor& x, const at::Tensor& weight0, con
   const at::Tensor wt = weight0.permute({2, 3, 1, 0}).contiguous();  // [k][k][C][Co]
   const float* wtp = wt.data_ptr<float>();
   const int64_t kkc = k * k * C;
-  std::vector<float> wp, bp;
+  std::vector<float> wp, bp;  // wp: the channel-vector packing (the pixel vectors read wt itself)
   if (small) {
-    wp.assign(wtp, wtp + kkc * Co);
     bp.assign(static_cast<size_t>(Co), 0.f);
   } else {
     const int64_t cop = (Co + 15) / 16 * 16;
@@ -438,7 +437,8 @@ at::Tensor conv2d_direct_cpu(const at::Tensor& x, const at::Tensor& weight0, con
   const std::vector<int64_t> rows = reflect_upsample_map(Hx, upsample, pad), cols = reflect_upsample_map(Wx, upsample, pad);
   const int64_t ld = (Wo + 96 + k + 15) / 16 * 16;  // the microkernels read up to 96 + k past Wo
   DGeo g{B, C, Co, Hv, Wv, Ho, Wo, k, stride, pad, Wx, x.stride(0), x.stride(1), x.stride(2), x.stride(3), rows.data(),
-         cols.data(), x.data_ptr<float>(), y.data_ptr<float>(), wp.data(), bp.data(), ld, stride * C * ld};
+         cols.data(), x.data_ptr<float>(), y.data_ptr<float>(), small ? wtp : wp.data(), bp.data(), ld,
+         stride * C * ld};
   // Runs of rows long enough that restaging the k - s rows a run shares with the previous one
   // stays small against the run's work.
   const int64_t grain = std::max<int64_t>(4, 4 * k);

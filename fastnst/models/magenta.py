@@ -38,10 +38,10 @@ import torch.nn.functional as F
 
 from fastnst.models.transformer import (
     _fusable,
-    first_conv,
     fused_conv,
     output_conv,
     reads_virtually,
+    reflect_conv,
     reflect_pad,
     upsample_reflect_pad,
     virtual_conv,
@@ -208,7 +208,7 @@ class CINTransformer(nn.Module):
             return _norm_stage(y, gamma, beta, layer.norm.eps, layer.norm.activation, residual, up, pad)
 
         layers = [*self.contract, *(blk[i] for blk in self.res for i in range(2)), *self.expand]
-        y = first_conv(layers[0].conv, x, layers[0].kernel // 2, wg, dc)
+        y = reflect_conv(layers[0].conv, x, layers[0].kernel // 2, wg, dc)
         P, p_virtual = None, False
         for k, layer in enumerate(layers[:-1]):
             nxt = layers[k + 1]
@@ -538,11 +538,9 @@ class ArbitraryTransformer(nn.Module):
         h, w = content.shape[2], content.shape[3]
         wg, dc = self.winograd_convs, self.direct_convs
         c = self.contract
-        y = first_conv(c.conv1, _pad_to_4(content), c.conv1.kernel_size[0] // 2, wg, dc).relu_()
-        for conv in (c.conv2, c.conv3):
-            p = conv.kernel_size[0] // 2
-            y = (virtual_conv(conv, y, 1, p, wg, dc) if reads_virtually(conv, y, 1, p, wg, dc)
-                 else conv(reflect_pad(y, p))).relu_()
+        y = _pad_to_4(content)
+        for conv in (c.conv1, c.conv2, c.conv3):
+            y = reflect_conv(conv, y, conv.kernel_size[0] // 2, wg, dc).relu_()
         blocks = list(self.residual.children())
         ex = self.expand
         layers = [*(m for blk in blocks for m in (blk.conv1, blk.conv2)), ex.conv1, ex.conv2, ex.conv3]

@@ -33,8 +33,8 @@ from fastnst.models.transformer import (
     _run,
     _stage_into,
     _unpadded,
-    first_conv,
     output_conv,
+    reflect_conv,
 )
 
 __all__ = ["SRNet", "bicubic"]
@@ -143,7 +143,7 @@ class SRNet(nn.Module):
         ups = [getattr(self, f"up{k}") for k in range(1, self.stages + 1)]
         convs = [b.conv1 for b in blocks] + [u.conv for u in ups] + [self.tail]  # each stage's next layer
         head = self.head.conv
-        y = first_conv(head.conv2d, x, head.reflection_pad.padding[0], wg, dc)
+        y = reflect_conv(head.conv2d, x, head.reflection_pad.padding[0], wg, dc)
         P, v = _stage_into(self.head.norm, y, True, convs[0], wg, direct=dc)
         for k, blk in enumerate(blocks):
             t = _run(blk.conv1, P, v, wg, dc)

@@ -262,16 +262,15 @@ def output_conv(conv: nn.Conv2d, P: torch.Tensor, grouped: bool = True,
     return y.permute(0, 3, 1, 2)
 
 
-def _winograd_eligible(conv: nn.Module) -> bool:
-    return (type(conv) is nn.Conv2d and conv.kernel_size == (3, 3) and conv.stride == (1, 1)
-            and conv.padding == (0, 0) and conv.dilation == (1, 1) and conv.groups == 1)
-
-
 def _plain_conv(conv: nn.Module) -> bool:
     """An ``nn.Conv2d`` that fastnst.ops.conv.conv can stand for: square kernel and stride, no
     padding of its own, no dilation, no groups."""
     return (type(conv) is nn.Conv2d and conv.kernel_size[0] == conv.kernel_size[1] and conv.stride[0] == conv.stride[1]
             and conv.padding == (0, 0) and conv.dilation == (1, 1) and conv.groups == 1)
+
+
+def _winograd_eligible(conv: nn.Module) -> bool:
+    return _plain_conv(conv) and conv.kernel_size == (3, 3) and conv.stride == (1, 1)
 
 
 def fused_conv(conv: nn.Conv2d, P: torch.Tensor, winograd: bool = True) -> torch.Tensor:
@@ -292,25 +291,18 @@ def _geometry(layer: nn.Module) -> tuple[nn.Conv2d, int, int]:
     return layer.conv2d, int(getattr(layer, "upsample", None) or 1), layer.reflection_pad.padding[0]
 
 
-def virtual_path(conv: nn.Conv2d, y: torch.Tensor, upsample: int, pad: int, winograd: bool,
-                 direct: bool = False) -> str | None:
-    """``"winograd"`` or ``"direct"`` when ``conv`` on the upsampled, padded form of a tensor like
-    ``y`` (the stage's input: same shape, dtype and device as the stage's output before padding)
-    runs as that fastnst kernel reading the unpadded tensor (so the stage writes only that);
-    None when it runs on the padded tensor. ``winograd`` / ``direct``: the network's
-    ``winograd_convs`` / ``direct_convs``."""
+def reads_virtually(conv: nn.Conv2d, y: torch.Tensor, upsample: int, pad: int, winograd: bool,
+                    direct: bool = False) -> bool:
+    """Whether ``conv`` on the upsampled, padded form of a tensor like ``y`` (the stage's input:
+    same shape, dtype and device as the stage's output before padding) runs as a fastnst kernel
+    reading the unpadded tensor (so the stage writes only that). ``winograd`` / ``direct``: the
+    network's ``winograd_convs`` / ``direct_convs``."""
     from fastnst.ops.conv import route
 
     if not (winograd or direct) or not _plain_conv(conv):
-        return None
-    path = route(y, conv.weight, conv.bias, upsample, pad, conv.stride[0], winograd=winograd, direct=direct)[0]
-    return None if path == "aten" else path
-
-
-def reads_virtually(conv: nn.Conv2d, y: torch.Tensor, upsample: int, pad: int, winograd: bool,
-                    direct: bool = False) -> bool:
-    """Whether ``virtual_path`` names a fastnst kernel."""
-    return virtual_path(conv, y, upsample, pad, winograd, direct) is not None
+        return False
+    path, _ = route(y, conv.weight, conv.bias, upsample, pad, conv.stride[0], winograd=winograd, direct=direct)
+    return path != "aten"
 
 
 def virtual_conv(conv: nn.Conv2d, y: torch.Tensor, upsample: int, pad: int, winograd: bool,
@@ -322,10 +314,10 @@ def virtual_conv(conv: nn.Conv2d, y: torch.Tensor, upsample: int, pad: int, wino
     return conv_op(y, conv.weight, conv.bias, conv.stride[0], upsample, pad, winograd=winograd, direct=direct)
 
 
-def first_conv(conv: nn.Conv2d, x: torch.Tensor, pad: int, winograd: bool, direct: bool) -> torch.Tensor:
-    """A network's first convolution on the image ``x`` reflection-padded by ``pad``: a fastnst
-    kernel reading ``x`` in its own layout where one serves, else ``conv`` on the padded
-    channels_last copy (oneDNN's fast layout)."""
+def reflect_conv(conv: nn.Conv2d, x: torch.Tensor, pad: int, winograd: bool, direct: bool) -> torch.Tensor:
+    """``conv`` on ``x`` reflection-padded by ``pad`` (a network's first convolution, on the
+    image, or one with no norm in front of it): a fastnst kernel reading ``x`` in its own layout
+    where one serves, else ``conv`` on the padded channels_last copy (oneDNN's fast layout)."""
     if reads_virtually(conv, x, 1, pad, winograd, direct):
         return virtual_conv(conv, x, 1, pad, winograd, direct)
     return conv(reflect_pad(x.contiguous(memory_format=torch.channels_last), pad))
@@ -370,7 +362,7 @@ def _forward_fused(self: TransformerNet, x: torch.Tensor) -> torch.Tensor:
     first one reads x itself."""
     cl = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
     wg, dc = self.winograd_convs, self.direct_convs
-    y = first_conv(self.conv1.conv2d, x, self.conv1.reflection_pad.padding[0], wg, dc)
+    y = reflect_conv(self.conv1.conv2d, x, self.conv1.reflection_pad.padding[0], wg, dc)
     y = _run(self.conv2, *_stage_into(self.in1, y, True, self.conv2, wg, direct=dc), wg, dc)
     y = _run(self.conv3, *_stage_into(self.in2, y, True, self.conv3, wg, direct=dc), wg, dc)
     blocks = [getattr(self, f"res{k}") for k in range(1, 6)]
